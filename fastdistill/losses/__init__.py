@@ -1,0 +1,5 @@
+"""Divergences between student and teacher distributions (pure torch, no trainer code)."""
+
+from fastdistill.losses.divergences import default_chunk_size, jsd_loss, reverse_kl_on_chosen, reverse_kl_on_logits
+
+__all__ = ["jsd_loss", "reverse_kl_on_logits", "reverse_kl_on_chosen", "default_chunk_size"]

@@ -1,0 +1,407 @@
+"""Memory-bounded divergences between student and teacher next-token distributions.
+
+Every function here processes tokens in chunks: the extra memory is ``O(chunk_size x vocab)``
+float32 scratch plus, when a gradient is needed, one gradient buffer the size of the logits
+(autograd has to hand that back anyway). Statistics are accumulated in float32 whatever the
+input dtype, positions whose mask is false (or whose label is ``-100``) are ignored, and the
+gradients are computed in the same pass as the loss (Liger-Kernel style: the loss kernel
+writes ``d loss / d logits`` during the forward, the backward only scales it), so each
+vocabulary row is read once.
+
+Conventions follow TRL's ``GKDTrainer.generalized_jsd_loss``: logits are divided by
+``temperature`` (no ``T**2`` rescaling), ``beta=0`` is the forward KL(teacher || student),
+``beta=1`` the reverse KL(student || teacher), anything between the generalized JSD
+``beta * KL(teacher || M) + (1 - beta) * KL(student || M)`` with ``M = (1 - beta) * student
++ beta * teacher``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["jsd_loss", "reverse_kl_on_logits", "reverse_kl_on_chosen", "default_chunk_size"]
+
+IGNORE_INDEX = -100
+_REDUCTIONS = ("batchmean", "sum", "mean", "none")
+# Scratch budget per chunk, in float32 elements (2**24 elements = 64 MiB per temporary).
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def default_chunk_size(vocab_size: int, budget_elements: int = _CHUNK_ELEMENTS) -> int:
+    """Rows per chunk so that one ``[chunk, vocab]`` float32 temporary stays within the budget.
+
+    The working set of one chunk is about 6 such temporaries (two log-softmaxes, their
+    exponentials, the mixture and the gradient), i.e. ``6 * 4 * budget_elements`` bytes = 384 MiB
+    with the default budget, independent of the number of tokens.
+    """
+    return max(1, min(4096, budget_elements // max(int(vocab_size), 1)))
+
+
+# ---------------------------------------------------------------------------------------------
+# input handling shared by the three losses
+# ---------------------------------------------------------------------------------------------
+
+
+def _valid_mask(mask: torch.Tensor | None, leading_shape: torch.Size, device) -> torch.Tensor | None:
+    """Turn a mask into a flat bool mask of positions to keep.
+
+    Accepted: a bool tensor, a float/int 0-1 mask, or a label tensor in which ``-100`` marks the
+    ignored positions (an integer tensor holding anything besides 0 and 1 is read as labels).
+    """
+    if mask is None:
+        return None
+    if tuple(mask.shape) != tuple(leading_shape):
+        raise ValueError(
+            f"mask has shape {tuple(mask.shape)} but the logits have leading shape {tuple(leading_shape)}; "
+            "pass one entry per token position"
+        )
+    mask = mask.to(device).reshape(-1)
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.is_floating_point():
+        return mask != 0
+    if mask.numel() and bool(((mask == 0) | (mask == 1)).all()):
+        return mask == 1
+    return mask != IGNORE_INDEX
+
+
+def _reduce(total: torch.Tensor, n_valid: int, first_dim: int, vocab: int, reduction: str, num_items_in_batch, has_mask):
+    """Return the divisor matching TRL's ``generalized_jsd_loss`` reductions."""
+    if num_items_in_batch is not None:
+        denom = num_items_in_batch
+        if isinstance(denom, torch.Tensor):
+            denom = denom.to(total.device, torch.float32)
+        return total / denom
+    if reduction == "sum":
+        return total
+    if reduction == "batchmean":
+        return total / (max(n_valid, 1) if has_mask else max(first_dim, 1))
+    if reduction == "mean":  # TRL's jsd.mean() averages over positions *and* vocabulary entries
+        return total / max(n_valid * vocab, 1)
+    raise AssertionError(reduction)
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; expected one of {_REDUCTIONS}")
+
+
+# ---------------------------------------------------------------------------------------------
+# generalized JSD on logits
+# ---------------------------------------------------------------------------------------------
+
+
+def _jsd_chunk(s_logits, t_logits, beta: float, temperature: float, need_s: bool, need_t: bool):
+    """Per-token divergence of one chunk and, if asked, its gradients wrt the *raw* logits."""
+    s = F.log_softmax(s_logits.float() / temperature, dim=-1)
+    t = F.log_softmax(t_logits.float() / temperature, dim=-1)
+    ps, pt = s.exp(), t.exp()
+    grad_s = grad_t = None
+    if beta == 0.0:  # forward KL(teacher || student)
+        diff = t - s
+        loss = (pt * diff).sum(-1)
+        if need_s:
+            grad_s = (ps - pt) / temperature
+        if need_t:
+            grad_t = pt * (diff - loss.unsqueeze(-1)) / temperature
+    elif beta == 1.0:  # reverse KL(student || teacher)
+        diff = s - t
+        loss = (ps * diff).sum(-1)
+        if need_s:
+            grad_s = ps * (diff - loss.unsqueeze(-1)) / temperature
+        if need_t:
+            grad_t = (pt - ps) / temperature
+    else:
+        # log M with M = (1 - beta) p_s + beta p_t, computed stably in log space
+        m = torch.logaddexp(s + torch.log1p(torch.tensor(-beta)), t + torch.log(torch.tensor(beta)))
+        ds, dt = s - m, t - m
+        kl_s = (ps * ds).sum(-1)  # KL(student || M)
+        kl_t = (pt * dt).sum(-1)  # KL(teacher || M)
+        loss = beta * kl_t + (1.0 - beta) * kl_s
+        # d loss / d p_s = (1 - beta) (s - m); through the softmax: p_s * (g - <p_s, g>)
+        if need_s:
+            grad_s = (1.0 - beta) * ps * (ds - kl_s.unsqueeze(-1)) / temperature
+        if need_t:
+            grad_t = beta * pt * (dt - kl_t.unsqueeze(-1)) / temperature
+    return loss, grad_s, grad_t
+
+
+class _ChunkedJSD(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, student_logits, teacher_logits, valid_rows, beta, temperature, chunk_size, denom):
+        need_s, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        n, vocab = student_logits.shape
+        grad_s = torch.zeros_like(student_logits) if need_s else None
+        grad_t = torch.zeros_like(teacher_logits) if need_t else None
+        total = torch.zeros((), dtype=torch.float32, device=student_logits.device)
+        per_token = torch.zeros(n, dtype=torch.float32, device=student_logits.device)
+        for start in range(0, valid_rows.numel(), chunk_size):
+            rows = valid_rows[start : start + chunk_size]
+            loss, gs, gt = _jsd_chunk(student_logits[rows], teacher_logits[rows], beta, temperature, need_s, need_t)
+            per_token[rows] = loss
+            total += loss.sum()
+            if need_s:
+                grad_s[rows] = (gs / denom).to(grad_s.dtype)
+            if need_t:
+                grad_t[rows] = (gt / denom).to(grad_t.dtype)
+        ctx.save_for_backward(grad_s if need_s else None, grad_t if need_t else None)
+        ctx.mark_non_differentiable(per_token)
+        return total / denom, per_token
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_per_token):
+        grad_s, grad_t = ctx.saved_tensors
+        # the buffers hold d(loss)/d(logits) for grad_out == 1 (the usual case); otherwise scale in place
+        if float(grad_out) != 1.0:
+            grad_s = grad_s.mul_(grad_out.to(grad_s.dtype)) if grad_s is not None else None
+            grad_t = grad_t.mul_(grad_out.to(grad_t.dtype)) if grad_t is not None else None
+        return grad_s, grad_t, None, None, None, None, None
+
+
+def _flatten_pair(student_logits: torch.Tensor, teacher_logits: torch.Tensor):
+    if student_logits.shape[-1] != teacher_logits.shape[-1]:
+        raise ValueError(
+            f"student vocabulary ({student_logits.shape[-1]}) and teacher vocabulary ({teacher_logits.shape[-1]}) "
+            "differ; logit-level distillation needs a shared vocabulary"
+        )
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} must have "
+            "the same shape"
+        )
+    vocab = student_logits.shape[-1]
+    return student_logits.reshape(-1, vocab), teacher_logits.reshape(-1, vocab)
+
+
+def jsd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    reduction: str = "batchmean",
+    chunk_size: int | None = None,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Generalized Jensen-Shannon divergence between student and teacher, chunked over tokens.
+
+    Args:
+        student_logits: ``(..., V)`` logits of the student (any float dtype).
+        teacher_logits: ``(..., V)`` logits of the teacher, same shape.
+        beta: interpolation in ``[0, 1]``; ``0`` is KL(teacher || student), ``1`` is KL(student || teacher).
+        temperature: both logits are divided by it before the softmax.
+        mask: ``(...)`` bool mask of positions to keep, or labels where ``-100`` marks ignored positions.
+        reduction: ``"batchmean"`` (TRL's: sum / number of unmasked positions, or / ``shape[0]`` without a
+            mask), ``"sum"``, ``"mean"`` (sum / (positions * V), TRL's ``jsd.mean()``) or ``"none"``
+            (per-position divergence, ``(...)``, zero at masked positions).
+        chunk_size: rows per chunk; default from :func:`default_chunk_size`.
+        num_items_in_batch: if given, the loss is ``sum / num_items_in_batch`` (gradient-accumulation-correct
+            normalisation, as in TRL).
+
+    Returns:
+        A float32 scalar (or per-position tensor for ``reduction="none"``). Values equal TRL's
+        ``GKDTrainer.generalized_jsd_loss`` within float32 round-off.
+    """
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    _check_reduction(reduction)
+    leading = student_logits.shape[:-1]
+    s2d, t2d = _flatten_pair(student_logits, teacher_logits)
+    valid = _valid_mask(mask, leading, s2d.device)
+    valid_rows = valid.nonzero().squeeze(-1) if valid is not None else torch.arange(s2d.shape[0], device=s2d.device)
+    n_valid = int(valid_rows.numel())
+    first_dim = student_logits.shape[0] if student_logits.dim() > 1 else 1
+    if reduction == "none":
+        denom = 1.0
+    else:
+        one = torch.ones((), dtype=torch.float32)
+        denom = float(_reduce(one, n_valid, first_dim, s2d.shape[-1], reduction, num_items_in_batch, valid is not None))
+    chunk = chunk_size or default_chunk_size(s2d.shape[-1])
+    loss, per_token = _ChunkedJSD.apply(s2d, t2d, valid_rows, float(beta), float(temperature), int(chunk), 1.0 / denom)
+    if reduction == "none":
+        return per_token.reshape(leading)
+    return loss
+
+
+def reverse_kl_on_logits(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    reduction: str = "batchmean",
+    chunk_size: int | None = None,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Exact reverse KL(student || teacher) over the whole vocabulary (``jsd_loss`` with ``beta=1``).
+
+    Mode-seeking: the student is penalised for putting mass where the teacher puts little.
+    Same arguments, chunking and reductions as :func:`jsd_loss`.
+    """
+    return jsd_loss(
+        student_logits,
+        teacher_logits,
+        beta=1.0,
+        temperature=temperature,
+        mask=mask,
+        reduction=reduction,
+        chunk_size=chunk_size,
+        num_items_in_batch=num_items_in_batch,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# reverse KL from stored teacher log-probs (no live teacher)
+# ---------------------------------------------------------------------------------------------
+
+
+class _ChunkedGatherLogSoftmax(torch.autograd.Function):
+    """``log_softmax(logits[rows] / T)`` gathered at ``ids`` -> ``(len(rows), K)``, chunked.
+
+    Neither the full log-softmax nor a copy of the selected rows is ever materialised: the forward
+    keeps only one log-sum-exp per row; the backward recomputes the softmax one chunk at a time,
+    using ``d/dz log p(id_j) = (onehot(id_j) - softmax(z)) / T``.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, rows, ids, temperature, chunk_size):
+        lse = torch.empty(rows.numel(), dtype=torch.float32, device=logits.device)
+        for start in range(0, rows.numel(), chunk_size):
+            chunk_rows = rows[start : start + chunk_size]
+            lse[start : start + chunk_size] = torch.logsumexp(logits[chunk_rows].float() / temperature, -1)
+        gathered = logits[rows].gather(1, ids).float() / temperature - lse.unsqueeze(-1) if rows.numel() else \
+            torch.zeros(ids.shape, dtype=torch.float32, device=logits.device)
+        ctx.save_for_backward(logits, rows, ids, lse)
+        ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        return gathered
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        logits, rows, ids, lse = ctx.saved_tensors
+        temperature, chunk_size = ctx.temperature, ctx.chunk_size
+        grad = torch.zeros_like(logits)
+        g = grad_out.float()
+        for start in range(0, rows.numel(), chunk_size):
+            sl = slice(start, start + chunk_size)
+            chunk_rows = rows[sl]
+            probs = torch.exp(logits[chunk_rows].float() / temperature - lse[sl].unsqueeze(-1))
+            chunk_grad = -probs * g[sl].sum(-1, keepdim=True)
+            chunk_grad.scatter_add_(1, ids[sl], g[sl])
+            grad[chunk_rows] = (chunk_grad / temperature).to(grad.dtype)
+        return grad, None, None, None, None
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """``log(1 - exp(x))`` for ``x <= 0``, stable on both ends (Maechler 2012)."""
+    return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+# probabilities are kept inside [EPS, 1 - EPS] so both outcomes of the partition have finite logs
+_EPS = 1e-6
+
+
+def _partition_kl(student_lp: torch.Tensor, teacher_lp: torch.Tensor) -> torch.Tensor:
+    """KL(student || teacher) over the partition {listed tokens individually, everything else}.
+
+    ``student_lp``/``teacher_lp`` are ``(n, K)`` log-probabilities of the listed tokens; the "rest"
+    outcome carries ``1 - sum(p)``. Returns ``(n,)``.
+    """
+    log_hi = torch.log1p(torch.tensor(-_EPS, dtype=torch.float32))
+    student_lp = student_lp.clamp(max=float(log_hi))
+    teacher_lp = teacher_lp.float().clamp(min=float(torch.log(torch.tensor(_EPS))), max=float(log_hi))
+    q = student_lp.exp()
+    listed = (q * (student_lp - teacher_lp)).sum(-1)
+    s_rest_lp = _log1mexp(torch.logsumexp(student_lp, -1).clamp(max=float(log_hi)))
+    t_rest_lp = _log1mexp(torch.logsumexp(teacher_lp, -1).clamp(max=float(log_hi)))
+    return listed + s_rest_lp.exp() * (s_rest_lp - t_rest_lp)
+
+
+def reverse_kl_on_chosen(
+    student_logits: torch.Tensor,
+    chosen_ids: torch.Tensor | None = None,
+    teacher_logprobs: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    *,
+    teacher_topk_ids: torch.Tensor | None = None,
+    teacher_topk_logprobs: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    reduction: str = "batchmean",
+    chunk_size: int | None = None,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Reverse KL to a teacher known only through stored log-probs (no live teacher).
+
+    **Estimator.** With only ``log p_teacher(chosen)`` per position, we coarse-grain both
+    distributions onto the two outcomes {chosen token, any other token} and take the exact reverse
+    KL between those Bernoulli distributions::
+
+        KL_2 = q log(q / p) + (1 - q) log((1 - q) / (1 - p)),  q = p_student(chosen), p = p_teacher(chosen)
+
+    It is never negative, it is zero exactly when ``q == p``, and because coarse-graining can only
+    lose information (data-processing inequality) it never exceeds the full-vocabulary
+    KL(student || teacher). Its gradient pushes ``q`` towards ``p`` from either side. With top-k
+    teacher log-probs the partition becomes {each of the k tokens, everything else}: a finer
+    partition, hence a tighter lower bound. Probabilities are clamped to ``[1e-6, 1 - 1e-6]`` so both
+    outcomes keep finite logs (a teacher log-prob of exactly 0 would otherwise make KL_2 infinite).
+
+    Args:
+        student_logits: ``(..., V)``.
+        chosen_ids: ``(...)`` token ids whose teacher log-prob is given (labels; ``-100`` allowed at
+            masked positions).
+        teacher_logprobs: ``(...)`` teacher log-prob of each chosen token.
+        mask: ``(...)`` bool mask or labels (``-100`` = ignore). Defaults to ``chosen_ids != -100``.
+        teacher_topk_ids / teacher_topk_logprobs: ``(..., K)``; when given, they replace the chosen-token
+            partition by the top-k partition (``chosen_ids``/``teacher_logprobs`` may then be omitted).
+        temperature: applied to the student logits only (the teacher's are already probabilities).
+        reduction: as in :func:`jsd_loss` (``"mean"`` here is the per-position mean, like ``"batchmean"`` with a mask).
+
+    Returns:
+        float32 scalar, or per-position values for ``reduction="none"``.
+    """
+    _check_reduction(reduction)
+    leading = student_logits.shape[:-1]
+    vocab = student_logits.shape[-1]
+    use_topk = teacher_topk_ids is not None or teacher_topk_logprobs is not None
+    if use_topk:
+        if teacher_topk_ids is None or teacher_topk_logprobs is None:
+            raise ValueError("teacher_topk_ids and teacher_topk_logprobs must be given together")
+        if teacher_topk_ids.shape != teacher_topk_logprobs.shape or tuple(teacher_topk_ids.shape[:-1]) != tuple(leading):
+            raise ValueError(
+                f"teacher_topk_ids {tuple(teacher_topk_ids.shape)} and teacher_topk_logprobs "
+                f"{tuple(teacher_topk_logprobs.shape)} must both have shape {tuple(leading)} + (k,)"
+            )
+        ids = teacher_topk_ids.reshape(-1, teacher_topk_ids.shape[-1])
+        t_lp = teacher_topk_logprobs.reshape(-1, teacher_topk_logprobs.shape[-1])
+    else:
+        if chosen_ids is None or teacher_logprobs is None:
+            raise ValueError("pass chosen_ids and teacher_logprobs, or teacher_topk_ids and teacher_topk_logprobs")
+        for name, tensor in (("chosen_ids", chosen_ids), ("teacher_logprobs", teacher_logprobs)):
+            if tuple(tensor.shape) != tuple(leading):
+                raise ValueError(
+                    f"{name} has shape {tuple(tensor.shape)} but student_logits has leading shape {tuple(leading)}; "
+                    "teacher_logprobs must hold exactly one log-prob per completion token"
+                )
+        ids = chosen_ids.reshape(-1, 1)
+        t_lp = teacher_logprobs.reshape(-1, 1)
+        if mask is None:
+            mask = chosen_ids != IGNORE_INDEX
+    logits2d = student_logits.reshape(-1, vocab)
+    valid = _valid_mask(mask, leading, logits2d.device)
+    rows = valid.nonzero().squeeze(-1) if valid is not None else torch.arange(logits2d.shape[0], device=logits2d.device)
+    sel_ids = ids[rows].to(logits2d.device).long()
+    if sel_ids.numel() and (sel_ids.min() < 0 or sel_ids.max() >= vocab):
+        raise ValueError(f"token ids must lie in [0, {vocab}) at unmasked positions; got range "
+                         f"[{int(sel_ids.min())}, {int(sel_ids.max())}]")
+    chunk = chunk_size or default_chunk_size(vocab)
+    student_lp = _ChunkedGatherLogSoftmax.apply(logits2d, rows, sel_ids, float(temperature), int(chunk))
+    per_row = _partition_kl(student_lp, t_lp[rows].to(logits2d.device))
+    if reduction == "none":
+        out = torch.zeros(logits2d.shape[0], dtype=torch.float32, device=logits2d.device)
+        return out.index_put((rows,), per_row).reshape(leading)
+    total = per_row.sum()
+    if reduction == "mean":
+        reduction = "batchmean"
+    first_dim = student_logits.shape[0] if student_logits.dim() > 1 else 1
+    return _reduce(total, int(rows.numel()), first_dim, vocab, reduction, num_items_in_batch, valid is not None)
