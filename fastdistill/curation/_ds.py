@@ -1,0 +1,56 @@
+"""Small helpers shared by the curation steps (internal)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import datasets
+import pyarrow as pa
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 10_000
+
+
+def restore_format(out: datasets.Dataset, like: datasets.Dataset) -> datasets.Dataset:
+    """Give ``out`` the output format of ``like`` (steps must not change what users get from ``ds[i]``)."""
+    fmt = like.format
+    columns = fmt["columns"]
+    if columns is None or set(columns) >= set(like.column_names):
+        columns = None  # the format showed every column: keep showing every column, new ones included
+    else:
+        columns = [c for c in columns if c in out.column_names]
+    if fmt["type"] is None and columns is None:
+        return out.with_format(None)
+    return out.with_format(fmt["type"], columns=columns, output_all_columns=fmt["output_all_columns"],
+                           **fmt["format_kwargs"])
+
+
+def map_arrow_columns(ds: datasets.Dataset, fn: Callable[[pa.Table], dict[str, pa.Array]], *, num_proc: int | None,
+                      batch_size: int = DEFAULT_BATCH_SIZE, desc: str | None = None,
+                      input_columns: list[str] | None = None) -> datasets.Dataset:
+    """``ds.map`` on Arrow batches: ``fn(table) -> {name: array}`` adds (or replaces) columns.
+
+    Uses datasets' own ``map(batched=True, num_proc=...)`` so caching, fingerprints and
+    multiprocessing behave as users expect; batches arrive as ``pyarrow.Table`` (no Python objects).
+    """
+
+    def apply(table: pa.Table) -> pa.Table:
+        sub = table.select(input_columns) if input_columns else table
+        for name, arr in fn(sub).items():
+            if name in table.column_names:
+                table = table.set_column(table.column_names.index(name), name, arr)
+            else:
+                table = table.append_column(name, arr)
+        return table
+
+    out = ds.with_format("arrow").map(apply, batched=True, batch_size=batch_size, num_proc=num_proc, desc=desc)
+    return restore_format(out, ds)
+
+
+def arrow_column(ds: datasets.Dataset, name: str) -> pa.ChunkedArray:
+    """One column of ``ds`` as an Arrow ChunkedArray, honouring any indices mapping (select/filter)."""
+    if name not in ds.column_names:
+        raise KeyError(f"column {name!r} not in the dataset (columns: {ds.column_names})")
+    return ds.with_format("arrow", columns=[name])[:][name] if len(ds) else pa.chunked_array([], ds.data.schema.field(name).type)
