@@ -1,8 +1,21 @@
 """Reward engine: sandboxed pytest execution, mutation testing and TRL reward functions.
 
-Imports no torch. See :mod:`fastdistill.rewards.sandbox` for the isolation model.
+Imports no torch. See :mod:`fastdistill.rewards.sandbox` for the isolation model and
+:mod:`fastdistill.rewards.mutation` for how mutants are run quickly.
 """
 
+from fastdistill.rewards.mutation import (
+    Mutant,
+    MutantOutcome,
+    MutationResult,
+    clear_cache,
+    generate_mutants,
+    mutation_score,
+    mutation_scores,
+)
 from fastdistill.rewards.sandbox import TestOutcome, TestRun, run_tests, sandbox_capabilities
 
-__all__ = ["TestOutcome", "TestRun", "run_tests", "sandbox_capabilities"]
+__all__ = [
+    "Mutant", "MutantOutcome", "MutationResult", "TestOutcome", "TestRun", "clear_cache", "generate_mutants",
+    "mutation_score", "mutation_scores", "run_tests", "sandbox_capabilities",
+]

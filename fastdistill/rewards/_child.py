@@ -19,6 +19,7 @@ closed in every child; each line starts with the per-run nonce.
 """
 
 import ctypes
+import gc
 import json
 import linecache
 import os
@@ -180,12 +181,27 @@ class _Jobs:
             view = view[written:]
 
     def pytest_collection(self, session):
+        gc.collect()
+        gc.freeze()  # forked children then do not touch (copy) the worker's pages when collecting garbage
+        gate = self._cfg.get("baseline_gate")
         for index, job in enumerate(self._cfg["jobs"]):
+            if job.get("timeout_s") is None:  # mutants: a multiple of the baseline's wall time
+                job = dict(job, timeout_s=min(gate["max_s"], max(gate["min_s"], gate["factor"] * baseline_s)))
             result = self._run_job(session, job)
             result.update({"t": "job", "i": index})
             self._send(result)
+            if index == 0:
+                baseline_s = result["duration_s"]
+                if gate and not self._all_passed(result):
+                    break  # tests that fail on the original code are not run against mutants
         self._send({"t": "done"})
         return True
+
+    @staticmethod
+    def _all_passed(result):
+        outcomes = [t[1] for t in result["tests"]]
+        return (result["status"] == "ok" and not result["collect_errors"] and "passed" in outcomes
+                and not any(o in ("failed", "error") for o in outcomes))
 
     def _run_job(self, session, job):
         job_nonce = os.urandom(8).hex().encode()
@@ -209,7 +225,7 @@ class _Jobs:
             pass
         deadline = start + float(job["timeout_s"])
         buf = b""
-        tests, collect_errors, finished, status = [], [], False, "ok"
+        tests, collect_errors, finished, status, timing = [], [], False, "ok", {}
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -239,6 +255,7 @@ class _Jobs:
                     collect_errors.append(msg["r"])
                 elif msg.get("t") == "end":
                     finished = True
+                    timing = {"collect_s": msg.get("collect_s"), "end_lag_s": time.time() - msg.get("t0", 0), "child_s": msg.get("child_s"), "since_start": time.monotonic() - start}
         duration = time.monotonic() - start
         for target in (pid,):
             try:
@@ -259,7 +276,7 @@ class _Jobs:
         elif os.WIFEXITED(wstatus) and os.WEXITSTATUS(wstatus) != 0:
             exit_info = f"exit status {os.WEXITSTATUS(wstatus)}"
         return {"status": status, "tests": tests, "collect_errors": collect_errors,
-                "duration_s": duration, "exit": exit_info}
+                "duration_s": duration, "exit": exit_info, "timing": timing}
 
     @staticmethod
     def _reap():
@@ -279,6 +296,7 @@ class _Jobs:
     def _child(self, session, job, write_fd, job_nonce):
         from _pytest.runner import runtestprotocol
 
+        t_child = time.perf_counter()
         os.setpgid(0, 0)
         cpu = int(float(job["timeout_s"])) + 1
         try:
@@ -307,12 +325,14 @@ class _Jobs:
                 emit({"t": "collect_error", "r": [name, f"module failed to import: {exc!r}"[:2000]]})
                 emit({"t": "end"})
                 return
+        t_collect = time.perf_counter()
         self._collect_errors = []
         plugins_before = {id(p) for p in session.config.pluginmanager.get_plugins()}
         items = session.perform_collect()
         if {id(p) for p in session.config.pluginmanager.get_plugins()} - plugins_before:
             self._collect_errors.append(["<plugins>", "the tests registered pytest plugins or hooks; not allowed"])
             job = dict(job, stop_first=True)
+        t_collect = time.perf_counter() - t_collect
         for error in self._collect_errors:
             emit({"t": "collect_error", "r": error})
         if self._collect_errors and job.get("stop_first"):
@@ -336,7 +356,7 @@ class _Jobs:
             emit({"t": "test", "r": [item.nodeid, outcome, duration, message]})
             if job.get("stop_first") and outcome in ("failed", "error"):
                 break
-        emit({"t": "end"})
+        emit({"t": "end", "collect_s": t_collect, "t0": time.time(), "child_s": time.perf_counter() - t_child})
 
 
 def main():
@@ -358,7 +378,7 @@ def main():
             sys.stderr.write(f"fastdistill sandbox: namespace isolation failed, using guards: {exc}\n")
     _libc().prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 0: /proc/<pid>/fd of the worker is off limits
     _set_limits(cfg)
-    sys.dont_write_bytecode = True
+    sys.dont_write_bytecode = False  # the rewritten test module is cached once for all forked jobs
     import pytest  # noqa: PLC0415 - imported after the limits on purpose
 
     _install_guards(workdir, guard_writes=not isolated)

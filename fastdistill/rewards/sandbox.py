@@ -122,7 +122,6 @@ def _scrubbed_env(workdir: str) -> dict:
         "TMPDIR": workdir,
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
-        "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONHASHSEED": "0",
         "PYTHONIOENCODING": "utf-8",
         "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
@@ -130,7 +129,8 @@ def _scrubbed_env(workdir: str) -> dict:
 
 
 def execute_jobs(code: str, tests: str, jobs: list[dict], *, timeout_s: float, memory_mb: int,
-                 module_name: str = "solution", write_module: bool = True, nproc: int = 64) -> dict:
+                 module_name: str = "solution", write_module: bool = True, nproc: int = 64,
+                 extra_cfg: dict | None = None) -> dict:
     """Low-level entry point shared by :func:`run_tests` and the mutation engine.
 
     Each job is ``{"source": str | None, "stop_first": bool, "timeout_s": float}`` (``source=None``
@@ -160,7 +160,7 @@ def execute_jobs(code: str, tests: str, jobs: list[dict], *, timeout_s: float, m
         cfg = {
             "nonce": nonce, "workdir": workdir, "module_name": module_name, "test_file": test_file,
             "ini_file": ini_file, "memory_mb": memory_mb, "fsize_mb": 64, "nproc": nproc,
-            "cpu_s": int(timeout_s) + 2, "namespaces": caps["namespaces"], "jobs": jobs,
+            "cpu_s": int(timeout_s) + 2, "namespaces": caps["namespaces"], "jobs": jobs, **(extra_cfg or {}),
         }
         Path(workdir, _CFG_NAME).write_text(json.dumps(cfg), encoding="utf-8")
         result_r, result_w = os.pipe()

@@ -1,0 +1,355 @@
+"""AST mutation engine and a fast, sandboxed mutation score.
+
+Speed: pytest is imported and configured once per (code, tests) pair inside the sandbox worker;
+each mutant then runs in a child forked from that warm worker (the mutant module is executed
+from source into ``sys.modules[module_name]`` before the tests are collected), stops at its first
+failing test and has its own timeout (a multiple of the original run's time). Many pairs are
+scored in parallel with :func:`mutation_scores`; results are cached by a content hash of
+(code, tests, parameters) so a repeated pair is never run twice.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import hashlib
+import json
+import logging
+import os
+import random
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from fastdistill.rewards.sandbox import execute_jobs
+
+logger = logging.getLogger(__name__)
+
+_ARITH = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.FloorDiv: ast.Div,
+          ast.Mod: ast.FloorDiv, ast.Pow: ast.Mult, ast.BitAnd: ast.BitOr, ast.BitOr: ast.BitAnd,
+          ast.LShift: ast.RShift, ast.RShift: ast.LShift}
+_COMPARE = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
+            ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn, ast.NotIn: ast.In}
+_DELETABLE = (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Expr, ast.Raise)
+
+OPERATORS = ("arithmetic", "comparison", "boolean", "unary", "constant", "off_by_one", "return_value",
+             "negate_condition", "delete_statement", "break_continue", "slice_index")
+
+
+@dataclass
+class Mutant:
+    """One mutated version of the code: ``operator`` applied at ``line``; ``source`` is runnable."""
+
+    operator: str
+    line: int
+    description: str
+    source: str
+
+
+@dataclass
+class MutantOutcome:
+    """How one mutant fared: ``killed`` (includes timeouts, see ``timed_out``)."""
+
+    operator: str
+    line: int
+    description: str
+    killed: bool
+    timed_out: bool = False
+
+
+@dataclass
+class MutationResult:
+    """Result of :func:`mutation_score`. ``kill_rate = killed / total`` (timeouts count as killed).
+
+    ``baseline_ok`` is False when the tests do not pass on the original code; the score is then 0
+    and ``reason`` says why.
+    """
+
+    total: int = 0
+    killed: int = 0
+    survived: int = 0
+    timed_out: int = 0
+    kill_rate: float = 0.0
+    mutants: list[MutantOutcome] = field(default_factory=list)
+    baseline_ok: bool = False
+    baseline_passed: int = 0
+    baseline_duration_s: float = 0.0
+    duration_s: float = 0.0
+    reason: str = ""
+    cached: bool = False
+
+
+def _is_docstring(node, parent) -> bool:
+    return (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+            and isinstance(parent, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            and parent.body and parent.body[0] is node)
+
+
+def _candidates(tree: ast.AST) -> list[tuple[ast.AST, str, str, object]]:
+    """Every (node, operator, description, payload) mutation point, in a deterministic order."""
+    points = []
+    docstring_values = set()
+    in_function = set()
+    for parent in ast.walk(tree):
+        for name, value in ast.iter_fields(parent):
+            children = value if isinstance(value, list) else [value]
+            for child in children:
+                if not isinstance(child, ast.AST):
+                    continue
+                if _is_docstring(child, parent):
+                    docstring_values.add(id(child.value))
+                if isinstance(parent, (ast.FunctionDef, ast.AsyncFunctionDef)) or id(parent) in in_function:
+                    in_function.add(id(child))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.BinOp) and type(node.op) in _ARITH:
+            points.append((node, "arithmetic", f"{type(node.op).__name__} -> {_ARITH[type(node.op)].__name__}", None))
+        elif isinstance(node, ast.AugAssign) and type(node.op) in _ARITH:
+            points.append((node, "arithmetic", f"{type(node.op).__name__}= -> {_ARITH[type(node.op)].__name__}=", None))
+        elif isinstance(node, ast.Compare):
+            for i, op in enumerate(node.ops):
+                if type(op) in _COMPARE:
+                    points.append((node, "comparison", f"{type(op).__name__} -> {_COMPARE[type(op)].__name__}", i))
+        elif isinstance(node, ast.BoolOp):
+            points.append((node, "boolean", "and <-> or", None))
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.Not, ast.USub, ast.Invert)):
+            points.append((node, "unary", f"drop {type(node.op).__name__}", None))
+        elif isinstance(node, ast.Constant) and id(node) not in docstring_values:
+            value = node.value
+            if isinstance(value, bool):
+                points.append((node, "constant", f"{value} -> {not value}", not value))
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                points.append((node, "off_by_one", f"{value} -> {value + 1}", value + 1))
+                points.append((node, "off_by_one", f"{value} -> {value - 1}", value - 1))
+                if value not in (0, 1):
+                    points.append((node, "constant", f"{value} -> 0", 0))
+            elif isinstance(value, str):
+                points.append((node, "constant", "string -> " + ("'XX'" if value else "''"), "XX" if not value else ""))
+        elif isinstance(node, ast.Return) and node.value is not None and not (
+                isinstance(node.value, ast.Constant) and node.value.value is None):
+            points.append((node, "return_value", "return value -> None", None))
+        elif isinstance(node, (ast.If, ast.While, ast.IfExp)):
+            points.append((node, "negate_condition", "condition -> not condition", None))
+        elif isinstance(node, ast.Break):
+            points.append((node, "break_continue", "break -> continue", None))
+        elif isinstance(node, ast.Continue):
+            points.append((node, "break_continue", "continue -> break", None))
+        elif isinstance(node, ast.Slice):
+            for bound in ("lower", "upper"):
+                if getattr(node, bound) is not None:
+                    points.append((node, "slice_index", f"slice {bound} + 1", bound))
+        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and not isinstance(node.slice, (ast.Slice, ast.Constant, ast.Tuple)):
+            points.append((node, "slice_index", "index + 1", None))
+        if isinstance(node, _DELETABLE) and id(node) in in_function and not (
+                isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
+            points.append((node, "delete_statement", "statement -> pass", None))
+    return points
+
+
+def _apply(node: ast.AST, operator: str, payload) -> ast.AST | None:
+    """Mutate ``node`` (a node of a private copy of the tree); return a replacement node or None."""
+    if operator == "arithmetic":
+        node.op = _ARITH[type(node.op)]()
+    elif operator == "comparison":
+        node.ops[payload] = _COMPARE[type(node.ops[payload])]()
+    elif operator == "boolean":
+        node.op = ast.Or() if isinstance(node.op, ast.And) else ast.And()
+    elif operator == "unary":
+        return node.operand
+    elif operator in ("constant", "off_by_one"):
+        node.value = payload
+    elif operator == "return_value":
+        node.value = ast.Constant(None)
+    elif operator == "negate_condition":
+        node.test = ast.UnaryOp(ast.Not(), node.test)
+    elif operator == "break_continue":
+        return ast.Continue() if isinstance(node, ast.Break) else ast.Break()
+    elif operator == "slice_index":
+        if payload is None:
+            node.slice = ast.BinOp(node.slice, ast.Add(), ast.Constant(1))
+        else:
+            setattr(node, payload, ast.BinOp(getattr(node, payload), ast.Add(), ast.Constant(1)))
+    elif operator == "delete_statement":
+        return ast.Pass()
+    return None
+
+
+class _Replace(ast.NodeTransformer):
+    def __init__(self, target, replacement):
+        self.target, self.replacement = target, replacement
+
+    def visit(self, node):
+        if node is self.target:
+            return self.replacement
+        return self.generic_visit(node)
+
+
+def generate_mutants(code: str, *, max_mutants: int | None = None, seed: int = 0) -> list[Mutant]:
+    """Return the distinct, compilable mutants of ``code`` (AST-based, deterministic for a seed).
+
+    Operators: see :data:`OPERATORS`. With ``max_mutants`` a seeded random subset is kept, in the
+    original order. Raises ``SyntaxError`` if ``code`` does not parse.
+    """
+    tree = ast.parse(code)
+    original = ast.unparse(tree)
+    n_points = len(_candidates(tree))
+    mutants, seen = [], {original}
+    for index in range(n_points):
+        copy_tree = copy.deepcopy(tree)
+        node, operator, description, payload = _candidates(copy_tree)[index]
+        replacement = _apply(node, operator, payload)
+        if replacement is not None:
+            copy_tree = _Replace(node, ast.copy_location(replacement, node)).visit(copy_tree)
+        ast.fix_missing_locations(copy_tree)
+        try:
+            source = ast.unparse(copy_tree)
+            compile(source, "<mutant>", "exec")
+        except (SyntaxError, ValueError, TypeError, RecursionError):
+            continue
+        if source in seen:
+            continue
+        seen.add(source)
+        mutants.append(Mutant(operator=operator, line=getattr(node, "lineno", 0), description=description,
+                              source=source))
+    if max_mutants is not None and len(mutants) > max_mutants:
+        keep = sorted(random.Random(seed).sample(range(len(mutants)), max_mutants))
+        mutants = [mutants[i] for i in keep]
+    return mutants
+
+
+_CACHE: OrderedDict[str, MutationResult] = OrderedDict()
+_CACHE_SIZE = 4096
+_CACHE_LOCK = threading.Lock()
+
+
+def clear_cache() -> None:
+    """Forget every cached mutation result."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def _cache_key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def mutation_score(code: str, tests: str, *, module_name: str = "solution", max_mutants: int | None = 40,
+                   seed: int = 0, timeout_s: float = 60.0, memory_mb: int = 1024, baseline_timeout_s: float = 10.0,
+                   mutant_timeout_factor: float = 5.0, mutant_timeout_min_s: float = 1.0,
+                   use_cache: bool = True) -> MutationResult:
+    """Mutation score of the pytest file ``tests`` against ``code``, run in the sandbox.
+
+    The tests first run on the original code; if any fails (or none is collected) the result has
+    ``kill_rate == 0`` and a ``reason``. Otherwise every mutant from :func:`generate_mutants` runs
+    in a child forked from the warm sandbox worker, stopping at the first failing test; a mutant
+    is killed when a test fails or errors, the module fails to import, or it times out (after
+    ``max(mutant_timeout_min_s, mutant_timeout_factor * baseline time)``). ``timeout_s`` bounds
+    the whole call: mutants not reached in time count as survived. Never raises for bad input.
+    """
+    key = _cache_key("v1", code, tests, module_name, max_mutants, seed, memory_mb, mutant_timeout_factor,
+                     mutant_timeout_min_s)
+    if use_cache:
+        with _CACHE_LOCK:
+            hit = _CACHE.get(key)
+            if hit is not None:
+                _CACHE.move_to_end(key)
+                return _cached_copy(hit)
+    result = _mutation_score_uncached(code, tests, module_name=module_name, max_mutants=max_mutants, seed=seed,
+                                      timeout_s=timeout_s, memory_mb=memory_mb, baseline_timeout_s=baseline_timeout_s,
+                                      factor=mutant_timeout_factor, min_s=mutant_timeout_min_s)
+    if use_cache and "timed out" not in result.reason:
+        with _CACHE_LOCK:
+            _CACHE[key] = result
+            while len(_CACHE) > _CACHE_SIZE:
+                _CACHE.popitem(last=False)
+    return result
+
+
+def _cached_copy(result: MutationResult) -> MutationResult:
+    clone = copy.copy(result)
+    clone.cached = True
+    return clone
+
+
+def _mutation_score_uncached(code, tests, *, module_name, max_mutants, seed, timeout_s, memory_mb,
+                             baseline_timeout_s, factor, min_s) -> MutationResult:
+    try:
+        mutants = generate_mutants(code, max_mutants=max_mutants, seed=seed)
+    except (SyntaxError, ValueError, RecursionError) as exc:
+        return MutationResult(reason=f"code under test does not parse: {exc}")
+    try:
+        ast.parse(tests)
+    except (SyntaxError, ValueError, RecursionError) as exc:
+        return MutationResult(total=len(mutants), survived=len(mutants), reason=f"tests do not parse: {exc}")
+    jobs = [{"source": code, "stop_first": False, "timeout_s": baseline_timeout_s}]
+    jobs += [{"source": m.source, "stop_first": True, "timeout_s": None} for m in mutants]
+    raw = execute_jobs(code, tests, jobs, timeout_s=timeout_s, memory_mb=memory_mb, module_name=module_name,
+                       write_module=False, extra_cfg={"baseline_gate": {"factor": factor, "min_s": min_s,
+                                                                        "max_s": max(min_s, timeout_s)}})
+    result = MutationResult(total=len(mutants), duration_s=raw["duration_s"])
+    by_index = {job["i"]: job for job in raw["jobs"]}
+    baseline = by_index.get(0)
+    if baseline is None:
+        result.survived = len(mutants)
+        result.reason = f"tests did not finish on the original code: {raw['reason']}"
+        return result
+    outcomes = [t[1] for t in baseline["tests"]]
+    result.baseline_passed = outcomes.count("passed")
+    result.baseline_duration_s = baseline["duration_s"]
+    problems = []
+    if baseline["status"] != "ok":
+        problems.append("timed out" if baseline["status"] == "timeout" else
+                        f"the test process ended early ({baseline.get('exit') or 'no final report'})")
+    if baseline["collect_errors"]:
+        problems.append("collection/import error: " + baseline["collect_errors"][0][1][-300:])
+    bad = [t for t in baseline["tests"] if t[1] in ("failed", "error")]
+    if bad:
+        problems.append(f"{len(bad)} test(s) fail on the original code, first: {bad[0][0]}")
+    if not outcomes.count("passed") and not problems:
+        problems.append("no test passed on the original code (empty or all skipped)")
+    if problems:
+        result.survived = len(mutants)
+        result.reason = "score 0: " + "; ".join(problems)
+        return result
+    result.baseline_ok = True
+    for index, mutant in enumerate(mutants, start=1):
+        job = by_index.get(index)
+        if job is None:
+            outcome = MutantOutcome(mutant.operator, mutant.line, mutant.description, killed=False)
+        else:
+            timed_out = job["status"] == "timeout"
+            killed = (timed_out or job["status"] == "crash" or bool(job["collect_errors"])
+                      or any(t[1] in ("failed", "error") for t in job["tests"]))
+            outcome = MutantOutcome(mutant.operator, mutant.line, mutant.description, killed=killed, timed_out=timed_out)
+        result.mutants.append(outcome)
+    result.killed = sum(m.killed for m in result.mutants)
+    result.timed_out = sum(m.timed_out for m in result.mutants)
+    result.survived = result.total - result.killed
+    result.kill_rate = result.killed / result.total if result.total else 0.0
+    missing = result.total - (len(by_index) - 1)
+    if not result.total:
+        result.reason = "no mutants could be generated from the code"
+    elif missing > 0:
+        result.reason = f"{raw['reason'] or 'run stopped early'}; {missing} mutant(s) not evaluated, counted as survived"
+    else:
+        result.reason = f"ok: {result.killed}/{result.total} mutants killed"
+    return result
+
+
+def mutation_scores(codes: list[str], tests: list[str], *, n_workers: int | None = None, **kwargs) -> list[MutationResult]:
+    """Score many (code, tests) pairs in parallel (one sandbox per pair, ``n_workers`` at a time).
+
+    Duplicate pairs in the batch run once; keyword arguments go to :func:`mutation_score`.
+    """
+    if len(codes) != len(tests):
+        raise ValueError("codes and tests must have the same length")
+    n_workers = n_workers or os.cpu_count() or 1
+    unique: dict[tuple[str, str], int] = {}
+    for pair in zip(codes, tests):
+        unique.setdefault(pair, len(unique))
+    pairs = list(unique)
+    if len(pairs) == 1 or n_workers == 1:
+        results = [mutation_score(c, t, **kwargs) for c, t in pairs]
+    else:
+        with ThreadPoolExecutor(max_workers=min(n_workers, len(pairs))) as pool:
+            results = list(pool.map(lambda p: mutation_score(p[0], p[1], **kwargs), pairs))
+    return [results[unique[pair]] for pair in zip(codes, tests)]
