@@ -1,0 +1,237 @@
+"""GKD with a weighted CE + generalized JSD + reverse KL loss, with or without a live teacher."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from fastdistill.data.collators import DistillationCollator, tokenize_example
+from fastdistill.losses import jsd_loss, reverse_kl_on_chosen, reverse_kl_on_logits
+
+with warnings.catch_warnings():  # TRL 1.16 keeps GKD under trl.experimental and warns on import
+    warnings.simplefilter("ignore")
+    try:
+        from trl.experimental.gkd import GKDConfig as _TRLGKDConfig
+        from trl.experimental.gkd import GKDTrainer as _TRLGKDTrainer
+    except ImportError:  # older / future TRL layouts
+        from trl import GKDConfig as _TRLGKDConfig  # type: ignore[no-redef]
+        from trl import GKDTrainer as _TRLGKDTrainer  # type: ignore[no-redef]
+from trl import SFTTrainer as _TRLSFTTrainer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["GKDConfig", "GKDTrainer"]
+
+OFFLINE_COLUMNS = ("teacher_logprobs", "teacher_topk_ids", "teacher_topk_logprobs")
+
+
+@dataclass
+class GKDConfig(_TRLGKDConfig):
+    """Configuration for :class:`fastdistill.GKDTrainer`; every TRL ``GKDConfig`` field keeps its meaning.
+
+    The loss is ``ce_lambda * CE + jsd_lambda * JSD_beta + rkl_lambda * RKL``; each term is logged
+    separately (``loss/ce``, ``loss/jsd``, ``loss/rkl``). With the defaults and a live teacher the loss
+    is exactly TRL's GKD loss.
+
+    Args:
+        ce_lambda (`float`, defaults to `0.0`):
+            Weight of the token cross-entropy on the dataset's completion tokens (the SFT signal).
+        jsd_lambda (`float` or `None`, defaults to `None`):
+            Weight of the generalized JSD (``beta`` as in TRL) to a live teacher. ``None`` means 1.0 with a
+            teacher and 0.0 without one (the JSD needs the teacher's full distribution).
+        rkl_lambda (`float` or `None`, defaults to `None`):
+            Weight of the reverse KL(student || teacher). With a live teacher it is the exact
+            full-vocabulary reverse KL; without one it is computed from the dataset's ``teacher_logprobs``
+            (or top-k) columns by ``reverse_kl_on_chosen``. ``None`` means 0.0 with a teacher and 1.0
+            without one.
+    """
+
+    ce_lambda: float = field(default=0.0, metadata={"help": "Weight of the token cross-entropy term."})
+    jsd_lambda: float | None = field(
+        default=None, metadata={"help": "Weight of the generalized JSD term (default: 1 with a teacher, else 0)."}
+    )
+    rkl_lambda: float | None = field(
+        default=None, metadata={"help": "Weight of the reverse-KL term (default: 0 with a teacher, else 1)."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("ce_lambda", "jsd_lambda", "rkl_lambda"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def _to_prompt_completion(example: dict) -> dict:
+    """Split TRL's ``messages`` format into prompt/completion (the last message is the answer)."""
+    if "prompt" in example and "completion" in example:
+        return {}
+    messages = example.get("messages")
+    if not messages or messages[-1]["role"] != "assistant":
+        raise ValueError("each row needs prompt/completion columns, or a messages list ending with the assistant's answer")
+    return {"prompt": messages[:-1], "completion": messages[-1:]}
+
+
+class GKDTrainer(_TRLGKDTrainer):
+    """TRL's ``GKDTrainer`` with a weighted CE + JSD + reverse-KL loss and a teacher-free path.
+
+    * With ``teacher_model`` (a model or a path; or ``args.teacher_model_name_or_path``): TRL's GKD,
+      including on-policy ``lmbda`` and ``seq_kd``; the divergences come from
+      :mod:`fastdistill.losses`, which are chunked over tokens so their extra memory is bounded.
+    * Without a teacher, when the dataset has ``teacher_logprobs`` (one log-prob per completion token)
+      or ``teacher_topk_ids``/``teacher_topk_logprobs`` columns: trains from those columns through
+      :func:`~fastdistill.losses.reverse_kl_on_chosen`. Generated completions have no stored teacher
+      log-probs, so this path needs ``lmbda=0`` and ``seq_kd=False``.
+
+    The dataset is ``prompt``/``completion`` (strings or chat messages) or ``messages``; it is
+    tokenized once up front, which checks that every teacher column has exactly one entry per
+    completion token and raises a ``ValueError`` naming the first bad row otherwise.
+    """
+
+    _tag_names = ["trl", "gkd", "fastdistill"]
+
+    def __init__(
+        self,
+        model=None,
+        teacher_model=None,
+        args: GKDConfig | None = None,
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        peft_config=None,
+        **kwargs,
+    ):
+        if args is None:
+            raise ValueError("pass a fastdistill.GKDConfig as `args`")
+        if teacher_model is None and args.teacher_model_name_or_path:
+            teacher_model = args.teacher_model_name_or_path
+        if processing_class is None:
+            from transformers import AutoTokenizer
+
+            name = model if isinstance(model, str) else model.config._name_or_path
+            processing_class = AutoTokenizer.from_pretrained(name)
+        if processing_class.pad_token is None:
+            processing_class.pad_token = processing_class.eos_token
+
+        self.offline = teacher_model is None
+        if self.offline:
+            columns = set(train_dataset.column_names) if train_dataset is not None else set()
+            if not columns & set(OFFLINE_COLUMNS):
+                raise ValueError(
+                    "GKDTrainer needs a teacher: pass `teacher_model` (or set `teacher_model_name_or_path`), or a "
+                    "dataset with a 'teacher_logprobs' column (or 'teacher_topk_ids' + 'teacher_topk_logprobs')"
+                )
+            if args.lmbda > 0 or args.seq_kd:
+                raise ValueError(
+                    "without a live teacher there are no teacher log-probs for generated completions: set lmbda=0 "
+                    f"and seq_kd=False (got lmbda={args.lmbda}, seq_kd={args.seq_kd})"
+                )
+        self.ce_lambda = float(args.ce_lambda)
+        self.jsd_lambda = float(args.jsd_lambda if args.jsd_lambda is not None else (0.0 if self.offline else 1.0))
+        self.rkl_lambda = float(args.rkl_lambda if args.rkl_lambda is not None else (1.0 if self.offline else 0.0))
+        if self.offline and self.jsd_lambda > 0:
+            raise ValueError("jsd_lambda > 0 needs a live teacher (the JSD uses its full distribution); set jsd_lambda=0")
+        if self.ce_lambda + self.jsd_lambda + self.rkl_lambda == 0:
+            raise ValueError("ce_lambda, jsd_lambda and rkl_lambda are all 0: nothing to train")
+
+        train_dataset = self._tokenize(train_dataset, processing_class, args.max_length, "train")
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {k: self._tokenize(v, processing_class, args.max_length, k) for k, v in eval_dataset.items()}
+        else:
+            eval_dataset = self._tokenize(eval_dataset, processing_class, args.max_length, "eval")
+        if data_collator is None:
+            data_collator = DistillationCollator(processing_class, max_length=args.max_length)
+
+        common = dict(
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            peft_config=peft_config,
+            **kwargs,
+        )
+        if not self.offline:
+            super().__init__(model, teacher_model, **common)
+            return
+        # No teacher: TRL's GKDTrainer.__init__ requires one, so set up the SFTTrainer base directly
+        # and the few GKD attributes the rest of the class reads.
+        args.remove_unused_columns = False
+        args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+        _TRLSFTTrainer.__init__(self, model, **common)
+        if args.disable_dropout:
+            from trl.trainer.utils import disable_dropout_in_model
+
+            disable_dropout_in_model(self.model)
+        self.teacher_model = None
+        self.lmbda, self.beta, self.temperature, self.seq_kd = args.lmbda, args.beta, args.temperature, args.seq_kd
+        self.generation_config = self.generation_kwargs = None
+
+    @staticmethod
+    def _tokenize(dataset, tokenizer, max_length, name):
+        if dataset is None or "completion_ids" in dataset.column_names:
+            return dataset
+        if "prompt" not in dataset.column_names or "completion" not in dataset.column_names:
+            dataset = dataset.map(_to_prompt_completion, desc=f"Splitting {name} messages")
+
+        def tokenize(example, index):
+            return tokenize_example(example, tokenizer, max_length, index=index)
+
+        return dataset.map(tokenize, with_indices=True, desc=f"Tokenizing {name} dataset")
+
+    # ------------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        student_outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        # logits at position i predict token i + 1; labels are -100 on prompt and padding
+        student_logits = student_outputs.logits[:, :-1, :]
+        labels = inputs["labels"][:, 1:]
+        mask = labels != -100
+        terms: dict[str, torch.Tensor] = {}
+
+        if self.ce_lambda > 0:
+            ce = F.cross_entropy(
+                student_logits.reshape(-1, student_logits.shape[-1]).float(),
+                labels.reshape(-1),
+                ignore_index=-100,
+                reduction="sum",
+            )
+            denom = num_items_in_batch if num_items_in_batch is not None else mask.sum().clamp_min(1)
+            terms["ce"] = ce / (denom.to(ce.device) if isinstance(denom, torch.Tensor) else denom)
+
+        if self.teacher_model is not None:
+            self.teacher_model.eval()
+            with torch.no_grad():
+                teacher_logits = self.teacher_model(
+                    input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+                ).logits[:, :-1, :]
+            if self.jsd_lambda > 0:
+                terms["jsd"] = jsd_loss(
+                    student_logits, teacher_logits, beta=self.beta, mask=mask, num_items_in_batch=num_items_in_batch
+                )
+            if self.rkl_lambda > 0:
+                terms["rkl"] = reverse_kl_on_logits(
+                    student_logits, teacher_logits, mask=mask, num_items_in_batch=num_items_in_batch
+                )
+        elif self.rkl_lambda > 0:
+            topk = "teacher_topk_ids" in inputs and "teacher_topk_logprobs" in inputs
+            terms["rkl"] = reverse_kl_on_chosen(
+                student_logits,
+                labels,
+                inputs["teacher_logprobs"][:, 1:] if "teacher_logprobs" in inputs else None,
+                mask=mask,
+                teacher_topk_ids=inputs["teacher_topk_ids"][:, 1:] if topk else None,
+                teacher_topk_logprobs=inputs["teacher_topk_logprobs"][:, 1:] if topk else None,
+                num_items_in_batch=num_items_in_batch,
+            )
+
+        weights = {"ce": self.ce_lambda, "jsd": self.jsd_lambda, "rkl": self.rkl_lambda}
+        loss = sum(weights[name] * value for name, value in terms.items())
+        mode = "train" if model.training else "eval"
+        for name, value in terms.items():
+            self._metrics[mode][f"loss/{name}"].append(self.accelerator.gather(value.detach()).mean().item())
+        return (loss, student_outputs) if return_outputs else loss

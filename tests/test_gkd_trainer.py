@@ -1,0 +1,96 @@
+import warnings
+
+import pytest
+import torch
+
+from fastdistill import GKDConfig, GKDTrainer
+from tests.helpers import ROWS, dataset, student_and_teacher, teacher_logprob_columns
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from trl.experimental.gkd import GKDTrainer as TRLGKDTrainer
+
+
+def config(tmp_path, **overrides):
+    kwargs = dict(
+        output_dir=str(tmp_path),
+        bf16=False,
+        max_steps=30,
+        per_device_train_batch_size=4,
+        learning_rate=3e-3,
+        lmbda=0.0,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        max_length=96,
+        seed=0,
+    )
+    kwargs.update(overrides)
+    return GKDConfig(**kwargs)
+
+
+def losses(trainer, key="loss"):
+    return [h[key] for h in trainer.state.log_history if key in h]
+
+
+def test_default_loss_is_trls_gkd_loss(tmp_path):
+    student, teacher, tok = student_and_teacher()
+    trainer = GKDTrainer(model=student, teacher_model=teacher, args=config(tmp_path), train_dataset=dataset(), processing_class=tok)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    for num_items in (None, 17):
+        ours = trainer.compute_loss(trainer.model, batch, num_items_in_batch=num_items)
+        theirs = TRLGKDTrainer.compute_loss(trainer, trainer.model, batch, num_items_in_batch=num_items)
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
+    assert ours.item() > 0.01  # a sharp teacher makes the comparison meaningful
+
+
+def test_live_teacher_loss_goes_down_and_terms_are_logged(tmp_path):
+    student, teacher, tok = student_and_teacher()
+    args = config(tmp_path, ce_lambda=0.5, jsd_lambda=1.0, rkl_lambda=0.25)
+    trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset(), processing_class=tok)
+    trainer.train()
+    history = losses(trainer)
+    assert len(history) == 30 and sum(history[-5:]) / 5 < 0.8 * sum(history[:5]) / 5
+    for term in ("loss/ce", "loss/jsd", "loss/rkl"):
+        values = losses(trainer, term)
+        assert len(values) == 30 and values[-1] < values[0]
+    first = trainer.state.log_history[0]
+    assert first["loss"] == pytest.approx(0.5 * first["loss/ce"] + first["loss/jsd"] + 0.25 * first["loss/rkl"], rel=1e-4)
+
+
+@pytest.mark.parametrize("top_k", [0, 4])
+def test_teacher_free_training_from_logprob_columns(tmp_path, top_k):
+    student, teacher, tok = student_and_teacher()
+    ds = teacher_logprob_columns(teacher, tok, dataset(), top_k=top_k)
+    trainer = GKDTrainer(model=student, args=config(tmp_path, learning_rate=1e-2), train_dataset=ds, processing_class=tok)
+    assert trainer.teacher_model is None and trainer.rkl_lambda == 1.0 and trainer.jsd_lambda == 0.0
+    trainer.train()
+    history = losses(trainer, "loss/rkl")
+    assert len(history) == 30 and sum(history[-5:]) / 5 < 0.8 * sum(history[:5]) / 5
+
+
+def test_on_policy_and_seq_kd_still_work(tmp_path):
+    student, teacher, tok = student_and_teacher()
+    for overrides in ({"lmbda": 1.0}, {"lmbda": 0.0, "seq_kd": True}):
+        args = config(tmp_path, max_steps=2, max_new_tokens=8, **overrides)
+        trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset(), processing_class=tok)
+        before = trainer.model.lm_head.weight.detach().clone()
+        trainer.train()
+        assert len(losses(trainer)) == 2
+        assert not torch.equal(before, trainer.model.lm_head.weight)
+
+
+def test_clear_errors(tmp_path):
+    student, teacher, tok = student_and_teacher()
+    with pytest.raises(ValueError, match="needs a teacher"):
+        GKDTrainer(model=student, args=config(tmp_path), train_dataset=dataset(), processing_class=tok)
+    bad = dataset([{**ROWS[0], "teacher_logprobs": [-0.5, -0.5]}, {**ROWS[1], "teacher_logprobs": [-0.5, -0.5]}])
+    with pytest.raises(ValueError, match="row 0: 'teacher_logprobs' has 2 entries"):
+        GKDTrainer(model=student, args=config(tmp_path), train_dataset=bad, processing_class=tok)
+    good = teacher_logprob_columns(teacher, tok, dataset(ROWS[:2]))
+    with pytest.raises(ValueError, match="lmbda=0"):
+        GKDTrainer(model=student, args=config(tmp_path, lmbda=0.5), train_dataset=good, processing_class=tok)
+    with pytest.raises(ValueError, match="needs a live teacher"):
+        GKDTrainer(model=student, args=config(tmp_path, jsd_lambda=1.0), train_dataset=good, processing_class=tok)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        config(tmp_path, ce_lambda=-1.0)
