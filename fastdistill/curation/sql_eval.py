@@ -73,7 +73,7 @@ def classify_error(exc: BaseException) -> str:
     msg = str(exc).lower()
     if isinstance(exc, sqlite3.OperationalError) and "interrupted" in msg:
         return "timeout"
-    if "not authorized" in msg or "prohibited" in msg or "attempt to write a readonly" in msg:
+    if "not authorized" in msg or "authorization denied" in msg or "attempt to write a readonly" in msg:
         return "not_authorized"
     if "one statement at a time" in msg:
         return "multiple_statements"
