@@ -13,9 +13,24 @@ from fastdistill.rewards.mutation import (
     mutation_score,
     mutation_scores,
 )
+from fastdistill.rewards.functions import (
+    PRESETS,
+    CompositeReward,
+    MutantKillReward,
+    RobustnessReward,
+    SpeedStabilityReward,
+    composite_reward,
+    extract_test_code,
+    make_composite_reward,
+    mutant_kill_reward,
+    robustness_reward,
+    speed_stability_reward,
+)
 from fastdistill.rewards.sandbox import TestOutcome, TestRun, run_tests, sandbox_capabilities
 
 __all__ = [
+    "PRESETS", "CompositeReward", "MutantKillReward", "RobustnessReward", "SpeedStabilityReward", "composite_reward",
+    "extract_test_code", "make_composite_reward", "mutant_kill_reward", "robustness_reward", "speed_stability_reward",
     "Mutant", "MutantOutcome", "MutationResult", "TestOutcome", "TestRun", "clear_cache", "generate_mutants",
     "mutation_score", "mutation_scores", "run_tests", "sandbox_capabilities",
 ]

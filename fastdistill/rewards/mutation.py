@@ -234,7 +234,7 @@ def _cache_key(*parts) -> str:
 
 def mutation_score(code: str, tests: str, *, module_name: str = "solution", max_mutants: int | None = 40,
                    seed: int = 0, timeout_s: float = 60.0, memory_mb: int = 1024, baseline_timeout_s: float = 10.0,
-                   mutant_timeout_factor: float = 5.0, mutant_timeout_min_s: float = 1.0,
+                   mutant_timeout_factor: float = 10.0, mutant_timeout_min_s: float = 0.3,
                    use_cache: bool = True) -> MutationResult:
     """Mutation score of the pytest file ``tests`` against ``code``, run in the sandbox.
 

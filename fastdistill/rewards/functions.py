@@ -1,0 +1,294 @@
+"""TRL reward functions that score generated pytest files by running them.
+
+All follow TRL's signature ``f(prompts, completions, **kwargs) -> list[float]``; the code under
+test comes from a dataset column passed as a keyword list (``code`` by default). Completions may
+be strings or conversational message lists. Output without a parseable test file scores 0.0;
+the functions never raise because of what a model generated.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import math
+import os
+import re
+import statistics
+from concurrent.futures import ThreadPoolExecutor
+
+from fastdistill.augment import robust_augment
+from fastdistill.rewards.mutation import mutation_scores
+from fastdistill.rewards.sandbox import run_tests
+
+logger = logging.getLogger(__name__)
+
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_CODE_START = re.compile(r"^(import |from |def |class |@|async def )")
+
+
+def _completion_text(completion) -> str:
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        return str(completion.get("content") or "")
+    if isinstance(completion, (list, tuple)):
+        texts = [m.get("content") or "" for m in completion if isinstance(m, dict) and m.get("role", "assistant") == "assistant"]
+        return "\n".join(str(t) for t in texts)
+    return ""
+
+
+def _has_tests(tree: ast.Module) -> bool:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test"):
+            return True
+    return False
+
+
+def _parse(source: str):
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    return tree if _has_tests(tree) else None
+
+
+def extract_test_code(completion) -> str | None:
+    """Pull a pytest file out of a completion (string or chat messages); ``None`` if there is none.
+
+    Tries, in order: fenced code blocks (python/py/untagged; the first with a test function, or
+    all test-bearing blocks joined), the whole text, then the text from its first line that looks
+    like code, trimming trailing chat lines until it parses.
+    """
+    text = _completion_text(completion)
+    if not text.strip():
+        return None
+    blocks = [body for lang, body in _FENCE.findall(text) if lang.lower() in ("", "python", "py", "python3")]
+    good = [b for b in blocks if _parse(b) is not None]
+    if good:
+        joined = "\n\n".join(good)
+        return joined if len(good) > 1 and _parse(joined) is not None else good[0]
+    if _parse(text) is not None:
+        return text
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if _CODE_START.match(line)]
+    if not starts:
+        return None
+    for end in range(len(lines), starts[0], -1):
+        candidate = "\n".join(lines[starts[0]:end]) + "\n"
+        if _parse(candidate) is not None:
+            return candidate
+    return None
+
+
+def _column(kwargs: dict, name: str, n: int) -> list:
+    values = kwargs.get(name)
+    if values is None:
+        raise ValueError(f"reward needs the dataset column {name!r} (passed by TRL as a keyword argument)")
+    if isinstance(values, str):
+        values = [values] * n
+    if len(values) != n:
+        raise ValueError(f"column {name!r} has {len(values)} values for {n} completions")
+    return list(values)
+
+
+def _parallel(fn, items, n_workers):
+    if n_workers <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=min(n_workers, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+class _Reward:
+    """Base: extraction, column handling and error containment."""
+
+    __name__ = "reward"
+
+    def __init__(self, code_column: str = "code", module_name: str = "solution", n_workers: int | None = None,
+                 max_mutants: int | None = 30, timeout_s: float = 60.0, memory_mb: int = 1024):
+        self.code_column = code_column
+        self.module_name = module_name
+        self.n_workers = n_workers or os.cpu_count() or 1
+        self.max_mutants = max_mutants
+        self.timeout_s = timeout_s
+        self.memory_mb = memory_mb
+
+    def _pairs(self, completions, kwargs):
+        codes = _column(kwargs, self.code_column, len(completions))
+        tests = [extract_test_code(c) for c in completions]
+        return codes, tests
+
+    def _mutation(self, codes, tests):
+        idx = [i for i, t in enumerate(tests) if t is not None]
+        results = [None] * len(codes)
+        scored = mutation_scores([codes[i] for i in idx], [tests[i] for i in idx], n_workers=self.n_workers,
+                                 module_name=self.module_name, max_mutants=self.max_mutants,
+                                 timeout_s=self.timeout_s, memory_mb=self.memory_mb) if idx else []
+        for i, res in zip(idx, scored):
+            results[i] = res
+        return results
+
+    def __call__(self, prompts=None, completions=None, **kwargs) -> list[float]:
+        completions = completions or []
+        try:
+            codes, tests = self._pairs(completions, kwargs)
+            return [float(x) for x in self.score(codes, tests)]
+        except ValueError:
+            raise
+        except Exception:  # noqa: BLE001 - a reward must never take the trainer down
+            logger.exception("%s failed; scoring the batch 0", self.__name__)
+            return [0.0] * len(completions)
+
+
+class MutantKillReward(_Reward):
+    """Fraction of mutants of the CUT killed by the generated tests (0 if they fail on the CUT)."""
+
+    __name__ = "mutant_kill_reward"
+
+    def score(self, codes, tests):
+        return [r.kill_rate if r is not None else 0.0 for r in self._mutation(codes, tests)]
+
+
+class SpeedStabilityReward(_Reward):
+    """Tests must pass on each of ``repeats`` runs; then faster and less variable scores higher.
+
+    ``score = ref_s / (ref_s + mean_s) * 1 / (1 + cv)`` where ``mean_s`` is the mean per-run test
+    time (pytest's setup+call+teardown, start-up excluded) and ``cv`` its coefficient of
+    variation. Failing, erroring, timed-out or flaky (outcomes differ across repeats) tests score 0.
+    """
+
+    __name__ = "speed_stability_reward"
+
+    def __init__(self, repeats: int = 3, ref_s: float = 0.05, **kwargs):
+        super().__init__(**kwargs)
+        self.repeats = repeats
+        self.ref_s = ref_s
+
+    def score_one(self, pair):
+        code, tests = pair
+        if tests is None:
+            return 0.0
+        run = run_tests(code, tests, repeats=self.repeats, timeout_s=min(self.timeout_s, 30.0),
+                        memory_mb=self.memory_mb, module_name=self.module_name)
+        if not run.ok or run.flaky or len(run.repeat_durations_s) != self.repeats:
+            return 0.0
+        durations = run.repeat_durations_s
+        mean = statistics.fmean(durations)
+        cv = statistics.pstdev(durations) / mean if mean > 0 else 0.0
+        return (self.ref_s / (self.ref_s + mean)) / (1.0 + cv)
+
+    def score(self, codes, tests):
+        return _parallel(self.score_one, list(zip(codes, tests)), self.n_workers)
+
+
+class RobustnessReward(_Reward):
+    """Do the tests keep passing and killing when the CUT is rewritten by ``robust_augment``?
+
+    For each of ``n_variants`` seeded rewrites: 0 if the tests fail on it, else
+    ``min(1, kill_rate(variant) / kill_rate(original))``; the reward is the mean (0 when the tests
+    fail on the original or kill nothing there).
+    """
+
+    __name__ = "robustness_reward"
+
+    def __init__(self, n_variants: int = 2, max_mutants: int | None = 15, **kwargs):
+        super().__init__(max_mutants=max_mutants, **kwargs)
+        self.n_variants = n_variants
+
+    def score(self, codes, tests):
+        base = self._mutation(codes, tests)
+        var_codes, var_tests, owners = [], [], []
+        for i, (code, test) in enumerate(zip(codes, tests)):
+            if base[i] is None or not base[i].baseline_ok or base[i].kill_rate <= 0:
+                continue
+            for seed in range(self.n_variants):
+                try:
+                    variant = robust_augment(code, seed=seed)
+                except (SyntaxError, ValueError, RecursionError):
+                    continue
+                var_codes.append(variant)
+                var_tests.append(test)
+                owners.append(i)
+        results = self._mutation(var_codes, var_tests) if var_codes else []
+        per = {}
+        for owner, res in zip(owners, results):
+            value = 0.0 if (res is None or not res.baseline_ok) else min(1.0, res.kill_rate / base[owner].kill_rate)
+            per.setdefault(owner, []).append(value)
+        return [statistics.fmean(per[i]) if i in per else 0.0 for i in range(len(codes))]
+
+
+_COMPONENTS = {
+    "mutant_kill": MutantKillReward,
+    "speed_stability": SpeedStabilityReward,
+    "robustness": RobustnessReward,
+}
+
+PRESETS: dict[str, dict[str, float]] = {
+    # "mutant" branch: strongest tests; "speed" branch: fast, stable tests that still kill.
+    "mutant": {"mutant_kill": 0.7, "robustness": 0.2, "speed_stability": 0.1},
+    "speed": {"mutant_kill": 0.3, "robustness": 0.1, "speed_stability": 0.6},
+}
+
+
+class CompositeReward(_Reward):
+    """Weighted sum of the component rewards; weights are normalised to sum to 1.
+
+    After each call, ``last_components`` maps component name -> list of per-completion values
+    (plus ``"composite"``) so a trainer can log kill rate, speed and robustness separately.
+    """
+
+    __name__ = "composite_reward"
+
+    def __init__(self, weights: dict[str, float] | None = None, component_kwargs: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        weights = dict(weights or PRESETS["mutant"])
+        unknown = set(weights) - set(_COMPONENTS)
+        if unknown:
+            raise ValueError(f"unknown reward components {sorted(unknown)}; choose from {sorted(_COMPONENTS)}")
+        total = sum(w for w in weights.values() if w > 0)
+        if total <= 0:
+            raise ValueError("at least one weight must be positive")
+        self.weights = {k: w / total for k, w in weights.items() if w > 0}
+        component_kwargs = component_kwargs or {}
+        self.components = {name: _COMPONENTS[name](**{**kwargs, **component_kwargs.get(name, {})})
+                           for name in self.weights}
+        self.last_components: dict[str, list[float]] = {}
+
+    def score(self, codes, tests):
+        values = {}
+        for name, component in self.components.items():
+            try:
+                values[name] = [float(v) for v in component.score(codes, tests)]
+            except Exception:  # noqa: BLE001
+                logger.exception("reward component %s failed; scoring it 0", name)
+                values[name] = [0.0] * len(codes)
+        combined = [sum(self.weights[n] * values[n][i] for n in values) for i in range(len(codes))]
+        combined = [c if math.isfinite(c) else 0.0 for c in combined]
+        self.last_components = {**values, "composite": combined}
+        return combined
+
+
+def composite_reward(weights: dict[str, float] | None = None, *, preset: str | None = None, **kwargs) -> CompositeReward:
+    """Build a composite reward from ``weights`` (component -> weight) or a named ``preset``.
+
+    Components: ``mutant_kill``, ``speed_stability``, ``robustness``. Presets (see ``PRESETS``):
+    ``"mutant"`` and ``"speed"``, the two GRPO branches. Keyword arguments (``code_column``,
+    ``max_mutants``, ``n_workers``, ...) go to every component.
+    """
+    if preset is not None:
+        if weights is not None:
+            raise ValueError("give weights or preset, not both")
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+        weights = PRESETS[preset]
+    reward = CompositeReward(weights=weights, **kwargs)
+    if preset is not None:
+        reward.__name__ = f"composite_reward_{preset}"
+    return reward
+
+
+composite_reward.preset = lambda name, **kwargs: composite_reward(preset=name, **kwargs)
+make_composite_reward = composite_reward
+
+mutant_kill_reward = MutantKillReward()
+speed_stability_reward = SpeedStabilityReward()
+robustness_reward = RobustnessReward()
