@@ -1,0 +1,483 @@
+"""Fused ``lm_head`` + divergence: distill from hidden states without materializing ``[N, V]`` logits.
+
+The kernels here take the hidden states and the ``lm_head`` weights of both models instead of their
+logits. Tokens are processed in chunks of ``chunk_size`` rows; for each chunk the student and the
+teacher are projected **once**, the per-token divergence and its gradient wrt the student logits
+are computed (the same math as :mod:`fastdistill.losses.divergences`), and that gradient is pushed
+through the projection right away (Liger-Kernel's fused-linear style)::
+
+    grad_hidden[chunk] = g @ W_s            grad_W_s += g.T @ h_s[chunk]      grad_b_s += g.sum(0)
+
+so the whole forward + backward costs the four projections (student, teacher, grad wrt hidden,
+grad wrt weight) plus elementwise work; TRL's ``ChunkedDivergenceFunction`` projects every
+vocabulary tile three times. The autograd backward only scales the stored gradients by
+``grad_output``. Only unmasked positions are projected. No gradient flows to the teacher.
+
+**Memory.** With ``C = chunk_size``, ``V`` the vocabulary, ``H_s``/``H_t`` the hidden widths and
+``N`` the number of tokens, the extra memory is about::
+
+    K * C * V * 4 bytes                       chunk working set (K ~ 10 fp32 [C, V] temporaries
+                                              for the generalized JSD: 2 projections + log-softmaxes,
+                                              probabilities, mixture, gradient)
+  + V * H_s * 4 bytes                         fp32 weight-gradient accumulator (only if the weight
+                                              requires grad; it is the returned gradient anyway)
+  + N * H_s * 4 bytes                         fp32 gradient wrt the hidden states (if required)
+  + V * (H_s + H_t) * 4 bytes                 fp32 copies of bf16/fp16 weights, CPU only (CUDA
+                                              multiplies low-precision inputs with fp32 outputs)
+
+independent of ``N`` apart from the (small) hidden-state gradient. :func:`fused_chunk_size` picks
+``C`` so that one ``[C, V]`` fp32 temporary holds about ``2**23`` elements (32 MiB), i.e. a working
+set of ~320 MiB for ``K = 10``, with ``C`` rounded to a multiple of 8 within ``[8, 1024]``.
+
+Statistics, logits and gradient accumulators are float32 whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fastdistill.losses.divergences import (
+    IGNORE_INDEX,
+    _partition_kl,
+    _reduce,
+    _valid_mask,
+)
+
+__all__ = ["fused_jsd_loss", "fused_reverse_kl_on_chosen", "fused_chunk_size"]
+
+_FUSED_REDUCTIONS = ("mean", "sum", "batchmean")
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+# elements of one [chunk, vocab] fp32 temporary (2**23 = 32 MiB)
+_FUSED_CHUNK_ELEMENTS = 1 << 23
+
+
+def fused_chunk_size(vocab_size: int, budget_elements: int = _FUSED_CHUNK_ELEMENTS) -> int:
+    """Token rows per chunk so that one ``[chunk, vocab]`` fp32 temporary holds ~``budget_elements``.
+
+    Rounded down to a multiple of 8 (matmul-friendly) and kept within ``[8, 1024]``.
+    """
+    rows = budget_elements // max(int(vocab_size), 1)
+    return int(max(8, min(1024, rows - rows % 8)))
+
+
+# ---------------------------------------------------------------------------------------------
+# fp32-output matmuls (CUDA: low-precision inputs with fp32 output; CPU: fp32 operands)
+# ---------------------------------------------------------------------------------------------
+
+
+def _cuda_low(t: torch.Tensor) -> bool:
+    return t.device.type == "cuda" and t.dtype in _LOW_PRECISION
+
+
+def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``out = a @ b`` with ``out`` fp32."""
+    if _cuda_low(a) and a.dtype == b.dtype:
+        torch.mm(a, b, out_dtype=torch.float32, out=out)
+    else:
+        torch.mm(a.float(), b.float(), out=out)
+
+
+def _accumulate_weight_grad(acc: torch.Tensor, grad_logits: torch.Tensor, hidden: torch.Tensor) -> None:
+    """``acc += grad_logits.T @ hidden`` in place (fp32 accumulator)."""
+    if _cuda_low(hidden):
+        torch.addmm(acc, grad_logits.t().to(hidden.dtype), hidden, out_dtype=torch.float32, out=acc)
+    else:
+        acc.addmm_(grad_logits.t(), hidden.float())
+
+
+def _hidden_grad_into(out: torch.Tensor, grad_logits: torch.Tensor, weight: torch.Tensor) -> None:
+    """``out = grad_logits @ weight`` (fp32 ``out``)."""
+    if _cuda_low(weight):
+        torch.mm(grad_logits.to(weight.dtype), weight, out_dtype=torch.float32, out=out)
+    else:
+        torch.mm(grad_logits, weight.float(), out=out)
+
+
+def _mm_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The weight as used in the chunk loop: fp32 once on CPU for low-precision weights, else as is."""
+    if weight.dtype in _LOW_PRECISION and weight.device.type != "cuda":
+        return weight.float()
+    return weight
+
+
+# ---------------------------------------------------------------------------------------------
+# generalized JSD of one chunk, in place in preallocated buffers
+# ---------------------------------------------------------------------------------------------
+
+_TINY = torch.finfo(torch.float32).tiny
+
+
+class _JSDWorkspace:
+    """Three extra ``[rows, V]`` fp32 buffers reused by every chunk (no allocation in the loop)."""
+
+    def __init__(self, rows: int, vocab: int, device):
+        self.bufs = [torch.empty((rows, vocab), dtype=torch.float32, device=device) for _ in range(3)]
+
+    def take(self, n: int):
+        return [b[:n] for b in self.bufs]
+
+
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum(-1)`` for ``[n, V]`` operands without a ``[n, V]`` temporary."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+
+
+def _jsd_chunk_inplace(zs, zt, beta: float, temperature: float, need_grad: bool, ws: _JSDWorkspace):
+    """:func:`~fastdistill.losses.divergences._jsd_chunk` (student gradient only) without temporaries.
+
+    ``zs``/``zt`` are the fp32 logit buffers of the chunk and are overwritten. Returns the per-row loss
+    and the gradient wrt the raw student logits (a view of one of the buffers). The math is
+    ``_jsd_chunk``'s, with the mixture formed as ``log(lerp(p_s, p_t, beta))`` (floored at the
+    smallest normal float, which only touches tokens whose probability under both models is below
+    1e-38) instead of a log-sum-exp: one transcendental pass instead of three.
+    """
+    n = zs.shape[0]
+    s, t, m = ws.take(n)
+    if temperature != 1.0:
+        zs.mul_(1.0 / temperature)
+        zt.mul_(1.0 / temperature)
+    torch.log_softmax(zs, -1, out=s)
+    torch.log_softmax(zt, -1, out=t)
+    ps, pt = torch.exp(s, out=zs), torch.exp(t, out=zt)
+    grad = None
+    if beta == 0.0:  # forward KL(teacher || student): sum p_t (t - s); grad p_s - p_t
+        loss = _rowdot(pt, t.sub_(s))
+        if need_grad:
+            grad = ps.sub_(pt)
+    elif beta == 1.0:  # reverse KL(student || teacher): sum p_s (s - t); grad p_s (s - t - KL)
+        diff = s.sub_(t)
+        loss = _rowdot(ps, diff)
+        if need_grad:
+            grad = diff.sub_(loss.unsqueeze(-1)).mul_(ps)
+    else:
+        log_m = torch.lerp(ps, pt, beta, out=m).clamp_min_(_TINY).log_()
+        ds, dt = s.sub_(log_m), t.sub_(log_m)
+        kl_s, kl_t = _rowdot(ps, ds), _rowdot(pt, dt)
+        loss = beta * kl_t + (1.0 - beta) * kl_s
+        if need_grad:
+            grad = ds.sub_(kl_s.unsqueeze(-1)).mul_(ps).mul_(1.0 - beta)
+    if grad is not None and temperature != 1.0:
+        grad.mul_(1.0 / temperature)
+    return loss, grad
+
+
+# ---------------------------------------------------------------------------------------------
+# the fused projection + divergence loop
+# ---------------------------------------------------------------------------------------------
+
+
+class _FusedLinearDivergence(torch.autograd.Function):
+    """Loss and student gradients of ``sum_rows chunk_fn(h_s W_s^T + b_s, h_t W_t^T + b_t, ...)``, in one pass.
+
+    ``chunk_fn(s_logits, t_logits, sl)`` gets fp32 ``[n, V]`` logits of one chunk (``t_logits`` is
+    ``None`` without a teacher projection; ``sl`` slices the chunk out of the compacted rows) and
+    returns the per-row loss ``(n,)`` and its gradient wrt ``s_logits`` (it may overwrite the logit
+    buffers).
+    """
+
+    @staticmethod
+    def forward(ctx, s_hidden, s_weight, s_bias, t_hidden, t_weight, t_bias, rows, chunk_fn, chunk_size, scale):
+        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        device = s_hidden.device
+        n_total, vocab = s_hidden.shape[0], s_weight.shape[0]
+        contiguous = rows is None
+        n_rows = n_total if contiguous else int(rows.numel())
+
+        w_s = _mm_weight(s_weight)
+        w_t = _mm_weight(t_weight) if t_weight is not None else None
+        grad_h = torch.zeros(s_hidden.shape, dtype=torch.float32, device=device) if need_h else None
+        grad_w = torch.zeros(s_weight.shape, dtype=torch.float32, device=device) if need_w else None
+        grad_b = torch.zeros(s_bias.shape, dtype=torch.float32, device=device) if need_b else None
+        total = torch.zeros((), dtype=torch.float32, device=device)
+
+        rows_per_chunk = max(1, min(chunk_size, n_rows))
+        s_buf = torch.empty((rows_per_chunk, vocab), dtype=torch.float32, device=device)
+        t_buf = torch.empty((rows_per_chunk, vocab), dtype=torch.float32, device=device) if w_t is not None else None
+        hg_buf = torch.empty((rows_per_chunk, s_hidden.shape[1]), dtype=torch.float32, device=device)
+        s_bias32 = s_bias.float() if s_bias is not None else None
+        t_bias32 = t_bias.float() if t_bias is not None else None
+
+        for start in range(0, n_rows, rows_per_chunk):
+            end = min(start + rows_per_chunk, n_rows)
+            n = end - start
+            if contiguous:
+                h_s = s_hidden[start:end]
+                h_t = t_hidden[start:end] if w_t is not None else None
+            else:
+                idx = rows[start:end]
+                h_s = s_hidden.index_select(0, idx)
+                h_t = t_hidden.index_select(0, idx) if w_t is not None else None
+            s_logits = s_buf[:n]
+            _mm_into(s_logits, h_s, w_s.t())
+            if s_bias32 is not None:
+                s_logits.add_(s_bias32)
+            t_logits = None
+            if w_t is not None:
+                t_logits = t_buf[:n]
+                _mm_into(t_logits, h_t, w_t.t())
+                if t_bias32 is not None:
+                    t_logits.add_(t_bias32)
+
+            loss, g = chunk_fn(s_logits, t_logits, slice(start, end), need_h or need_w or need_b)
+            total += loss.sum()
+            if g is None:
+                continue
+            if scale != 1.0:
+                g.mul_(scale)
+            if need_h:
+                if contiguous:
+                    _hidden_grad_into(grad_h[start:end], g, w_s)
+                else:
+                    _hidden_grad_into(hg_buf[:n], g, w_s)
+                    grad_h.index_copy_(0, idx, hg_buf[:n])
+            if need_w:
+                _accumulate_weight_grad(grad_w, g, h_s)
+            if need_b:
+                grad_b += g.sum(0)
+
+        ctx.save_for_backward(
+            grad_h.to(s_hidden.dtype) if need_h else None,
+            grad_w.to(s_weight.dtype) if need_w else None,
+            grad_b.to(s_bias.dtype) if need_b else None,
+        )
+        return total * scale
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        if float(grad_out) != 1.0:  # the buffers hold the gradient for grad_out == 1; scale in place
+            grad_h = grad_h.mul_(grad_out.to(grad_h.dtype)) if grad_h is not None else None
+            grad_w = grad_w.mul_(grad_out.to(grad_w.dtype)) if grad_w is not None else None
+            grad_b = grad_b.mul_(grad_out.to(grad_b.dtype)) if grad_b is not None else None
+        return grad_h, grad_w, grad_b, None, None, None, None, None, None, None
+
+
+# ---------------------------------------------------------------------------------------------
+# input checks
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_head(name: str, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    if hidden.dim() not in (2, 3):
+        raise ValueError(f"{name}_hidden must be (N, H) or (B, T, H), got shape {tuple(hidden.shape)}")
+    if weight.dim() != 2:
+        raise ValueError(f"{name}_weight must be a (V, H) lm_head weight, got shape {tuple(weight.shape)}")
+    if hidden.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"{name}_hidden has width {hidden.shape[-1]} but {name}_weight {tuple(weight.shape)} expects "
+            f"(V, {hidden.shape[-1]})"
+        )
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"{name}_bias has shape {tuple(bias.shape)}, expected ({weight.shape[0]},)")
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in _FUSED_REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; expected one of {_FUSED_REDUCTIONS}")
+
+
+def _rows_and_divisor(mask, leading, device, vocab, reduction, num_items_in_batch, default_mask=None):
+    """Compacted row indices (``None`` = all rows) and ``1 / divisor`` of the requested reduction."""
+    if mask is not None and tuple(mask.shape) != tuple(leading):
+        n_mask = mask.numel()
+        n_hidden = 1
+        for d in leading:
+            n_hidden *= d
+        raise ValueError(
+            f"mask has shape {tuple(mask.shape)} ({n_mask} positions) but the hidden states have leading shape "
+            f"{tuple(leading)} ({n_hidden} positions); pass one mask entry per token position"
+        )
+    if mask is None:
+        mask = default_mask
+    valid = _valid_mask(mask, leading, device)
+    n_total = 1
+    for d in leading:
+        n_total *= d
+    if valid is None or bool(valid.all()):
+        rows, n_valid = None, n_total
+    else:
+        rows = valid.nonzero().squeeze(-1)
+        n_valid = int(rows.numel())
+    first_dim = leading[0] if len(leading) > 1 else n_total
+    one = torch.ones((), dtype=torch.float32)
+    if num_items_in_batch is None and reduction == "mean":
+        divisor = float(max(n_valid, 1))
+    else:
+        divisor = float(1.0 / _reduce(one, n_valid, first_dim, vocab, reduction, num_items_in_batch, valid is not None))
+    return rows, 1.0 / divisor
+
+
+# ---------------------------------------------------------------------------------------------
+# public functions
+# ---------------------------------------------------------------------------------------------
+
+
+def fused_jsd_loss(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    *,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    student_bias: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None,
+    reduction: str = "mean",
+    chunk_size: int | None = None,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Generalized JSD between student and teacher computed from hidden states and ``lm_head`` weights.
+
+    Equal to ``jsd_loss(student_hidden @ student_weight.T + student_bias, teacher_hidden @
+    teacher_weight.T + teacher_bias, beta, temperature, mask)`` without ever building either
+    ``[N, V]`` logits (see the module docstring for the memory formula).
+
+    Args:
+        student_hidden: ``(N, H_s)`` or ``(B, T, H_s)`` student hidden states (before the ``lm_head``).
+        student_weight: ``(V, H_s)`` student ``lm_head`` weight. When it does not require grad (frozen
+            head, LoRA) no weight gradient is computed.
+        teacher_hidden: ``(N, H_t)`` or ``(B, T, H_t)``: same leading shape, its own width.
+        teacher_weight: ``(V, H_t)``; the vocabulary must match the student's. No gradient flows to
+            the teacher.
+        beta: ``0`` forward KL(teacher || student), ``1`` reverse KL(student || teacher), else the
+            generalized JSD (TRL's convention).
+        temperature: both logits are divided by it (no ``T**2`` rescaling).
+        mask: leading-shape bool/0-1 mask or labels (``-100`` = ignore).
+        student_bias / teacher_bias: optional ``(V,)`` ``lm_head`` biases.
+        reduction: ``"mean"`` (sum / number of unmasked tokens — note: *per token*, unlike
+            ``jsd_loss``'s ``"mean"``, which also divides by ``V``), ``"sum"``, or ``"batchmean"``
+            (GKD's / ``jsd_loss``'s: sum / number of unmasked tokens with a mask, sum / ``B``
+            (``shape[0]``) without one).
+        chunk_size: token rows per chunk; default :func:`fused_chunk_size` of ``V``.
+        num_items_in_batch: if given, the loss is ``sum / num_items_in_batch`` whatever ``reduction``
+            (gradient-accumulation-correct normalisation, as in TRL).
+
+    Returns:
+        A float32 scalar.
+    """
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    _check_reduction(reduction)
+    _check_head("student", student_hidden, student_weight, student_bias)
+    _check_head("teacher", teacher_hidden, teacher_weight, teacher_bias)
+    if student_weight.shape[0] != teacher_weight.shape[0]:
+        raise ValueError(
+            f"student vocabulary ({student_weight.shape[0]}) and teacher vocabulary ({teacher_weight.shape[0]}) "
+            "differ; logit-level distillation needs a shared vocabulary"
+        )
+    leading = student_hidden.shape[:-1]
+    if tuple(teacher_hidden.shape[:-1]) != tuple(leading):
+        raise ValueError(
+            f"student_hidden {tuple(student_hidden.shape)} and teacher_hidden {tuple(teacher_hidden.shape)} must have "
+            "the same leading (token) shape"
+        )
+    vocab = student_weight.shape[0]
+    rows, scale = _rows_and_divisor(mask, leading, student_hidden.device, vocab, reduction, num_items_in_batch)
+    h_s = student_hidden.reshape(-1, student_hidden.shape[-1])
+    h_t = teacher_hidden.reshape(-1, teacher_hidden.shape[-1])
+    beta, temperature = float(beta), float(temperature)
+
+    chunk = int(chunk_size or fused_chunk_size(vocab))
+    workspace = _JSDWorkspace(min(chunk, max(h_s.shape[0], 1)), vocab, student_hidden.device)
+
+    def chunk_fn(s_logits, t_logits, _sl, need_grad):
+        return _jsd_chunk_inplace(s_logits, t_logits, beta, temperature, need_grad, workspace)
+
+    return _FusedLinearDivergence.apply(
+        h_s, student_weight, student_bias, h_t.detach(), teacher_weight.detach(),
+        teacher_bias.detach() if teacher_bias is not None else None, rows, chunk_fn, chunk, scale,
+    )
+
+
+def fused_reverse_kl_on_chosen(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    chosen_ids: torch.Tensor | None = None,
+    teacher_logprobs: torch.Tensor | None = None,
+    *,
+    mask: torch.Tensor | None = None,
+    student_bias: torch.Tensor | None = None,
+    teacher_topk_ids: torch.Tensor | None = None,
+    teacher_topk_logprobs: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    reduction: str = "mean",
+    chunk_size: int | None = None,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`~fastdistill.losses.reverse_kl_on_chosen` from hidden states, without building full logits.
+
+    Same estimator (reverse KL between the partitions {chosen token, rest}, or {each top-k token,
+    rest} with ``teacher_topk_*``), the same clamping, mask defaults (``chosen_ids != -100``) and
+    temperature (student only). Per chunk the student is projected once, the log-softmax of the
+    listed tokens and its gradient ``(onehot - softmax) / T`` are formed, and the gradient is pushed
+    through the ``lm_head`` in place. ``reduction``: ``"mean"`` (per unmasked token), ``"sum"`` or
+    ``"batchmean"`` (as in ``reverse_kl_on_chosen``); ``num_items_in_batch`` overrides it.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    _check_reduction(reduction)
+    _check_head("student", student_hidden, student_weight, student_bias)
+    leading = student_hidden.shape[:-1]
+    vocab = student_weight.shape[0]
+    use_topk = teacher_topk_ids is not None or teacher_topk_logprobs is not None
+    default_mask = None
+    if use_topk:
+        if teacher_topk_ids is None or teacher_topk_logprobs is None:
+            raise ValueError("teacher_topk_ids and teacher_topk_logprobs must be given together")
+        if teacher_topk_ids.shape != teacher_topk_logprobs.shape or tuple(teacher_topk_ids.shape[:-1]) != tuple(leading):
+            raise ValueError(
+                f"teacher_topk_ids {tuple(teacher_topk_ids.shape)} and teacher_topk_logprobs "
+                f"{tuple(teacher_topk_logprobs.shape)} must both have shape {tuple(leading)} + (k,)"
+            )
+        ids = teacher_topk_ids.reshape(-1, teacher_topk_ids.shape[-1])
+        t_lp = teacher_topk_logprobs.reshape(-1, teacher_topk_logprobs.shape[-1])
+    else:
+        if chosen_ids is None or teacher_logprobs is None:
+            raise ValueError("pass chosen_ids and teacher_logprobs, or teacher_topk_ids and teacher_topk_logprobs")
+        for name, tensor in (("chosen_ids", chosen_ids), ("teacher_logprobs", teacher_logprobs)):
+            if tuple(tensor.shape) != tuple(leading):
+                raise ValueError(
+                    f"{name} has shape {tuple(tensor.shape)} but student_hidden has leading shape {tuple(leading)}; "
+                    "teacher_logprobs must hold exactly one log-prob per completion token"
+                )
+        ids = chosen_ids.reshape(-1, 1)
+        t_lp = teacher_logprobs.reshape(-1, 1)
+        default_mask = chosen_ids != IGNORE_INDEX
+    device = student_hidden.device
+    rows, scale = _rows_and_divisor(mask, leading, device, vocab, reduction, num_items_in_batch, default_mask)
+    sel_ids = (ids if rows is None else ids[rows.to(ids.device)]).to(device).long()
+    sel_t_lp = (t_lp if rows is None else t_lp[rows.to(t_lp.device)]).to(device).float()
+    if sel_ids.numel() and (sel_ids.min() < 0 or sel_ids.max() >= vocab):
+        raise ValueError(
+            f"token ids must lie in [0, {vocab}) at unmasked positions; got range "
+            f"[{int(sel_ids.min())}, {int(sel_ids.max())}]"
+        )
+    temperature = float(temperature)
+    inv_t = 1.0 / temperature
+
+    def chunk_fn(s_logits, _t_logits, sl, need_grad):
+        chunk_ids = sel_ids[sl]
+        if temperature != 1.0:
+            s_logits.mul_(inv_t)
+        lse = torch.logsumexp(s_logits, -1, keepdim=True)
+        s_lp = (s_logits.gather(1, chunk_ids) - lse).detach().requires_grad_(need_grad)
+        with torch.enable_grad():
+            loss = _partition_kl(s_lp, sel_t_lp[sl])
+            if not need_grad:
+                return loss.detach(), None
+            (g_lp,) = torch.autograd.grad(loss.sum(), s_lp)
+        # d log p(id_j) / d z = onehot(id_j) - softmax(z); the buffer becomes the gradient wrt the logits
+        grad = s_logits.sub_(lse).exp_().mul_(-g_lp.sum(-1, keepdim=True))
+        grad.scatter_add_(1, chunk_ids, g_lp)
+        if temperature != 1.0:
+            grad.mul_(inv_t)
+        return loss.detach(), grad
+
+    chunk = int(chunk_size or fused_chunk_size(vocab))
+    h_s = student_hidden.reshape(-1, student_hidden.shape[-1])
+    return _FusedLinearDivergence.apply(
+        h_s, student_weight, student_bias, None, None, None, rows, chunk_fn, chunk, scale
+    )
