@@ -1,0 +1,112 @@
+import pytest
+import torch
+from datasets import Dataset
+from trl import GRPOTrainer as TRLGRPOTrainer
+
+from fastdistill import GRPOConfig, GRPOTrainer
+from fastdistill.losses import jsd_loss
+from fastdistill.testing import save_tiny_causal_lm, tiny_causal_lm
+
+
+def prompts_dataset(n=8):
+    return Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": f"Write tests for f{i}"}], "code": f"def f{i}():\n    return {i}\n"}
+         for i in range(n)]
+    )
+
+
+def length_reward(prompts, completions, **kwargs):
+    return [len(c[0]["content"]) / 50 for c in completions]
+
+
+def constant_reward(prompts, completions, **kwargs):
+    return [1.0] * len(completions)
+
+
+def config(tmp_path, **overrides):
+    kwargs = dict(output_dir=str(tmp_path), bf16=False, max_steps=2, per_device_train_batch_size=4, num_generations=4,
+                  max_completion_length=10, report_to=[], save_strategy="no", logging_steps=1, learning_rate=1e-3,
+                  seed=0)
+    kwargs.update(overrides)
+    return GRPOConfig(**kwargs)
+
+
+def generation_batch(trainer):
+    batch = [trainer.train_dataset[i] for i in range(4)]
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop; we call the loss directly
+    torch.manual_seed(0)
+    return trainer._generate_and_score_completions(batch)
+
+
+def test_without_jsd_the_loss_is_trls(tmp_path):
+    model, tok = tiny_causal_lm(seed=0)
+    trainer = GRPOTrainer(model=model, reward_funcs=[length_reward], args=config(tmp_path),
+                          train_dataset=prompts_dataset(), processing_class=tok)
+    inputs = generation_batch(trainer)
+    assert "teacher_hidden" not in inputs
+    ours = trainer._compute_loss(trainer.model, inputs)
+    theirs = TRLGRPOTrainer._compute_loss(trainer, trainer.model, inputs)
+    assert torch.equal(ours, theirs)
+
+
+def test_jsd_term_is_logged_matches_reference_and_reaches_the_policy(tmp_path):
+    model, tok = tiny_causal_lm(seed=0)
+    teacher, _ = tiny_causal_lm(seed=1, tokenizer=tok)
+    args = config(tmp_path, jsd_lambda=0.7, jsd_beta=0.3)
+    trainer = GRPOTrainer(model=model, reward_funcs=[constant_reward], args=args, teacher_model=teacher,
+                          train_dataset=prompts_dataset(), processing_class=tok)
+    inputs = generation_batch(trainer)
+    assert torch.all(inputs["advantages"] == 0)  # constant reward: the policy-gradient term has no gradient
+
+    trainer.model.zero_grad()
+    loss = trainer._compute_loss(trainer.model, inputs)
+    loss.backward()
+    grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+    assert grads and sum(g.abs().sum().item() for g in grads) > 0
+    logged = trainer._metrics["train"]["jsd"][-1]
+
+    # reference: full logits of both models on the completion positions, then jsd_loss
+    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
+    attn = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
+    k = inputs["completion_ids"].size(1)
+    with torch.no_grad():
+        s = trainer.model(input_ids=ids, attention_mask=attn).logits[:, -k - 1 : -1]
+        t = teacher(input_ids=ids, attention_mask=attn).logits[:, -k - 1 : -1]
+    expected = jsd_loss(s, t, beta=0.3, mask=inputs["completion_mask"].bool())
+    assert logged == pytest.approx(expected.item(), rel=1e-4)
+    assert expected.item() > 0
+
+
+def test_training_with_default_teacher_logs_jsd(tmp_path):
+    model, tok = tiny_causal_lm(seed=0)
+    trainer = GRPOTrainer(model=model, reward_funcs=[length_reward], args=config(tmp_path, jsd_lambda=0.5, max_steps=3),
+                          train_dataset=prompts_dataset(), processing_class=tok)
+    assert trainer.teacher_model is not None and not trainer._teacher_is_ref  # frozen copy of the initial policy
+    trainer.train()
+    jsd = [h["jsd"] for h in trainer.state.log_history if "jsd" in h]
+    assert len(jsd) == 3 and jsd[0] == pytest.approx(0.0, abs=1e-6) and jsd[-1] > 0  # policy drifts from its copy
+
+
+def test_reference_model_forward_is_reused(tmp_path):
+    path = save_tiny_causal_lm(tmp_path / "policy")
+    args = config(tmp_path, jsd_lambda=0.5, beta=0.04)
+    trainer = GRPOTrainer(model=path, reward_funcs=[length_reward], args=args, train_dataset=prompts_dataset())
+    assert trainer._teacher_is_ref and trainer.teacher_model is trainer.ref_model
+    calls = []
+    backbone = trainer.ref_model.model
+    handle = backbone.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        inputs = generation_batch(trainer)
+    finally:
+        handle.remove()
+    assert len(calls) == 1  # TRL's own reference forward, no second teacher pass
+    assert inputs["teacher_hidden"].shape[:2] == inputs["completion_ids"].shape
+    loss = trainer._compute_loss(trainer.model, inputs)
+    assert torch.isfinite(loss)
+
+
+def test_config_validation(tmp_path):
+    with pytest.raises(ValueError, match="reward_preset"):
+        config(tmp_path, reward_preset="fast")
+    with pytest.raises(ValueError, match="jsd_lambda"):
+        config(tmp_path, jsd_lambda=-1.0)
