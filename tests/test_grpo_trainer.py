@@ -110,3 +110,24 @@ def test_config_validation(tmp_path):
         config(tmp_path, reward_preset="fast")
     with pytest.raises(ValueError, match="jsd_lambda"):
         config(tmp_path, jsd_lambda=-1.0)
+
+
+def test_default_rewards_run_the_generated_tests_and_log_components(tmp_path):
+    from fastdistill.data import generate_tests_prompt
+    from fastdistill.data.examples import load_examples
+
+    examples = load_examples()[:2]
+    ds = Dataset.from_list([{"prompt": generate_tests_prompt(e["code"]), "code": e["code"]} for e in examples])
+    model, tok = tiny_causal_lm(seed=0)
+    trainer = GRPOTrainer(model=model, args=config(tmp_path, reward_preset="speed", max_steps=1),
+                          train_dataset=ds, processing_class=tok)
+    assert trainer.reward_func_names == ["composite_reward_speed"]
+    # an answer that really tests the code scores > 0; random tokens score 0 (they are not a test file)
+    good = examples[0]["tests"]
+    scores = trainer.reward_funcs[0](prompts=[None, None], completions=[[{"role": "assistant", "content": good}],
+                                     [{"role": "assistant", "content": "zz qq"}]], code=[examples[0]["code"]] * 2)
+    assert scores[0] > 0 and scores[1] == 0
+    trainer.train()
+    logged = trainer.state.log_history[0]
+    for name in ("rewards/mutant_kill", "rewards/speed_stability", "rewards/robustness"):
+        assert name in logged

@@ -266,6 +266,17 @@ class CompositeReward(_Reward):
         self.last_components = {**values, "composite": combined}
         return combined
 
+    def __call__(self, prompts=None, completions=None, **kwargs) -> list[float]:
+        """Score the batch; with TRL's ``log_metric`` keyword each component's batch mean is logged too."""
+        self.last_components = {}
+        rewards = super().__call__(prompts, completions, **kwargs)
+        log_metric = kwargs.get("log_metric")
+        if callable(log_metric):
+            for name, values in self.last_components.items():
+                if name != "composite" and values:
+                    log_metric(f"rewards/{name}", statistics.fmean(values))
+        return rewards
+
 
 def composite_reward(weights: dict[str, float] | None = None, *, preset: str | None = None, **kwargs) -> CompositeReward:
     """Build a composite reward from ``weights`` (component -> weight) or a named ``preset``.
