@@ -28,10 +28,12 @@ Arrow buffer (no Python string per row).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import re
+import sys
 import unicodedata
 from collections.abc import Sequence
 from typing import Any
@@ -57,9 +59,41 @@ def _re2_class(ranges) -> str:
 _WS_PY = re.compile("[" + re.escape(WHITESPACE_CHARS) + "]+")
 _WS_RE2_RUN = _re2_class(_WS_RANGES) + "+"
 # A row needs the collapse rule iff it has a non-space whitespace char, two spaces, or a space at an end.
-_WS_RE2_NEEDS = _re2_class([r for r in _WS_RANGES if r != (0x1C, 0x20)] + [(0x1C, 0x1F)]) + "|  |^ | $"
+_WS_RE2_INNER = _re2_class([r for r in _WS_RANGES if r != (0x1C, 0x20)] + [(0x1C, 0x1F)]) + "|  "
+_WS_RE2_NEEDS = _WS_RE2_INNER + "|^ | $"
 # json.dumps(ensure_ascii=False) escapes exactly these characters.
 _JSON_NEEDS_ESCAPE = r'[\x{0}-\x{1f}\\"]'
+
+
+@functools.lru_cache(maxsize=1)
+def _nfc_candidates_re2() -> str:
+    """RE2 class of the characters that can make a string non-NFC (built once, ~0.2 s).
+
+    A string with none of them is NFC: every character is NFC by itself (no singleton or excluded
+    decomposition), has combining class 0 (so no reordering) and cannot be the second half of a
+    canonical composition (so nothing composes with the character before it).
+    """
+    chars = set(range(0x1161, 0x1176)) | set(range(0x11A8, 0x11C3))  # Hangul V/T jamo compose with L/LV
+    for c in range(sys.maxunicode + 1):
+        if 0xD800 <= c < 0xE000:
+            continue
+        ch = chr(c)
+        if unicodedata.combining(ch) or not unicodedata.is_normalized("NFC", ch):
+            chars.add(c)
+        dec = unicodedata.decomposition(ch)
+        if dec and not dec.startswith("<") and len(dec.split()) == 2:
+            chars.add(int(dec.split()[1], 16))
+    ranges, start, prev = [], None, None
+    for c in sorted(chars):
+        if start is None:
+            start = prev = c
+        elif c == prev + 1:
+            prev = c
+        else:
+            ranges.append((start, prev))
+            start = prev = c
+    ranges.append((start, prev))
+    return _re2_class(ranges)
 
 
 def _check_options(whitespace: str) -> None:
@@ -201,12 +235,17 @@ def _canonical_text_arrow(arr: pa.Array, whitespace: str, lowercase: bool, sql: 
         arr = arr.cast(pa.string())
     if sql:  # sqlglot is pure Python: SQL normalisation is per row on both paths
         arr = pa.array([None if v is None else normalize_sql(v) for v in arr.to_pylist()], pa.string())
-    non_ascii = pc.invert(pc.string_is_ascii(arr))
-    # NFC: ASCII text is already NFC, so the (slower) utf8proc kernel only sees non-ASCII rows.
-    arr = _patch_rows(arr, non_ascii, lambda sub: pc.utf8_normalize(sub, "NFC"))
+    # NFC: the (slow) utf8proc kernel only sees rows holding a character that NFC may change (the
+    # Unicode quick-check idea); all other rows -- ASCII, precomposed accents, CJK... -- are already NFC.
+    needs_nfc = pc.match_substring_regex(arr, _nfc_candidates_re2())
+    arr = _patch_rows(arr, needs_nfc, lambda sub: pc.utf8_normalize(sub, "NFC"))
     if whitespace == "collapse":
-        needs = pc.match_substring_regex(arr, _WS_RE2_NEEDS)
-        arr = _patch_rows(arr, needs, lambda sub: pc.utf8_trim(pc.replace_substring_regex(sub, _WS_RE2_RUN, " "), " "))
+        # Only rows with something to change pay for the regex kernel; rows whose only issue is a
+        # leading/trailing single space take the cheap trim kernel.
+        needs = pc.fill_null(pc.match_substring_regex(arr, _WS_RE2_NEEDS), False)
+        inner = pc.fill_null(pc.match_substring_regex(arr, _WS_RE2_INNER), False)
+        arr = _patch_rows(arr, pc.and_(needs, pc.invert(inner)), lambda sub: pc.utf8_trim(sub, " "))
+        arr = _patch_rows(arr, inner, lambda sub: pc.utf8_trim(pc.replace_substring_regex(sub, _WS_RE2_RUN, " "), " "))
     elif whitespace == "strip":
         arr = pc.utf8_trim(arr, WHITESPACE_CHARS)
     if lowercase:
