@@ -21,7 +21,9 @@ The fast path (:func:`canonicalize_arrow`, :func:`hash_arrow`) produces exactly 
 using ``pyarrow.compute`` string kernels: rows that are pure ASCII skip NFC, only rows that contain
 whitespace to change go through the regex kernel, and the rare rows that need JSON escaping or
 non-ASCII lower-casing are delegated to the reference functions, so both paths are equal by
-construction and a test compares them. SHA-256 itself has no Arrow kernel; :func:`sha256_hex_arrow`
+construction and a test compares them. (Only caveat: for characters assigned in a newer Unicode
+version than Python's ``unicodedata`` knows, Arrow's utf8proc may apply combining classes the
+reference does not; the Arrow result is the newer, correct NFC.) SHA-256 itself has no Arrow kernel; :func:`sha256_hex_arrow`
 feeds ``hashlib`` slices of the Arrow data buffer and writes the hex digests straight into a new
 Arrow buffer (no Python string per row).
 """
