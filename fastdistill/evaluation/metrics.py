@@ -1,0 +1,204 @@
+"""Score generated pytest files by running them: mutation kill rate, pass rate, speed, stability.
+
+Every function returns a dict whose headline numbers are plain means of the per-example rows it
+also returns (``rows``), so a report can always be re-derived from its own details.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+from concurrent.futures import ThreadPoolExecutor
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["evaluate_mutation", "evaluate_speed", "score_mutation", "score_speed", "mean_or_none"]
+
+
+def mean_or_none(values) -> float | None:
+    """Mean of the non-None values, or None when there are none."""
+    values = [float(v) for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _map(fn, items, n_workers: int, desc: str, progress: bool):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(items), desc=desc, unit="ex", disable=not progress)
+    try:
+        if n_workers <= 1 or len(items) <= 1:
+            out = []
+            for item in items:
+                out.append(fn(item))
+                bar.update()
+            return out
+        with ThreadPoolExecutor(max_workers=min(n_workers, len(items))) as pool:
+            futures = [pool.submit(fn, item) for item in items]
+            out = []
+            for f in futures:
+                out.append(f.result())
+                bar.update()
+            return out
+    finally:
+        bar.close()
+
+
+def _generations(model_or_path, dataset, generations, tokenizer, generation_kwargs):
+    from fastdistill.evaluation.generation import generate, read_jsonl
+
+    if generations is not None:
+        if isinstance(generations, (str, os.PathLike)):
+            generations = read_jsonl(generations)
+        rows = [dict(r) for r in generations]
+        for i, row in enumerate(rows):
+            if "code" not in row or "completion" not in row:
+                raise ValueError(f"generation row {i} needs 'code' and 'completion' (has {sorted(row)})")
+        return rows
+    if model_or_path is None:
+        raise ValueError("give a model (or path) to generate with, or pre-generated completions via generations=")
+    if dataset is None:
+        raise ValueError("a dataset is needed to generate completions")
+    return generate(model_or_path, dataset, tokenizer=tokenizer, **(generation_kwargs or {}))
+
+
+def _base_row(row: dict, tests: str | None) -> dict:
+    return {"index": row.get("index"), "name": row.get("name"), "sample": row.get("sample", 0),
+            "extracted": tests is not None}
+
+
+def score_mutation(generations, *, max_mutants: int | None = 40, n_workers: int | None = None,
+                   timeout_s: float = 60.0, memory_mb: int = 1024, keep_text: bool = True,
+                   progress: bool = True) -> dict:
+    """Mutation-score pre-generated completions (rows with ``code`` and ``completion``).
+
+    For each row the test file is pulled out of the completion
+    (:func:`fastdistill.rewards.functions.extract_test_code`) and run against the row's code and
+    its mutants (:func:`fastdistill.rewards.mutation_score`). A completion without a test file, or
+    whose tests fail on the original code, scores 0.
+
+    Returns:
+        ``{"kill_rate", "pass_rate", "extract_rate", "n", "rows"}``: ``kill_rate`` is the mean of
+        the rows' ``kill_rate``, ``pass_rate`` the mean of their ``passed`` (tests pass on the
+        original code), ``extract_rate`` the fraction with a parseable test file.
+    """
+    from fastdistill.rewards import mutation_score
+    from fastdistill.rewards.functions import extract_test_code
+
+    rows = list(generations)
+    n_workers = n_workers or os.cpu_count() or 1
+
+    def one(row):
+        tests = extract_test_code(row["completion"])
+        out = _base_row(row, tests)
+        if tests is None:
+            out.update(passed=False, kill_rate=0.0, killed=0, total=0, reason="no test file in the completion")
+        else:
+            res = mutation_score(row["code"], tests, module_name=row.get("module_name") or "solution",
+                                 max_mutants=max_mutants, timeout_s=timeout_s, memory_mb=memory_mb)
+            out.update(passed=bool(res.baseline_ok), kill_rate=float(res.kill_rate), killed=int(res.killed),
+                       total=int(res.total), reason=res.reason)
+        if keep_text:
+            out["tests"] = tests
+        return out
+
+    scored = _map(one, rows, n_workers, "mutation score", progress)
+    result = {
+        "kill_rate": mean_or_none(r["kill_rate"] for r in scored) if scored else None,
+        "pass_rate": mean_or_none(float(r["passed"]) for r in scored) if scored else None,
+        "extract_rate": mean_or_none(float(r["extracted"]) for r in scored) if scored else None,
+        "n": len(scored),
+        "rows": scored,
+    }
+    logger.info("mutation: kill rate %s, pass rate %s over %d completions", result["kill_rate"], result["pass_rate"],
+                len(scored))
+    return result
+
+
+def score_speed(generations, *, repeats: int = 5, n_workers: int | None = None, timeout_s: float = 20.0,
+                memory_mb: int = 1024, progress: bool = True) -> dict:
+    """Run each pre-generated test file ``repeats`` times on its code and measure runtime and stability.
+
+    Per row: ``runtime_s`` is the mean over repeats of the tests' own time (pytest setup + call +
+    teardown, interpreter start-up excluded), ``cv`` the coefficient of variation across repeats,
+    ``ran`` whether the tests ran to completion every time (pass or fail, no timeout/crash),
+    ``passed`` whether they passed every time, ``flaky`` whether outcomes differed between repeats.
+
+    Returns:
+        ``{"runtime_s", "cv", "pass_rate", "stable_rate", "n", "n_timed", "rows"}``: ``runtime_s`` and
+        ``cv`` are the means over rows with ``ran`` (the ``n_timed`` rows: a test file that never
+        runs has no runtime); ``stable_rate`` is the fraction of all rows that passed every repeat
+        without flakiness.
+    """
+    from fastdistill.rewards import run_tests
+    from fastdistill.rewards.functions import extract_test_code
+
+    if repeats < 1:
+        raise ValueError("repeats must be >= 1")
+    rows = list(generations)
+    n_workers = n_workers or os.cpu_count() or 1
+
+    def one(row):
+        tests = extract_test_code(row["completion"])
+        out = _base_row(row, tests)
+        out.update(ran=False, passed=False, flaky=False, runtime_s=None, cv=None, repeat_durations_s=[],
+                   reason="no test file in the completion")
+        if tests is None:
+            return out
+        run = run_tests(row["code"], tests, repeats=repeats, timeout_s=timeout_s, memory_mb=memory_mb,
+                        module_name=row.get("module_name") or "solution")
+        durations = list(run.repeat_durations_s)
+        ran = bool(run.completed and not run.timed_out and len(durations) == repeats and run.tests)
+        out.update(ran=ran, passed=bool(run.ok and not run.flaky), flaky=bool(run.flaky), repeat_durations_s=durations,
+                   reason=run.reason)
+        if ran:
+            mean = statistics.fmean(durations)
+            out["runtime_s"] = mean
+            out["cv"] = statistics.pstdev(durations) / mean if mean > 0 else 0.0
+        return out
+
+    timed = _map(one, rows, n_workers, "speed", progress)
+    result = {
+        "runtime_s": mean_or_none(r["runtime_s"] for r in timed if r["ran"]),
+        "cv": mean_or_none(r["cv"] for r in timed if r["ran"]),
+        "pass_rate": mean_or_none(float(r["passed"]) for r in timed) if timed else None,
+        "stable_rate": mean_or_none(float(r["passed"] and not r["flaky"]) for r in timed) if timed else None,
+        "n": len(timed),
+        "n_timed": sum(1 for r in timed if r["ran"]),
+        "repeats": repeats,
+        "rows": timed,
+    }
+    logger.info("speed: mean runtime %s s, mean cv %s over %d/%d test files", result["runtime_s"], result["cv"],
+                result["n_timed"], len(timed))
+    return result
+
+
+def evaluate_mutation(model_or_path=None, dataset=None, *, generations=None, tokenizer=None,
+                      generation_kwargs: dict | None = None, **score_kwargs) -> dict:
+    """Generate tests for each example's code with a model and mutation-score them.
+
+    Args:
+        model_or_path: the student (a loaded model with ``tokenizer``, or a path); None when
+            ``generations`` are given.
+        dataset: rows with ``code`` (and optionally ``prompt``, ``name``), a ``datasets.Dataset``,
+            a list of dicts or a JSON/JSONL path.
+        generations: pre-generated rows (list or JSONL path, from :func:`generate`); skips generation.
+        generation_kwargs: settings for :func:`fastdistill.evaluation.generate` (``temperature``...).
+        score_kwargs: passed to :func:`score_mutation` (``max_mutants``, ``n_workers``...).
+
+    Returns:
+        See :func:`score_mutation`: mean ``kill_rate``, ``pass_rate`` and the per-example ``rows``.
+    """
+    rows = _generations(model_or_path, dataset, generations, tokenizer, generation_kwargs)
+    return score_mutation(rows, **score_kwargs)
+
+
+def evaluate_speed(model_or_path=None, dataset=None, *, generations=None, tokenizer=None,
+                   generation_kwargs: dict | None = None, **score_kwargs) -> dict:
+    """Generate tests with a model (or take ``generations``) and measure their runtime and stability.
+
+    Same arguments as :func:`evaluate_mutation`; ``score_kwargs`` go to :func:`score_speed`
+    (``repeats``, ``n_workers``...). Returns mean ``runtime_s``, ``cv``, ``stable_rate`` and ``rows``.
+    """
+    rows = _generations(model_or_path, dataset, generations, tokenizer, generation_kwargs)
+    return score_speed(rows, **score_kwargs)
