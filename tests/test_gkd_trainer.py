@@ -94,3 +94,69 @@ def test_clear_errors(tmp_path):
         GKDTrainer(model=student, args=config(tmp_path, jsd_lambda=1.0), train_dataset=good, processing_class=tok)
     with pytest.raises(ValueError, match="must be >= 0"):
         config(tmp_path, ce_lambda=-1.0)
+
+
+def one_step(tmp_path, fused, peft_config=None, offline=False, **overrides):
+    student, teacher, tok = student_and_teacher()
+    ds = teacher_logprob_columns(teacher, tok, dataset(), top_k=3) if offline else dataset()
+    args = config(tmp_path, max_steps=1, fused_loss=fused, **overrides)
+    trainer = GKDTrainer(model=student, teacher_model=None if offline else teacher, args=args, train_dataset=ds,
+                         processing_class=tok, peft_config=peft_config)
+    trainer.train()
+    params = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    return trainer, losses(trainer)[0], params
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_fused_and_logit_paths_give_the_same_step(tmp_path, offline):
+    extra = {} if offline else {"ce_lambda": 0.5, "rkl_lambda": 0.25}
+    fused, loss_f, params_f = one_step(tmp_path, True, offline=offline, **extra)
+    plain, loss_p, params_p = one_step(tmp_path, False, offline=offline, **extra)
+    assert fused.use_fused_loss and not plain.use_fused_loss
+    assert loss_f == pytest.approx(loss_p, rel=1e-5)
+    for name, value in params_f.items():
+        torch.testing.assert_close(value, params_p[name], atol=1e-5, rtol=1e-4)  # fp32 round-off through Adam
+
+
+def test_fused_path_with_lora_computes_no_head_gradient(tmp_path):
+    from peft import LoraConfig
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    student, teacher, tok = student_and_teacher()
+    args = config(tmp_path, max_steps=1)
+    trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset(),
+                         processing_class=tok, peft_config=lora)
+    assert trainer.use_fused_loss
+    batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
+    trainer.compute_loss(trainer.model, batch).backward()
+    head = trainer.model.get_output_embeddings()
+    assert head.weight.grad is None
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in trainer.model.named_parameters() if "lora_" in n)
+
+
+def test_unfusable_head_falls_back_with_one_warning(tmp_path, caplog):
+    student, teacher, tok = student_and_teacher()
+    teacher.config.final_logit_softcapping = 30.0
+    trainer = GKDTrainer(model=student, teacher_model=teacher, args=config(tmp_path, max_steps=2),
+                         train_dataset=dataset(), processing_class=tok)
+    with caplog.at_level("WARNING", logger="fastdistill.trainers.gkd"):
+        trainer.train()
+    assert not trainer.use_fused_loss
+    warnings_ = [r for r in caplog.records if "falling back to the logits path" in r.getMessage()]
+    assert len(warnings_) == 1 and "final_logit_softcapping" in warnings_[0].getMessage()
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path):
+    # rows of different lengths, so a per-micro-batch mean would not equal the full-batch token mean
+    rows = [{"prompt": ROWS[i]["prompt"], "completion": ROWS[i]["completion"] + " # pad" * (3 * i)} for i in range(4)]
+    results = []
+    for batch_size, accumulation in ((4, 1), (2, 2)):
+        student, teacher, tok = student_and_teacher()
+        args = config(tmp_path, max_steps=1, per_device_train_batch_size=batch_size,
+                      gradient_accumulation_steps=accumulation, ce_lambda=1.0, optim="sgd", learning_rate=1.0)
+        trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset(rows),
+                             processing_class=tok)
+        trainer.train()
+        assert trainer.use_fused_loss
+        results.append(trainer.model.lm_head.weight.detach().clone())
+    torch.testing.assert_close(results[0], results[1], atol=1e-6, rtol=1e-4)

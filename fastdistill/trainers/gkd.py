@@ -11,6 +11,8 @@ import torch.nn.functional as F
 
 from fastdistill.data.collators import DistillationCollator, tokenize_example
 from fastdistill.losses import jsd_loss, reverse_kl_on_chosen, reverse_kl_on_logits
+from fastdistill.losses.fused import fused_chunk_size, fused_jsd_loss, fused_reverse_kl_on_chosen
+from fastdistill.trainers.utils import backbone, capture_hidden, output_head, unfusable_reason
 
 with warnings.catch_warnings():  # TRL 1.16 keeps GKD under trl.experimental and warns on import
     warnings.simplefilter("ignore")
@@ -48,6 +50,12 @@ class GKDConfig(_TRLGKDConfig):
             full-vocabulary reverse KL; without one it is computed from the dataset's ``teacher_logprobs``
             (or top-k) columns by ``reverse_kl_on_chosen``. ``None`` means 0.0 with a teacher and 1.0
             without one.
+        fused_loss (`bool`, defaults to `True`):
+            Compute the divergences from hidden states and ``lm_head`` weights with
+            :func:`~fastdistill.losses.fused_jsd_loss` / ``fused_reverse_kl_on_chosen``: neither model's
+            ``[tokens, vocab]`` logits are ever materialised (the teacher's ``lm_head`` is never applied to
+            the sequence). Falls back to the logits path, with one warning saying why, for heads it cannot
+            fuse (logit soft-capping or scaling, a head that is not a plain ``nn.Linear``, DeepSpeed ZeRO-3).
     """
 
     ce_lambda: float = field(default=0.0, metadata={"help": "Weight of the token cross-entropy term."})
@@ -56,6 +64,9 @@ class GKDConfig(_TRLGKDConfig):
     )
     rkl_lambda: float | None = field(
         default=None, metadata={"help": "Weight of the reverse-KL term (default: 0 with a teacher, else 1)."}
+    )
+    fused_loss: bool = field(
+        default=True, metadata={"help": "Fuse the lm_head projection into the losses (never build the logits)."}
     )
 
     def __post_init__(self):
@@ -185,24 +196,77 @@ class GKDTrainer(_TRLGKDTrainer):
         return dataset.map(tokenize, with_indices=True, desc=f"Tokenizing {name} dataset")
 
     # ------------------------------------------------------------------------------------------
+    def _fusion_blocker(self) -> str | None:
+        """Why the fused path cannot run for this trainer (``None`` if it can); decided once."""
+        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+        if self.is_deepspeed_enabled and is_deepspeed_zero3_enabled():
+            return "DeepSpeed ZeRO-3 partitions the lm_head weights the fused kernel reads directly"
+        for name, model in (("student", self.model), ("teacher", self.teacher_model)):
+            if model is not None:
+                reason = unfusable_reason(model)
+                if reason is not None:
+                    return f"the {name} cannot be fused: {reason}"
+        return None
+
+    @property
+    def use_fused_loss(self) -> bool:
+        """Whether :meth:`compute_loss` takes the fused (hidden states + lm_head weight) path."""
+        if not hasattr(self, "_fused_decision"):
+            reason = self._fusion_blocker() if self.args.fused_loss else None
+            if reason is not None:
+                logger.warning("fused_loss=True but falling back to the logits path: %s", reason)
+            self._fused_decision = bool(self.args.fused_loss) and reason is None
+        return self._fused_decision
+
+    @staticmethod
+    def _hidden_states(model, inputs) -> tuple[torch.Tensor, object]:
+        """Final hidden states of ``model`` on the batch, without applying its lm_head to the sequence.
+
+        The wrapped model is called (so DDP / DeepSpeed hooks run) with ``logits_to_keep=1``: the head
+        projects one position per row, and the backbone's output is captured by a forward hook.
+        """
+        store: list[torch.Tensor] = []
+        with capture_hidden(backbone(model), store):
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=1)
+        return store[-1], outputs
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        student_outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        # logits at position i predict token i + 1; labels are -100 on prompt and padding
-        student_logits = student_outputs.logits[:, :-1, :]
-        labels = inputs["labels"][:, 1:]
+        labels = inputs["labels"][:, 1:]  # logits at position i predict token i + 1; -100 on prompt and padding
         mask = labels != -100
+        if self.use_fused_loss:
+            terms, student_outputs = self._fused_terms(model, inputs, labels, mask, num_items_in_batch)
+        else:
+            terms, student_outputs = self._logit_terms(model, inputs, labels, mask, num_items_in_batch)
+        weights = {"ce": self.ce_lambda, "jsd": self.jsd_lambda, "rkl": self.rkl_lambda}
+        loss = sum(weights[name] * value for name, value in terms.items())
+        mode = "train" if model.training else "eval"
+        for name, value in terms.items():
+            self._metrics[mode][f"loss/{name}"].append(self.accelerator.gather(value.detach()).mean().item())
+        return (loss, student_outputs) if return_outputs else loss
+
+    def _offline_kwargs(self, inputs) -> dict:
+        topk = "teacher_topk_ids" in inputs and "teacher_topk_logprobs" in inputs
+        return dict(
+            teacher_logprobs=inputs["teacher_logprobs"][:, 1:] if "teacher_logprobs" in inputs else None,
+            teacher_topk_ids=inputs["teacher_topk_ids"][:, 1:] if topk else None,
+            teacher_topk_logprobs=inputs["teacher_topk_logprobs"][:, 1:] if topk else None,
+        )
+
+    @staticmethod
+    def _normalise(total: torch.Tensor, mask: torch.Tensor, num_items_in_batch) -> torch.Tensor:
+        denom = num_items_in_batch if num_items_in_batch is not None else mask.sum().clamp_min(1)
+        return total / (denom.to(total.device) if isinstance(denom, torch.Tensor) else denom)
+
+    def _logit_terms(self, model, inputs, labels, mask, num_items_in_batch):
+        """Reference path: full logits of both models, chunked losses from :mod:`fastdistill.losses`."""
+        student_outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        student_logits = student_outputs.logits[:, :-1, :]
         terms: dict[str, torch.Tensor] = {}
-
         if self.ce_lambda > 0:
-            ce = F.cross_entropy(
-                student_logits.reshape(-1, student_logits.shape[-1]).float(),
-                labels.reshape(-1),
-                ignore_index=-100,
-                reduction="sum",
-            )
-            denom = num_items_in_batch if num_items_in_batch is not None else mask.sum().clamp_min(1)
-            terms["ce"] = ce / (denom.to(ce.device) if isinstance(denom, torch.Tensor) else denom)
-
+            ce = F.cross_entropy(student_logits.reshape(-1, student_logits.shape[-1]).float(), labels.reshape(-1),
+                                 ignore_index=-100, reduction="sum")
+            terms["ce"] = self._normalise(ce, mask, num_items_in_batch)
         if self.teacher_model is not None:
             self.teacher_model.eval()
             with torch.no_grad():
@@ -210,28 +274,59 @@ class GKDTrainer(_TRLGKDTrainer):
                     input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
                 ).logits[:, :-1, :]
             if self.jsd_lambda > 0:
-                terms["jsd"] = jsd_loss(
-                    student_logits, teacher_logits, beta=self.beta, mask=mask, num_items_in_batch=num_items_in_batch
-                )
+                terms["jsd"] = jsd_loss(student_logits, teacher_logits, beta=self.beta, mask=mask,
+                                        num_items_in_batch=num_items_in_batch)
             if self.rkl_lambda > 0:
-                terms["rkl"] = reverse_kl_on_logits(
-                    student_logits, teacher_logits, mask=mask, num_items_in_batch=num_items_in_batch
-                )
+                terms["rkl"] = reverse_kl_on_logits(student_logits, teacher_logits, mask=mask,
+                                                    num_items_in_batch=num_items_in_batch)
         elif self.rkl_lambda > 0:
-            topk = "teacher_topk_ids" in inputs and "teacher_topk_logprobs" in inputs
-            terms["rkl"] = reverse_kl_on_chosen(
-                student_logits,
-                labels,
-                inputs["teacher_logprobs"][:, 1:] if "teacher_logprobs" in inputs else None,
-                mask=mask,
-                teacher_topk_ids=inputs["teacher_topk_ids"][:, 1:] if topk else None,
-                teacher_topk_logprobs=inputs["teacher_topk_logprobs"][:, 1:] if topk else None,
-                num_items_in_batch=num_items_in_batch,
-            )
+            terms["rkl"] = reverse_kl_on_chosen(student_logits, labels, mask=mask, num_items_in_batch=num_items_in_batch,
+                                                **self._offline_kwargs(inputs))
+        return terms, student_outputs
 
-        weights = {"ce": self.ce_lambda, "jsd": self.jsd_lambda, "rkl": self.rkl_lambda}
-        loss = sum(weights[name] * value for name, value in terms.items())
-        mode = "train" if model.training else "eval"
-        for name, value in terms.items():
-            self._metrics[mode][f"loss/{name}"].append(self.accelerator.gather(value.detach()).mean().item())
-        return (loss, student_outputs) if return_outputs else loss
+    def _fused_terms(self, model, inputs, labels, mask, num_items_in_batch):
+        """Fused path: hidden states + lm_head weights; no ``[tokens, vocab]`` logits of either model."""
+        student_hidden, student_outputs = self._hidden_states(model, inputs)
+        student_hidden = student_hidden[:, :-1]
+        head = output_head(model)
+        terms: dict[str, torch.Tensor] = {}
+        if self.ce_lambda > 0:
+            terms["ce"] = self._normalise(_chunked_cross_entropy(student_hidden[mask], head, labels[mask]), mask,
+                                          num_items_in_batch)
+        if self.teacher_model is not None:
+            self.teacher_model.eval()
+            with torch.no_grad():
+                teacher_hidden = self._hidden_states(self.teacher_model, inputs)[0][:, :-1]
+            teacher_head = output_head(self.teacher_model)
+            fused = dict(mask=mask, student_bias=head.bias, teacher_bias=teacher_head.bias, reduction="batchmean",
+                         num_items_in_batch=num_items_in_batch)
+            if self.jsd_lambda > 0:
+                terms["jsd"] = fused_jsd_loss(student_hidden, head.weight, teacher_hidden, teacher_head.weight,
+                                              beta=self.beta, **fused)
+            if self.rkl_lambda > 0:
+                terms["rkl"] = fused_jsd_loss(student_hidden, head.weight, teacher_hidden, teacher_head.weight,
+                                              beta=1.0, **fused)
+        elif self.rkl_lambda > 0:
+            terms["rkl"] = fused_reverse_kl_on_chosen(
+                student_hidden, head.weight, labels, mask=mask, student_bias=head.bias, reduction="batchmean",
+                num_items_in_batch=num_items_in_batch, **self._offline_kwargs(inputs)
+            )
+        return terms, student_outputs
+
+
+def _chunked_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor) -> torch.Tensor:
+    """Summed token cross-entropy of ``head(hidden)`` without keeping more than one chunk of logits.
+
+    Each chunk is recomputed in the backward (activation checkpointing), so memory is ``O(chunk x V)``.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    def chunk_ce(h, y):
+        return F.cross_entropy(head(h).float(), y, reduction="sum")
+
+    chunk = fused_chunk_size(head.out_features)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk):
+        total = total + checkpoint(chunk_ce, hidden[start : start + chunk], labels[start : start + chunk],
+                                   use_reentrant=False)
+    return total

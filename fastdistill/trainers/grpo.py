@@ -13,6 +13,9 @@ from trl import GRPOTrainer as _TRLGRPOTrainer
 
 from fastdistill.losses import jsd_loss
 from fastdistill.losses.fused import fused_jsd_loss
+from fastdistill.trainers.utils import backbone as _backbone
+from fastdistill.trainers.utils import capture_hidden as _capture_hidden
+from fastdistill.trainers.utils import output_head as _head
 
 logger = logging.getLogger(__name__)
 
@@ -71,35 +74,6 @@ def default_reward_funcs(preset: str, code_column: str = "code") -> list:
     from fastdistill.rewards import composite_reward
 
     return [composite_reward(preset=preset, code_column=code_column)]
-
-
-def _backbone(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformer body of a causal LM (under PEFT and DeepSpeed/DDP wrappers)."""
-    while hasattr(model, "module") and not hasattr(model, "base_model_prefix"):
-        model = model.module  # DDP / DeepSpeed engine
-    if hasattr(model, "get_base_model"):  # PEFT
-        model = model.get_base_model()
-    return getattr(model, model.base_model_prefix)
-
-
-def _head(model: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(model, "module") and not hasattr(model, "get_output_embeddings"):
-        model = model.module
-    return model.get_output_embeddings()
-
-
-@contextlib.contextmanager
-def _capture_hidden(module: torch.nn.Module, store: list):
-    """Record ``last_hidden_state`` each time ``module`` runs (gradients kept)."""
-
-    def hook(_module, _args, output):
-        store.append(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0])
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield store
-    finally:
-        handle.remove()
 
 
 class GRPOTrainer(_TRLGRPOTrainer):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-__all__ = ["model_init_kwargs", "cpu_safe_precision"]
+import contextlib
+
+import torch
+
+__all__ = ["model_init_kwargs", "cpu_safe_precision", "backbone", "output_head", "capture_hidden", "unfusable_reason", "unwrap"]
 
 
 def model_init_kwargs(model_args) -> dict:
@@ -38,3 +42,58 @@ def cpu_safe_precision(training_args) -> None:
     if not (torch.cuda.is_available() or torch.backends.mps.is_available()):
         training_args.bf16 = False
         training_args.fp16 = False
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """Strip DDP / DeepSpeed-engine wrappers (``.module``), keeping PEFT models as they are."""
+    while hasattr(model, "module") and not hasattr(model, "config"):
+        model = model.module
+    return model
+
+
+def backbone(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformer body of a causal LM (under PEFT and DDP / DeepSpeed wrappers)."""
+    model = unwrap(model)
+    if hasattr(model, "get_base_model"):  # PEFT
+        model = model.get_base_model()
+    return getattr(model, model.base_model_prefix)
+
+
+def output_head(model: torch.nn.Module) -> torch.nn.Module:
+    """The ``lm_head`` module of a causal LM (under PEFT and DDP / DeepSpeed wrappers)."""
+    return unwrap(model).get_output_embeddings()
+
+
+@contextlib.contextmanager
+def capture_hidden(module: torch.nn.Module, store: list):
+    """Record ``last_hidden_state`` each time ``module`` runs (gradients kept)."""
+
+    def hook(_module, _args, output):
+        store.append(output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0])
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+# config attributes with which a model scales or caps its logits after the lm_head (TRL checks the same ones)
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+
+
+def unfusable_reason(model: torch.nn.Module) -> str | None:
+    """Why the ``lm_head`` of ``model`` cannot be fused into a loss (``None`` if it can).
+
+    Fusing replaces ``logits = lm_head(hidden)`` by a matmul with ``lm_head.weight`` inside the loss, which
+    is only exact for a plain ``nn.Linear`` head with no logit transform after it.
+    """
+    head = output_head(model)
+    if type(head) is not torch.nn.Linear:
+        return f"its lm_head is a {type(head).__name__}, not a plain nn.Linear"
+    config = unwrap(model).config.get_text_config()
+    for name in _LOGIT_TRANSFORMS:
+        value = getattr(config, name, None)
+        if value not in (None, 1, 1.0):
+            return f"its config sets {name}={value} (the logits are transformed after the lm_head)"
+    return None
