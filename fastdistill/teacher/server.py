@@ -108,10 +108,13 @@ class OpenAIServerTeacher:
         self._lock = threading.Lock()
         self._client = None
         self._decoded: dict[str, list[int]] | None = None
+        self._aborted = threading.Event()
 
     def describe(self) -> dict:
         """Identity of the teacher, part of the cache key."""
-        return {"kind": "openai", "base_url": self.base_url, "model": self.model, "send_token_ids": self.send_token_ids}
+        # not the URL: a server restarted elsewhere is the same teacher (use another cache_dir for
+        # another model served under the same name)
+        return {"kind": "openai", "model": self.model, "send_token_ids": self.send_token_ids}
 
     @property
     def client(self):
@@ -134,9 +137,9 @@ class OpenAIServerTeacher:
             try:
                 return fn(**kwargs)
             except Exception as err:  # noqa: BLE001
-                if not _is_transient(err) or attempt >= self.max_retries:
+                if not _is_transient(err) or attempt >= self.max_retries or self._aborted.is_set():
                     if _is_transient(err):
-                        raise RuntimeError(f"{what}: gave up after {attempt + 1} attempts: {type(err).__name__}: {err}") from err
+                        raise RuntimeError(f"gave up after {attempt + 1} attempts: {type(err).__name__}: {err}") from err
                     raise
                 delay = min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + random.random() / 2)
                 logger.warning("%s: %s: %s; retry %d/%d in %.2fs", what, type(err).__name__, err, attempt + 1, self.max_retries, delay)
@@ -146,6 +149,7 @@ class OpenAIServerTeacher:
     def _run_pool(self, jobs: Sequence, fn) -> Iterator[tuple[int, Any]]:
         """Run ``fn(job)`` for every job with bounded concurrency; yield ``(index, result | exception)`` as they finish."""
         pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="teacher")
+        self._aborted.clear()
         pending = {}
         next_job = 0
         try:
@@ -161,7 +165,10 @@ class OpenAIServerTeacher:
                     yield index, (err if err is not None else future.result())
         finally:
             # on abort (the caller stopped iterating) do not wait for requests still in flight:
-            # their results are dropped, and they were never cached, so a resumed run asks again
+            # their results are dropped, and they were never cached, so a resumed run asks again;
+            # requests in flight stop retrying
+            if pending:
+                self._aborted.set()
             pool.shutdown(wait=not pending, cancel_futures=True)
 
     # ------------------------------------------------------------------------------------------
@@ -209,12 +216,12 @@ class OpenAIServerTeacher:
                 best = (offset, mismatch)
         if best is None:
             raise AlignmentError(
-                f"{where}: the server returned {len(tokens)} tokens but the student tokenizes prompt + completion "
+                f"the server returned {len(tokens)} tokens but the student tokenizes prompt + completion "
                 f"into {len(expected)}; the server model does not share the student's tokenizer"
             )
         offset, i = best
         raise AlignmentError(
-            f"{where}: server token {offset + i} is {tokens[offset + i]!r} but the student's token there is "
+            f"server token {offset + i} is {tokens[offset + i]!r} but the student's token there is "
             f"{expected[i]} ({self.tokenizer.convert_ids_to_tokens(expected[i])!r}); teacher log-probs can only be stored "
             "per student token when the server model shares the student's tokenizer (for string prompts, try "
             "send_token_ids=True)"
@@ -222,16 +229,16 @@ class OpenAIServerTeacher:
 
     def _topk(self, entries: dict[str, float] | None, top_k: int, where: str) -> tuple[list[int], list[float]]:
         if not entries:
-            raise AlignmentError(f"{where}: the server returned no top log-probs")
+            raise AlignmentError(f"the server returned no top log-probs")
         ranked = sorted(entries.items(), key=lambda kv: kv[1], reverse=True)[:top_k]
         if len(ranked) < top_k:
-            raise AlignmentError(f"{where}: the server returned {len(ranked)} top log-probs, fewer than top_k={top_k}")
+            raise AlignmentError(f"the server returned {len(ranked)} top log-probs, fewer than top_k={top_k}")
         ids, values = [], []
         for token, value in ranked:
             candidates = self._ids_for_string(token)
             if len(candidates) != 1:
                 raise AlignmentError(
-                    f"{where}: top-k token {token!r} maps to {len(candidates)} token ids {candidates[:5]}; "
+                    f"top-k token {token!r} maps to {len(candidates)} token ids {candidates[:5]}; "
                     "use return_tokens_as_token_ids=True (vLLM) for unambiguous ids"
                 )
             ids.append(candidates[0])
@@ -259,19 +266,19 @@ class OpenAIServerTeacher:
             extra_body=self.extra_body or None,
         )
         if not response.choices or response.choices[0].logprobs is None:
-            raise AlignmentError(f"{where}: the server response holds no logprobs (does it support echo with logprobs?)")
+            raise AlignmentError(f"the server response holds no logprobs (does it support echo with logprobs?)")
         lp = response.choices[0].logprobs
         tokens, token_logprobs = list(lp.tokens or []), list(lp.token_logprobs or [])
         if len(tokens) != len(token_logprobs):
-            raise AlignmentError(f"{where}: the server returned {len(tokens)} tokens but {len(token_logprobs)} log-probs")
+            raise AlignmentError(f"the server returned {len(tokens)} tokens but {len(token_logprobs)} log-probs")
         start = self._align(tokens, expected, n, where)
         values = token_logprobs[start : start + n]
         if any(v is None for v in values):
-            raise AlignmentError(f"{where}: the server returned no log-prob for some completion tokens")
+            raise AlignmentError(f"the server returned no log-prob for some completion tokens")
         result = {"teacher_logprobs": [float(v) for v in values]}
         if top_k:
             top = list(lp.top_logprobs or [])
-            pairs = [self._topk(top[start + t] if start + t < len(top) else None, top_k, f"{where}, completion token {t}") for t in range(n)]
+            pairs = [self._topk(top[start + t] if start + t < len(top) else None, top_k, f"completion token {t}") for t in range(n)]
             result["teacher_topk_ids"] = [p[0] for p in pairs]
             result["teacher_topk_logprobs"] = [p[1] for p in pairs]
         return result
@@ -304,7 +311,7 @@ class OpenAIServerTeacher:
                 values = choice.logprobs.token_logprobs if choice.logprobs is not None and choice.logprobs.token_logprobs else []
                 samples.append({"text": choice.text or "", "sample_logprobs": [float(v) for v in values if v is not None]})
         if len(samples) != num_samples:
-            raise ValueError(f"{where}: asked the server for {num_samples} samples, got {len(samples)}")
+            raise ValueError(f"asked the server for {num_samples} samples, got {len(samples)}")
         return samples
 
     def sample(
