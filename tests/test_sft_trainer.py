@@ -91,3 +91,26 @@ def test_qlora_4bit_trains_on_cpu(tmp_path):
     assert type(q_proj).__name__ == "Linear4bit"
     trainer.train()
     assert len(train_losses(trainer)) == 3
+
+
+def test_robust_augment_hook_rewrites_code_in_prompt_and_tests_still_pass(tmp_path):
+    from fastdistill.augment.hooks import robust_augment_example
+    from fastdistill.data import generate_tests_prompt
+    from fastdistill.data.examples import load_examples
+    from fastdistill.rewards import run_tests
+
+    example = next(e for e in load_examples() if e["name"] == "running_sum")
+    row = {"prompt": generate_tests_prompt(example["code"]), "code": example["code"], "completion": example["tests"]}
+    changes = robust_augment_example(row, seed=3)
+    assert changes["code"] != example["code"]
+    assert changes["code"].rstrip() in changes["prompt"][-1]["content"]
+    assert example["code"].rstrip() not in changes["prompt"][-1]["content"]
+    assert run_tests(changes["code"], example["tests"]).ok
+    model, tok = tiny_causal_lm(seed=0)
+    rows = [dict(row, completion=[{"role": "assistant", "content": example["tests"]}])] * 4
+    from datasets import Dataset
+    args = config(tmp_path, max_steps=1, augment_fn="fastdistill.augment.hooks:robust_augment_example",
+                  augment_probability=1.0, max_length=2048)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+    assert all(trainer.train_dataset["augmented"])
+    trainer.train()
