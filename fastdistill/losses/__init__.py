@@ -3,4 +3,11 @@
 from fastdistill.losses.divergences import default_chunk_size, jsd_loss, reverse_kl_on_chosen, reverse_kl_on_logits
 from fastdistill.losses.fused import fused_jsd_loss, fused_reverse_kl_on_chosen
 
-__all__ = ["jsd_loss", "reverse_kl_on_logits", "reverse_kl_on_chosen", "default_chunk_size", "fused_jsd_loss", "fused_reverse_kl_on_chosen"]
+__all__ = [
+    "jsd_loss",
+    "reverse_kl_on_logits",
+    "reverse_kl_on_chosen",
+    "default_chunk_size",
+    "fused_jsd_loss",
+    "fused_reverse_kl_on_chosen",
+]

@@ -24,15 +24,15 @@ __all__ = ["jsd_loss", "reverse_kl_on_logits", "reverse_kl_on_chosen", "default_
 
 IGNORE_INDEX = -100
 _REDUCTIONS = ("batchmean", "sum", "mean", "none")
-# Scratch budget per chunk, in float32 elements (2**24 elements = 64 MiB per temporary).
-_CHUNK_ELEMENTS = 1 << 24
+# Scratch budget per chunk, in float32 elements (2**22 elements = 16 MiB per temporary).
+_CHUNK_ELEMENTS = 1 << 22
 
 
 def default_chunk_size(vocab_size: int, budget_elements: int = _CHUNK_ELEMENTS) -> int:
     """Rows per chunk so that one ``[chunk, vocab]`` float32 temporary stays within the budget.
 
     The working set of one chunk is about 6 such temporaries (two log-softmaxes, their
-    exponentials, the mixture and the gradient), i.e. ``6 * 4 * budget_elements`` bytes = 384 MiB
+    exponentials, the mixture and the gradient), i.e. ``6 * 4 * budget_elements`` bytes = 96 MiB
     with the default budget, independent of the number of tokens.
     """
     return max(1, min(4096, budget_elements // max(int(vocab_size), 1)))

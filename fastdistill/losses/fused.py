@@ -16,18 +16,21 @@ vocabulary tile three times. The autograd backward only scales the stored gradie
 **Memory.** With ``C = chunk_size``, ``V`` the vocabulary, ``H_s``/``H_t`` the hidden widths and
 ``N`` the number of tokens, the extra memory is about::
 
-    K * C * V * 4 bytes                       chunk working set (K ~ 10 fp32 [C, V] temporaries
-                                              for the generalized JSD: 2 projections + log-softmaxes,
-                                              probabilities, mixture, gradient)
-  + V * H_s * 4 bytes                         fp32 weight-gradient accumulator (only if the weight
-                                              requires grad; it is the returned gradient anyway)
-  + N * H_s * 4 bytes                         fp32 gradient wrt the hidden states (if required)
-  + V * (H_s + H_t) * 4 bytes                 fp32 copies of bf16/fp16 weights, CPU only (CUDA
-                                              multiplies low-precision inputs with fp32 outputs)
+    K * C * V * 4 bytes          chunk working set, reused by every chunk: K = 4 fp32 [C, V] buffers
+                                 for the JSD (the two projections, overwritten in place by the
+                                 log-softmaxes, plus two for probabilities / mixture / gradient),
+                                 K = 1 for fused_reverse_kl_on_chosen
+  + V * H_s * 4 bytes            fp32 weight-gradient accumulator (only if the weight requires grad;
+                                 it is the returned gradient for an fp32 weight)
+  + N * H_s * 4 bytes            fp32 gradient wrt the hidden states (if required)
+  + V * (H_s + H_t) * 4 bytes    fp32 copies of bf16/fp16 weights, CPU only (CUDA multiplies
+                                 low-precision operands into fp32 outputs)
 
-independent of ``N`` apart from the (small) hidden-state gradient. :func:`fused_chunk_size` picks
-``C`` so that one ``[C, V]`` fp32 temporary holds about ``2**23`` elements (32 MiB), i.e. a working
-set of ~320 MiB for ``K = 10``, with ``C`` rounded to a multiple of 8 within ``[8, 1024]``.
+independent of ``N`` apart from the hidden-state gradient. :func:`fused_chunk_size` picks ``C`` so
+that one ``[C, V]`` buffer holds about ``2**25`` elements (128 MiB; 512 MiB of working set for the
+JSD), rounded down to a multiple of 8 within ``[8, 1024]``: ``C = 216`` for ``V = 151936``. Larger
+chunks stream the ``lm_head`` weights (read three times and, for the weight gradient, read and
+written once per chunk) fewer times, which is what bounds the speed on CPU.
 
 Statistics, logits and gradient accumulators are float32 whatever the input dtype.
 """
@@ -47,12 +50,12 @@ __all__ = ["fused_jsd_loss", "fused_reverse_kl_on_chosen", "fused_chunk_size"]
 
 _FUSED_REDUCTIONS = ("mean", "sum", "batchmean")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
-# elements of one [chunk, vocab] fp32 temporary (2**23 = 32 MiB)
-_FUSED_CHUNK_ELEMENTS = 1 << 23
+# elements of one [chunk, vocab] fp32 buffer (2**25 = 128 MiB)
+_FUSED_CHUNK_ELEMENTS = 1 << 25
 
 
 def fused_chunk_size(vocab_size: int, budget_elements: int = _FUSED_CHUNK_ELEMENTS) -> int:
-    """Token rows per chunk so that one ``[chunk, vocab]`` fp32 temporary holds ~``budget_elements``.
+    """Token rows per chunk so that one ``[chunk, vocab]`` fp32 buffer holds ~``budget_elements``.
 
     Rounded down to a multiple of 8 (matmul-friendly) and kept within ``[8, 1024]``.
     """
@@ -107,11 +110,11 @@ def _mm_weight(weight: torch.Tensor) -> torch.Tensor:
 _TINY = torch.finfo(torch.float32).tiny
 
 
-class _JSDWorkspace:
-    """Three extra ``[rows, V]`` fp32 buffers reused by every chunk (no allocation in the loop)."""
+class _Workspace:
+    """Extra ``[rows, V]`` fp32 buffers reused by every chunk (nothing is allocated inside the loop)."""
 
-    def __init__(self, rows: int, vocab: int, device):
-        self.bufs = [torch.empty((rows, vocab), dtype=torch.float32, device=device) for _ in range(3)]
+    def __init__(self, count: int, rows: int, vocab: int, device):
+        self.bufs = [torch.empty((rows, vocab), dtype=torch.float32, device=device) for _ in range(count)]
 
     def take(self, n: int):
         return [b[:n] for b in self.bufs]
@@ -122,43 +125,52 @@ def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
 
 
-def _jsd_chunk_inplace(zs, zt, beta: float, temperature: float, need_grad: bool, ws: _JSDWorkspace):
-    """:func:`~fastdistill.losses.divergences._jsd_chunk` (student gradient only) without temporaries.
+def _log_softmax_(z: torch.Tensor, p: torch.Tensor) -> None:
+    """In place: ``z <- log_softmax(z)`` and ``p <- softmax(z)`` (rows of the last dim)."""
+    z.sub_(z.amax(-1, keepdim=True))
+    total = torch.exp(z, out=p).sum(-1, keepdim=True)
+    p.div_(total)
+    z.sub_(total.log_())
 
-    ``zs``/``zt`` are the fp32 logit buffers of the chunk and are overwritten. Returns the per-row loss
-    and the gradient wrt the raw student logits (a view of one of the buffers). The math is
-    ``_jsd_chunk``'s, with the mixture formed as ``log(lerp(p_s, p_t, beta))`` (floored at the
-    smallest normal float, which only touches tokens whose probability under both models is below
-    1e-38) instead of a log-sum-exp: one transcendental pass instead of three.
+
+def _jsd_chunk_inplace(zs, zt, beta: float, temperature: float, need_grad: bool, ws: _Workspace):
+    """:func:`~fastdistill.losses.divergences._jsd_chunk` (student gradient only), allocation-free.
+
+    ``zs``/``zt`` are the fp32 logit buffers of the chunk; they and the two workspace buffers are
+    overwritten. Returns the per-row loss, a buffer ``g`` and a float ``c`` such that ``c * g`` is the
+    gradient wrt the raw student logits (the caller folds ``c`` into its own scaling). Same math as
+    ``_jsd_chunk``, except that the mixture is formed as ``log(lerp(p_s, p_t, beta))`` (floored at the
+    smallest normal float, which only matters for tokens below 1e-38 under both models) instead of a
+    log-sum-exp: one transcendental pass instead of three.
     """
-    n = zs.shape[0]
-    s, t, m = ws.take(n)
+    a, b = ws.take(zs.shape[0])
     if temperature != 1.0:
         zs.mul_(1.0 / temperature)
         zt.mul_(1.0 / temperature)
-    torch.log_softmax(zs, -1, out=s)
-    torch.log_softmax(zt, -1, out=t)
-    ps, pt = torch.exp(s, out=zs), torch.exp(t, out=zt)
+    _log_softmax_(zs, a)  # zs = log p_s, a = p_s
+    _log_softmax_(zt, b)  # zt = log p_t, b = p_t
+    coef = 1.0 / temperature
     grad = None
-    if beta == 0.0:  # forward KL(teacher || student): sum p_t (t - s); grad p_s - p_t
-        loss = _rowdot(pt, t.sub_(s))
+    if beta == 0.0:  # forward KL(teacher || student) = <p_t, t - s>; grad p_s - p_t
+        loss = _rowdot(b, zt.sub_(zs))
         if need_grad:
-            grad = ps.sub_(pt)
-    elif beta == 1.0:  # reverse KL(student || teacher): sum p_s (s - t); grad p_s (s - t - KL)
-        diff = s.sub_(t)
-        loss = _rowdot(ps, diff)
+            grad = a.sub_(b)
+    elif beta == 1.0:  # reverse KL(student || teacher) = <p_s, s - t>; grad p_s (s - t - KL)
+        diff = zs.sub_(zt)
+        loss = _rowdot(a, diff)
         if need_grad:
-            grad = diff.sub_(loss.unsqueeze(-1)).mul_(ps)
+            grad = diff.sub_(loss.unsqueeze(-1)).mul_(a)
     else:
-        log_m = torch.lerp(ps, pt, beta, out=m).clamp_min_(_TINY).log_()
-        ds, dt = s.sub_(log_m), t.sub_(log_m)
-        kl_s, kl_t = _rowdot(ps, ds), _rowdot(pt, dt)
+        log_m = a.lerp_(b, beta).clamp_min_(_TINY).log_()  # a = log M, M = (1 - beta) p_s + beta p_t
+        kl_t = _rowdot(b, zt.sub_(log_m))  # KL(teacher || M)
+        p_s = torch.exp(zs, out=b)  # p_s again (a now holds log M)
+        ds = zs.sub_(log_m)
+        kl_s = _rowdot(p_s, ds)  # KL(student || M)
         loss = beta * kl_t + (1.0 - beta) * kl_s
-        if need_grad:
-            grad = ds.sub_(kl_s.unsqueeze(-1)).mul_(ps).mul_(1.0 - beta)
-    if grad is not None and temperature != 1.0:
-        grad.mul_(1.0 / temperature)
-    return loss, grad
+        if need_grad:  # (1 - beta) p_s (s - m - KL(student || M))
+            grad = ds.sub_(kl_s.unsqueeze(-1)).mul_(p_s)
+            coef *= 1.0 - beta
+    return loss, grad, coef
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,10 +181,10 @@ def _jsd_chunk_inplace(zs, zt, beta: float, temperature: float, need_grad: bool,
 class _FusedLinearDivergence(torch.autograd.Function):
     """Loss and student gradients of ``sum_rows chunk_fn(h_s W_s^T + b_s, h_t W_t^T + b_t, ...)``, in one pass.
 
-    ``chunk_fn(s_logits, t_logits, sl)`` gets fp32 ``[n, V]`` logits of one chunk (``t_logits`` is
-    ``None`` without a teacher projection; ``sl`` slices the chunk out of the compacted rows) and
-    returns the per-row loss ``(n,)`` and its gradient wrt ``s_logits`` (it may overwrite the logit
-    buffers).
+    ``chunk_fn(s_logits, t_logits, sl, need_grad)`` gets fp32 ``[n, V]`` logits of one chunk
+    (``t_logits`` is ``None`` without a teacher projection; ``sl`` slices the chunk out of the
+    compacted rows) and returns the per-row loss ``(n,)``, a ``[n, V]`` buffer ``g`` (or ``None``) and
+    a float ``c`` with ``c * g`` the gradient wrt ``s_logits``; it may overwrite the logit buffers.
     """
 
     @staticmethod
@@ -218,12 +230,12 @@ class _FusedLinearDivergence(torch.autograd.Function):
                 if t_bias32 is not None:
                     t_logits.add_(t_bias32)
 
-            loss, g = chunk_fn(s_logits, t_logits, slice(start, end), need_h or need_w or need_b)
+            loss, g, coef = chunk_fn(s_logits, t_logits, slice(start, end), need_h or need_w or need_b)
             total += loss.sum()
             if g is None:
                 continue
-            if scale != 1.0:
-                g.mul_(scale)
+            if coef * scale != 1.0:
+                g.mul_(coef * scale)
             if need_h:
                 if contiguous:
                     _hidden_grad_into(grad_h[start:end], g, w_s)
@@ -381,7 +393,7 @@ def fused_jsd_loss(
     beta, temperature = float(beta), float(temperature)
 
     chunk = int(chunk_size or fused_chunk_size(vocab))
-    workspace = _JSDWorkspace(min(chunk, max(h_s.shape[0], 1)), vocab, student_hidden.device)
+    workspace = _Workspace(2, min(chunk, max(h_s.shape[0], 1)), vocab, student_hidden.device)
 
     def chunk_fn(s_logits, t_logits, _sl, need_grad):
         return _jsd_chunk_inplace(s_logits, t_logits, beta, temperature, need_grad, workspace)
@@ -458,23 +470,23 @@ def fused_reverse_kl_on_chosen(
     temperature = float(temperature)
     inv_t = 1.0 / temperature
 
-    def chunk_fn(s_logits, _t_logits, sl, need_grad):
+    def chunk_fn(z, _t_logits, sl, need_grad):
         chunk_ids = sel_ids[sl]
         if temperature != 1.0:
-            s_logits.mul_(inv_t)
-        lse = torch.logsumexp(s_logits, -1, keepdim=True)
-        s_lp = (s_logits.gather(1, chunk_ids) - lse).detach().requires_grad_(need_grad)
+            z.mul_(inv_t)
+        z.sub_(z.amax(-1, keepdim=True))
+        picked = z.gather(1, chunk_ids)
+        total = z.exp_().sum(-1, keepdim=True)  # z now holds exp(z - max)
+        s_lp = (picked - total.log()).requires_grad_(need_grad)
         with torch.enable_grad():
             loss = _partition_kl(s_lp, sel_t_lp[sl])
             if not need_grad:
-                return loss.detach(), None
+                return loss.detach(), None, 1.0
             (g_lp,) = torch.autograd.grad(loss.sum(), s_lp)
-        # d log p(id_j) / d z = onehot(id_j) - softmax(z); the buffer becomes the gradient wrt the logits
-        grad = s_logits.sub_(lse).exp_().mul_(-g_lp.sum(-1, keepdim=True))
+        # d log p(id_j) / d z = (onehot(id_j) - softmax(z)) / T; the buffer becomes the gradient
+        grad = z.mul_(-g_lp.sum(-1, keepdim=True) / total)
         grad.scatter_add_(1, chunk_ids, g_lp)
-        if temperature != 1.0:
-            grad.mul_(inv_t)
-        return loss.detach(), grad
+        return loss.detach(), grad, inv_t
 
     chunk = int(chunk_size or fused_chunk_size(vocab))
     h_s = student_hidden.reshape(-1, student_hidden.shape[-1])
