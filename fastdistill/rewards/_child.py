@@ -1,4 +1,4 @@
-"""Sandbox worker, executed as a script: ``python -I _child.py <result_fd> --fastdistill-sandbox=<token>``.
+"""Sandbox worker, executed as a script: ``python -I _child.py <result_fd> <cmd_fd> --fastdistill-sandbox=<token>``.
 
 It is started by :mod:`fastdistill.rewards.sandbox` (never imported by the library) inside fresh
 user/mount/network/PID namespaces when the kernel allows them. Before any untrusted code runs it:
@@ -8,14 +8,24 @@ user/mount/network/PID namespaces when the kernel allows them. Before any untrus
 3. sets resource limits, makes itself non-dumpable, installs audit-hook guards (network, signals,
    and - without a mount namespace - writes outside the working directory);
 4. imports pytest and starts one session with ``--noconftest``, no plugin autoloading and the
-   cache provider disabled. Its own plugin takes over collection: for each *job* (the original
-   module, a repeat, or a mutant) it forks a child that installs the module, collects and runs the
-   tests and streams per-test outcomes back through a private pipe. The worker itself never
-   executes untrusted code; only these children do, each in its own process group with its own
-   CPU limit and wall-clock timeout.
+   cache provider disabled. Its own plugin takes over collection and serves *pairs* (code, tests,
+   jobs) read from ``cmd_fd``, one after another, each in a fresh randomly named directory:
+
+   * a *zygote* is forked per pair; it installs the code under test and collects the tests once
+     (the first untrusted code to run);
+   * per *job* (the original code, a repeat, or a mutant) the zygote forks a short-lived child that
+     swaps in the job's code (re-executing the test module against it, see :class:`_Collected`),
+     runs the already-collected items (stopping at the first failure for mutants) and streams
+     per-test outcomes back through a private pipe, under a wall-clock timeout and, for mutants,
+     a CPU-time budget (``ITIMER_PROF``) so hot infinite loops end within ~50 ms of CPU;
+   * after the pair, the worker (PID 1 of its namespace) kills every other process in the
+     namespace and empties its working directory, so nothing survives into the next pair.
+
+   The worker itself never executes untrusted code, and it enforces each pair's wall-clock
+   budget on the zygote.
 
 Results go to the parent through ``result_fd``, a pipe opened before any untrusted code exists,
-closed in every child; each line starts with the per-run nonce.
+closed in every zygote and child; each line starts with a newline and the per-run nonce.
 """
 
 import ctypes
@@ -126,10 +136,14 @@ def _install_guards(workdir, guard_writes):
         elif event in ("os.kill", "os.killpg"):
             pid = args[0]
             me = os.getpid()
-            if event == "os.kill" and pid not in (me, 0) and pid != -os.getpgrp():
-                if not _is_descendant(pid, me):
+            if event == "os.kill" and pid == -1:
+                if me != 1:  # only the worker, as PID 1 of its own PID namespace, may signal "everyone"
                     raise PermissionError("signalling other processes is disabled in the fastdistill sandbox")
-            if event == "os.killpg" and pid not in (os.getpgrp(), 0):
+            elif event == "os.kill" and pid not in (me, 0) and pid != -os.getpgrp():
+                if not _is_descendant(abs(pid), me):
+                    raise PermissionError("signalling other processes is disabled in the fastdistill sandbox")
+            if event == "os.killpg" and pid not in (os.getpgrp(), 0) and not _is_descendant(pid, me):
+                # a group led by one of our own descendants (how the worker ends a job) is fine
                 raise PermissionError("signalling other processes is disabled in the fastdistill sandbox")
         elif guard_writes and event == "open":
             path, mode, flags = (list(args) + [None, None, None])[:3]
@@ -163,57 +177,292 @@ def _is_descendant(pid, ancestor):
     return False
 
 
-class _Jobs:
-    """pytest plugin that replaces collection with one forked child per job."""
+def _read_exact(fd, n):
+    chunks = []
+    while n:
+        chunk = os.read(fd, n)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
 
-    def __init__(self, cfg, result_fd):
+
+def _recv(fd):
+    """One length-prefixed JSON command from the parent; ``None`` at end of input."""
+    header = _read_exact(fd, 8)
+    if header is None:
+        return None
+    body = _read_exact(fd, int.from_bytes(header, "big"))
+    return None if body is None else json.loads(body)
+
+
+def _writer(fd, nonce):
+    """A function that writes one framed message line (``\\n<nonce> <json>\\n``) to ``fd``.
+
+    The leading newline means stray bytes written to the pipe by untrusted code can never glue
+    themselves onto the front of a real message.
+    """
+    prefix = b"\n" + nonce + b" "
+
+    def emit(message):
+        view = memoryview(prefix + json.dumps(message).encode() + b"\n")
+        while view:
+            view = view[os.write(fd, view):]
+
+    return emit
+
+
+def _read_messages(fd, nonce, deadline, on_message, max_bytes=4_000_000):
+    """Read framed lines from ``fd`` until EOF, ``deadline`` or ``on_message`` returns True.
+
+    Returns ``"eof"``, ``"timeout"``, ``"overflow"`` or ``"stop"``.
+    """
+    buf = b""
+    prefix = nonce + b" "
+    total = 0
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return "timeout"
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return "eof"
+        total += len(chunk)
+        if total > max_bytes:
+            return "overflow"
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            if not line.startswith(prefix):
+                continue  # forged or garbage line
+            try:
+                msg = json.loads(line[len(prefix):])
+            except ValueError:
+                continue
+            if on_message(msg):
+                return "stop"
+
+
+def _kill_and_wait(pid):
+    """SIGKILL the process group led by ``pid`` (and ``pid``), reap it, return its wait status."""
+    for kill, target in ((os.killpg, pid), (os.kill, pid)):
+        try:
+            kill(target, signal.SIGKILL)
+        except OSError:
+            pass
+    try:
+        _, wstatus = os.waitpid(pid, 0)
+    except ChildProcessError:
+        wstatus = 0
+    return wstatus
+
+
+def _reap():
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _exit_info(wstatus):
+    if os.WIFSIGNALED(wstatus):
+        return f"killed by signal {os.WTERMSIG(wstatus)}"
+    if os.WIFEXITED(wstatus) and os.WEXITSTATUS(wstatus) != 0:
+        return f"exit status {os.WEXITSTATUS(wstatus)}"
+    return ""
+
+
+def _install_module(name, path, source):
+    """Execute ``source`` into a fresh module registered as ``sys.modules[name]``; error text or None."""
+    module = types.ModuleType(name)
+    module.__file__ = path
+    linecache.cache[path] = (len(source), None, source.splitlines(True), path)
+    sys.modules[name] = module
+    try:
+        exec(compile(source, path, "exec"), module.__dict__)  # noqa: S102 - sandboxed by design
+    except BaseException as exc:  # noqa: BLE001
+        return f"module failed to import: {exc!r}"[:2000]
+    return None
+
+
+_KEEP = ("__name__", "__file__", "__loader__", "__spec__", "__package__", "__cached__", "__builtins__")
+
+
+class _Collected:
+    """What the zygote collected once, and how a job child swaps the CUT underneath it.
+
+    A swap executes the new CUT into a fresh module object, drops helper modules the tests loaded
+    from the pair directory, re-executes each test module's (assertion-rewritten) code in its own
+    namespace, so every ``from solution import ...`` and module-level value is recomputed exactly
+    as a fresh import would, then points the collected items (and test classes) at the new objects.
+    If anything collection depends on changed (test names, marks/parametrize values, fixture
+    params), the child recollects from scratch instead, so outcomes always equal a fresh collection.
+    """
+
+    def __init__(self, session, items, pair_dir, module_name):
+        self.items = list(items)
+        self.module_name = module_name
+        self.modules, self.classes, seen = [], [], set()
+        for item in self.items:
+            node = item.parent
+            while node is not None and node is not session:
+                kind = type(node).__name__
+                if kind == "Module" and id(node) not in seen:
+                    seen.add(id(node))
+                    self.modules.append((node.obj, self._code_of(session, node)))
+                elif kind == "Class" and id(node) not in seen:
+                    seen.add(id(node))
+                    self.classes.append(node)
+                node = node.parent
+        test_names = {m.__name__ for m, _ in self.modules}
+        prefix = os.path.realpath(pair_dir) + os.sep
+        self.helpers = [name for name, mod in list(sys.modules.items())
+                        if name not in test_names and name != module_name
+                        and os.path.realpath(str(getattr(mod, "__file__", None) or "/")).startswith(prefix)]
+        self.signature = self._signature()
+
+    @staticmethod
+    def _code_of(session, node):
+        from pathlib import Path
+
+        try:
+            from _pytest.assertion.rewrite import _rewrite_test
+
+            return _rewrite_test(Path(str(node.path)), session.config)[1]
+        except Exception:  # noqa: BLE001 - fall back to plain compilation (assert messages only differ)
+            path = str(node.path)
+            with open(path, encoding="utf-8") as fh:
+                return compile(fh.read(), path, "exec", dont_inherit=True)
+
+    def _signature(self):
+        parts = []
+        for module, _ in self.modules:
+            for key, value in module.__dict__.items():
+                if key == "pytestmark" or key.startswith(("test", "Test")) or hasattr(value, "_fixture_function_marker"):
+                    parts.append((key, repr(getattr(value, "pytestmark", None)),
+                                  repr(getattr(value, "_fixture_function_marker", None)),
+                                  repr(value) if key == "pytestmark" else ""))
+                    if isinstance(value, type):
+                        for attr, member in vars(value).items():
+                            parts.append((key, attr, repr(getattr(member, "pytestmark", None)),
+                                          repr(getattr(member, "_fixture_function_marker", None))))
+        return parts
+
+    def swap(self, source, path):
+        """Install ``source`` as the CUT; return ``(items, error)`` (``items is None``: recollect)."""
+        error = _install_module(self.module_name, path, source)
+        if error:
+            return None, error
+        for name in self.helpers:
+            sys.modules.pop(name, None)
+        try:
+            for module, code in self.modules:
+                namespace = module.__dict__
+                kept = {k: namespace[k] for k in _KEEP if k in namespace}
+                namespace.clear()
+                namespace.update(kept)
+                exec(code, namespace)  # noqa: S102 - sandboxed by design
+        except BaseException as exc:  # noqa: BLE001 - what a fresh import would report as a collection error
+            return None, f"test module failed to import: {exc!r}"[:2000]
+        if self._signature() != self.signature:
+            return None, None
+        for node in self.classes:
+            node._obj = getattr(node.parent.obj, node.name)
+        for item in self.items:
+            item.__dict__.pop("_instance", None)
+            item._obj = None
+            item._obj = item._getobj()
+        return self.items, None
+
+
+class _Server:
+    """pytest plugin that replaces collection with a loop serving (code, tests) pairs.
+
+    For each pair the worker forks a *zygote* that installs the CUT, collects the tests once and
+    then forks one short-lived child per job (baseline, repeat or mutant) that swaps the CUT if
+    needed and runs the collected items. The worker never executes untrusted code.
+    """
+
+    def __init__(self, cfg, result_fd, cmd_fd):
         self._cfg = cfg
         self._result_fd = result_fd
-        self._nonce = cfg["nonce"].encode()
+        self._cmd_fd = cmd_fd
+        self._send = _writer(result_fd, cfg["nonce"].encode())
         self._collect_errors = None
+        self._zygote_fd = -1
 
     # -- worker side ------------------------------------------------------------------------------
-    def _send(self, message):
-        data = self._nonce + b" " + json.dumps(message).encode() + b"\n"
-        view = memoryview(data)
-        while view:
-            written = os.write(self._result_fd, view)
-            view = view[written:]
-
     def pytest_collection(self, session):
         gc.collect()
         gc.freeze()  # forked children then do not touch (copy) the worker's pages when collecting garbage
-        gate = self._cfg.get("baseline_gate")
-        for index, job in enumerate(self._cfg["jobs"]):
-            if job.get("timeout_s") is None:  # mutants: a multiple of the baseline's wall time
-                job = dict(job, timeout_s=min(gate["max_s"], max(gate["min_s"], gate["factor"] * baseline_s)))
-            result = self._run_job(session, job)
-            result.update({"t": "job", "i": index})
+        self._send({"t": "ready"})
+        while True:
+            spec = _recv(self._cmd_fd)
+            if spec is None:
+                break
+            result = self._run_pair(session, spec)
+            result.update({"t": "pair", "id": spec["id"]})
             self._send(result)
-            if index == 0:
-                baseline_s = result["duration_s"]
-                if gate and not self._all_passed(result):
-                    break  # tests that fail on the original code are not run against mutants
         self._send({"t": "done"})
         return True
 
-    @staticmethod
-    def _all_passed(result):
-        outcomes = [t[1] for t in result["tests"]]
-        return (result["status"] == "ok" and not result["collect_errors"] and "passed" in outcomes
-                and not any(o in ("failed", "error") for o in outcomes))
+    def _clean_between_pairs(self, pair_dir):
+        """Nothing a pair started or wrote may survive into the next pair."""
+        if self._cfg["namespaces"] and os.getpid() == 1:
+            try:
+                os.kill(-1, signal.SIGKILL)  # PID 1 of our own PID namespace: every other process in it
+            except OSError:
+                pass
+            while True:
+                try:
+                    os.waitpid(-1, 0)
+                except ChildProcessError:
+                    break
+                except InterruptedError:
+                    continue
+        else:
+            _reap()
+        workdir = self._cfg["workdir"]
+        keep = {os.path.basename(self._cfg["ini_file"])}
+        for entry in os.listdir(workdir):
+            if entry not in keep:
+                path = os.path.join(workdir, entry)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    _rmtree(path)
+                else:
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
 
-    def _run_job(self, session, job):
-        job_nonce = os.urandom(8).hex().encode()
-        read_fd, write_fd = os.pipe()
+    def _run_pair(self, session, spec):
         start = time.monotonic()
+        name = spec["module_name"]
+        pair_dir = os.path.join(self._cfg["workdir"], "p" + os.urandom(8).hex())
+        os.mkdir(pair_dir, 0o700)
+        if spec["write_module"]:
+            with open(os.path.join(pair_dir, name + ".py"), "w", encoding="utf-8") as fh:
+                fh.write(spec["code"])
+        test_file = os.path.join(pair_dir, f"test_{name}_tests.py")
+        with open(test_file, "w", encoding="utf-8") as fh:
+            fh.write(spec["tests"])
+        nonce = os.urandom(8).hex().encode()
+        read_fd, write_fd = os.pipe()
         pid = os.fork()
-        if pid == 0:  # child: the only place untrusted code runs
+        if pid == 0:  # zygote: runs untrusted code (the test module's import)
             code = 0
             try:
                 os.close(read_fd)
                 os.close(self._result_fd)
-                self._child(session, job, write_fd, job_nonce)
+                os.close(self._cmd_fd)
+                self._zygote(session, spec, pair_dir, test_file, write_fd, nonce)
             except BaseException:  # noqa: BLE001 - anything escaping is reported as a crash
                 code = 3
             finally:
@@ -223,121 +472,201 @@ class _Jobs:
             os.setpgid(pid, pid)
         except OSError:
             pass
-        deadline = start + float(job["timeout_s"])
-        buf = b""
-        tests, collect_errors, finished, status, timing = [], [], False, "ok", {}
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                status = "timeout"
-                break
-            ready, _, _ = select.select([read_fd], [], [], remaining)
-            if not ready:
-                continue
-            chunk = os.read(read_fd, 65536)
-            if not chunk:
-                break
-            buf += chunk
-            if len(buf) > 4_000_000:
-                status = "crash"
-                break
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                if not line.startswith(job_nonce + b" "):
-                    continue  # forged or garbage line
-                try:
-                    msg = json.loads(line[len(job_nonce) + 1 :])
-                except ValueError:
-                    continue
-                if msg.get("t") == "test":
-                    tests.append(msg["r"])
-                elif msg.get("t") == "collect_error":
-                    collect_errors.append(msg["r"])
-                elif msg.get("t") == "end":
-                    finished = True
-                    timing = {"collect_s": msg.get("collect_s"), "end_lag_s": time.time() - msg.get("t0", 0), "child_s": msg.get("child_s"), "since_start": time.monotonic() - start}
-        duration = time.monotonic() - start
-        for target in (pid,):
-            try:
-                os.killpg(target, signal.SIGKILL)
-            except OSError:
-                pass
-        try:
-            _, wstatus = os.waitpid(pid, 0)
-        except ChildProcessError:
-            wstatus = 0
+        jobs, finished = [], []
+
+        def on_message(msg):
+            if msg.get("t") == "job":
+                jobs.append(msg)
+            elif msg.get("t") == "end":
+                finished.append(True)
+                return True
+            return False
+
+        status = _read_messages(read_fd, nonce, start + float(spec["timeout_s"]), on_message,
+                                max_bytes=4_000_000 * max(1, len(spec["jobs"])))
+        wstatus = _kill_and_wait(pid)
         os.close(read_fd)
-        self._reap()
-        if status == "ok" and not finished:
-            status = "crash"
-        exit_info = ""
-        if os.WIFSIGNALED(wstatus):
-            exit_info = f"killed by signal {os.WTERMSIG(wstatus)}"
-        elif os.WIFEXITED(wstatus) and os.WEXITSTATUS(wstatus) != 0:
-            exit_info = f"exit status {os.WEXITSTATUS(wstatus)}"
-        return {"status": status, "tests": tests, "collect_errors": collect_errors,
-                "duration_s": duration, "exit": exit_info, "timing": timing}
+        self._clean_between_pairs(pair_dir)
+        return {"jobs": jobs, "completed": bool(finished), "timed_out": status == "timeout",
+                "exit": _exit_info(wstatus), "duration_s": time.monotonic() - start}
 
-    @staticmethod
-    def _reap():
-        while True:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-
-    # -- child side ---------------------------------------------------------------------------------
+    # -- zygote side ---------------------------------------------------------------------------------
     def pytest_collectreport(self, report):
         if self._collect_errors is not None and report.failed:
             self._collect_errors.append([report.nodeid, str(report.longreprtext)[-2000:]])
 
-    def _child(self, session, job, write_fd, job_nonce):
-        from _pytest.runner import runtestprotocol
+    def _plugin_ids(self, session):
+        return {id(p) for p in session.config.pluginmanager.get_plugins()}
 
-        t_child = time.perf_counter()
+    def _collect(self, session, test_file):
+        """Collect ``test_file``; returns (items, collect_errors, plugins_registered)."""
+        self._collect_errors = []
+        before = self._plugin_ids(session)
+        try:
+            items = list(session.perform_collect([test_file]))
+        except BaseException as exc:  # noqa: BLE001
+            items = []
+            self._collect_errors.append([os.path.basename(test_file), f"collection failed: {exc!r}"[:2000]])
+        errors = self._collect_errors
+        self._collect_errors = None
+        if self._plugin_ids(session) - before:
+            errors.append(["<plugins>", "the tests registered pytest plugins or hooks; not allowed"])
+            return items, errors, True
+        return items, errors, False
+
+    def _zygote(self, session, spec, pair_dir, test_file, fd, nonce):
         os.setpgid(0, 0)
-        cpu = int(float(job["timeout_s"])) + 1
+        cpu = int(float(spec["timeout_s"])) + 2
         try:
             resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
         except (ValueError, OSError):
             pass
-        del self._nonce  # the parent's nonce is useless here (its pipe is closed), drop it anyway
-
-        def emit(message):
-            data = job_nonce + b" " + json.dumps(message).encode() + b"\n"
-            view = memoryview(data)
-            while view:
-                view = view[os.write(write_fd, view):]
-
-        name = self._cfg["module_name"]
-        if job.get("source") is not None:
-            path = os.path.join(self._cfg["workdir"], name + ".py")
-            module = types.ModuleType(name)
-            module.__file__ = path
-            source = job["source"]
-            linecache.cache[path] = (len(source), None, source.splitlines(True), path)
-            sys.modules[name] = module
+        self._cfg.pop("nonce", None)  # the worker's pipe is closed here; drop its nonce anyway
+        del self._send
+        self._zygote_fd = fd
+        os.chdir(pair_dir)
+        emit = _writer(fd, nonce)
+        name = spec["module_name"]
+        path = os.path.join(pair_dir, name + ".py")
+        installed = None
+        errors, forbidden, items = [], False, []
+        if not spec["write_module"]:
+            installed = spec["code"]
+            error = _install_module(name, path, installed)
+            if error:
+                errors.append([name, error])
+        if not errors:
+            items, errors, forbidden = self._collect(session, test_file)
+        collected = None
+        if items and not forbidden:
             try:
-                exec(compile(source, path, "exec"), module.__dict__)  # noqa: S102 - sandboxed by design
-            except BaseException as exc:  # noqa: BLE001
-                emit({"t": "collect_error", "r": [name, f"module failed to import: {exc!r}"[:2000]]})
+                collected = _Collected(session, items, pair_dir, name)
+            except Exception:  # noqa: BLE001 - unusual layout: every swap recollects
+                collected = None
+        gc.freeze()
+        gate = spec.get("gate")
+        baseline_s = baseline_cpu_s = None
+        for index, job in enumerate(spec["jobs"]):
+            wall, cpu_budget = job.get("timeout_s"), None
+            if wall is None:  # mutants: multiples of the baseline's wall and CPU time (hot loops end early)
+                wall = min(gate["max_s"], max(gate["min_s"], gate["factor"] * baseline_s))
+                cpu_budget = min(wall, max(gate.get("cpu_min_s", gate["min_s"]), gate["factor"] * baseline_cpu_s))
+            swap = job.get("source") is not None and job["source"] != installed
+            if errors and (forbidden or job.get("stop_first") or not items):
+                result = {"status": "ok", "tests": [], "collect_errors": errors, "duration_s": 0.0, "exit": ""}
+            else:
+                result = self._run_job(session, items, collected, job, swap, path, test_file, float(wall),
+                                       cpu_budget, errors)
+            result.update({"t": "job", "i": index})
+            emit(result)
+            if index == 0:
+                baseline_s = result["duration_s"]
+                baseline_cpu_s = result.get("cpu_s") or baseline_s
+                if gate and not self._all_passed(result):
+                    break  # tests that fail on the original code are not run against mutants
+        emit({"t": "end"})
+
+    @staticmethod
+    def _all_passed(result):
+        outcomes = [t[1] for t in result["tests"]]
+        return (result["status"] == "ok" and not result["collect_errors"] and "passed" in outcomes
+                and not any(o in ("failed", "error") for o in outcomes))
+
+    def _run_job(self, session, items, collected, job, swap, path, test_file, wall, cpu_budget, errors):
+        job_nonce = os.urandom(8).hex().encode()
+        read_fd, write_fd = os.pipe()
+        start = time.monotonic()
+        pid = os.fork()
+        if pid == 0:  # job child
+            code = 0
+            try:
+                os.close(read_fd)
+                os.close(self._zygote_fd)
+                self._job_child(session, items, collected, job, swap, path, test_file, wall, cpu_budget, errors,
+                                write_fd, job_nonce)
+            except BaseException:  # noqa: BLE001
+                code = 3
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        try:
+            os.setpgid(pid, pid)
+        except OSError:
+            pass
+        tests, collect_errors, finished, cpu = [], [], [], []
+
+        def on_message(msg):
+            kind = msg.get("t")
+            if kind == "test":
+                tests.append(msg["r"])
+            elif kind == "collect_error":
+                collect_errors.append(msg["r"])
+            elif kind == "end":
+                finished.append(bool(msg.get("recollected")))
+                cpu.append(msg.get("cpu_s"))
+                return True
+            return False
+
+        status = _read_messages(read_fd, job_nonce, start + wall, on_message)
+        duration = time.monotonic() - start
+        wstatus = _kill_and_wait(pid)
+        os.close(read_fd)
+        _reap()
+        if status == "timeout" or (cpu_budget is not None and os.WIFSIGNALED(wstatus)
+                                   and os.WTERMSIG(wstatus) == signal.SIGPROF and not finished):
+            status = "timeout"
+        elif status == "overflow" or not finished:
+            status = "crash"
+        else:
+            status = "ok"
+        return {"status": status, "tests": tests, "collect_errors": collect_errors, "duration_s": duration,
+                "exit": _exit_info(wstatus), "recollected": bool(finished and finished[0]),
+                "cpu_s": cpu[0] if cpu and isinstance(cpu[0], (int, float)) else None}
+
+    # -- job child side ------------------------------------------------------------------------------
+    def _job_child(self, session, items, collected, job, swap, path, test_file, wall, cpu_budget, errors,
+                   write_fd, job_nonce):
+        from _pytest.runner import runtestprotocol
+
+        os.setpgid(0, 0)
+        cpu = int(wall) + 1
+        try:
+            resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+        except (ValueError, OSError):
+            pass
+        if cpu_budget is not None:
+            signal.setitimer(signal.ITIMER_PROF, cpu_budget)  # default action of SIGPROF: terminate
+        emit = _writer(write_fd, job_nonce)
+        stop_first = job.get("stop_first")
+        recollected = False
+        if swap:
+            new_items, error = collected.swap(job["source"], path) if collected is not None else (None, None)
+            name = os.path.basename(path)[:-3]
+            if collected is None:  # no collected state to reuse: install the CUT, then recollect
+                error = _install_module(name, path, job["source"])
+            if error:
+                emit({"t": "collect_error", "r": ["<tests>" if error.startswith("test module") else name, error]})
                 emit({"t": "end"})
                 return
-        t_collect = time.perf_counter()
-        self._collect_errors = []
-        plugins_before = {id(p) for p in session.config.pluginmanager.get_plugins()}
-        items = session.perform_collect()
-        if {id(p) for p in session.config.pluginmanager.get_plugins()} - plugins_before:
-            self._collect_errors.append(["<plugins>", "the tests registered pytest plugins or hooks; not allowed"])
-            job = dict(job, stop_first=True)
-        t_collect = time.perf_counter() - t_collect
-        for error in self._collect_errors:
+            if new_items is None:  # collection depends on the CUT: collect afresh, like a new process
+                recollected = True
+                _drop_pair_modules(os.path.dirname(path), name)
+                new_items, errors, forbidden = self._collect(session, test_file)
+                if forbidden:
+                    stop_first = True
+            items = new_items
+        for error in errors:
             emit({"t": "collect_error", "r": error})
-        if self._collect_errors and job.get("stop_first"):
+        if errors and stop_first:
             emit({"t": "end"})
             return
+        if stop_first:
+            # Only the outcome of a mutant matters: skip pytest's costly failure formatting (source
+            # reading, AST statement ranges, assertion re-interpretation); outcomes are unchanged.
+            for item in items:
+                item.repr_failure = _short_failure
+                item._repr_failure_py = _short_failure
+        plugins_before = self._plugin_ids(session)
         for index, item in enumerate(items):
             nextitem = items[index + 1] if index + 1 < len(items) else None
             reports = runtestprotocol(item, log=False, nextitem=nextitem)
@@ -350,17 +679,40 @@ class _Jobs:
                         message = str(rep.longreprtext)[-1500:]
                 elif rep.skipped and outcome == "passed":
                     outcome = "skipped"
-            if {id(p) for p in session.config.pluginmanager.get_plugins()} - plugins_before:
+            if self._plugin_ids(session) - plugins_before:
                 emit({"t": "collect_error", "r": [item.nodeid, "the tests registered pytest plugins; not allowed"]})
                 break
             emit({"t": "test", "r": [item.nodeid, outcome, duration, message]})
-            if job.get("stop_first") and outcome in ("failed", "error"):
+            if stop_first and outcome in ("failed", "error"):
                 break
-        emit({"t": "end", "collect_s": t_collect, "t0": time.time(), "child_s": time.perf_counter() - t_child})
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        emit({"t": "end", "recollected": recollected, "cpu_s": usage.ru_utime + usage.ru_stime})
+
+
+
+def _short_failure(excinfo, *args, **kwargs):
+    try:
+        return excinfo.exconly()[-1500:]
+    except Exception:  # noqa: BLE001
+        return "failed"
+
+
+def _drop_pair_modules(pair_dir, keep):
+    """Forget every module imported from ``pair_dir`` except ``keep`` (the CUT)."""
+    prefix = os.path.realpath(pair_dir) + os.sep
+    for name, mod in list(sys.modules.items()):
+        if name != keep and os.path.realpath(str(getattr(mod, "__file__", None) or "/")).startswith(prefix):
+            del sys.modules[name]
+
+
+def _rmtree(path):
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def main():
-    result_fd = int(sys.argv[1])
+    result_fd, cmd_fd = int(sys.argv[1]), int(sys.argv[2])
     workdir = os.getcwd()
     cfg_path = os.path.join(workdir, _CFG_NAME)
     with open(cfg_path, encoding="utf-8") as fh:
@@ -376,15 +728,16 @@ def main():
             isolated = True
         except OSError as exc:
             sys.stderr.write(f"fastdistill sandbox: namespace isolation failed, using guards: {exc}\n")
+    cfg["namespaces"] = isolated
     _libc().prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 0: /proc/<pid>/fd of the worker is off limits
     _set_limits(cfg)
     sys.dont_write_bytecode = False  # the rewritten test module is cached once for all forked jobs
     import pytest  # noqa: PLC0415 - imported after the limits on purpose
 
     _install_guards(workdir, guard_writes=not isolated)
-    plugin = _Jobs(cfg, result_fd)
+    plugin = _Server(cfg, result_fd, cmd_fd)
     args = [
-        cfg["test_file"], "-q", "-c", cfg["ini_file"], "--rootdir", workdir, "--noconftest",
+        workdir, "-q", "-c", cfg["ini_file"], "--rootdir", workdir, "--noconftest",
         "-p", "no:cacheprovider", "-p", "no:pastebin", "-p", "no:junitxml", "-p", "no:faulthandler",
         "-o", "addopts=", "-W", "ignore::DeprecationWarning",
     ]

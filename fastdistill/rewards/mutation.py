@@ -1,11 +1,12 @@
 """AST mutation engine and a fast, sandboxed mutation score.
 
-Speed: pytest is imported and configured once per (code, tests) pair inside the sandbox worker;
-each mutant then runs in a child forked from that warm worker (the mutant module is executed
-from source into ``sys.modules[module_name]`` before the tests are collected), stops at its first
-failing test and has its own timeout (a multiple of the original run's time). Many pairs are
-scored in parallel with :func:`mutation_scores`; results are cached by a content hash of
-(code, tests, parameters) so a repeated pair is never run twice.
+Speed: pytest is imported and configured once per sandbox worker, and a worker serves many
+(code, tests) pairs. Per pair a zygote collects the tests once; each mutant then runs in a child
+forked from it that swaps the mutant in (fresh module object, test module re-executed against it),
+runs the already-collected items, stops at its first failing test and has its own wall-clock
+timeout and CPU budget (multiples of the original run's time). Many pairs are scored in parallel
+with :func:`mutation_scores`; results are cached by a content hash of (code, tests, parameters)
+so a repeated pair is never run twice.
 """
 
 from __future__ import annotations
@@ -19,10 +20,9 @@ import os
 import random
 import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from fastdistill.rewards.sandbox import execute_jobs
+from fastdistill.rewards.sandbox import execute_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -235,33 +235,23 @@ def _cache_key(*parts) -> str:
 def mutation_score(code: str, tests: str, *, module_name: str = "solution", max_mutants: int | None = 40,
                    seed: int = 0, timeout_s: float = 60.0, memory_mb: int = 1024, baseline_timeout_s: float = 10.0,
                    mutant_timeout_factor: float = 10.0, mutant_timeout_min_s: float = 0.3,
-                   use_cache: bool = True) -> MutationResult:
+                   mutant_cpu_min_s: float = 0.05, use_cache: bool = True) -> MutationResult:
     """Mutation score of the pytest file ``tests`` against ``code``, run in the sandbox.
 
     The tests first run on the original code; if any fails (or none is collected) the result has
     ``kill_rate == 0`` and a ``reason``. Otherwise every mutant from :func:`generate_mutants` runs
-    in a child forked from the warm sandbox worker, stopping at the first failing test; a mutant
-    is killed when a test fails or errors, the module fails to import, or it times out (after
-    ``max(mutant_timeout_min_s, mutant_timeout_factor * baseline time)``). ``timeout_s`` bounds
-    the whole call: mutants not reached in time count as survived. Never raises for bad input.
+    in a child forked from a zygote that collected the tests once (the child swaps the mutant in),
+    stopping at the first failing test; a mutant is killed when a test fails or errors, the module
+    (or the test module against it) fails to import, or it times out: after
+    ``max(mutant_timeout_min_s, mutant_timeout_factor * baseline time)`` of wall clock, or after
+    ``max(mutant_cpu_min_s, mutant_timeout_factor * baseline time)`` of CPU time (hot infinite
+    loops). ``timeout_s`` bounds the whole call: mutants not reached in time count as survived.
+    Never raises for bad input.
     """
-    key = _cache_key("v1", code, tests, module_name, max_mutants, seed, memory_mb, mutant_timeout_factor,
-                     mutant_timeout_min_s)
-    if use_cache:
-        with _CACHE_LOCK:
-            hit = _CACHE.get(key)
-            if hit is not None:
-                _CACHE.move_to_end(key)
-                return _cached_copy(hit)
-    result = _mutation_score_uncached(code, tests, module_name=module_name, max_mutants=max_mutants, seed=seed,
-                                      timeout_s=timeout_s, memory_mb=memory_mb, baseline_timeout_s=baseline_timeout_s,
-                                      factor=mutant_timeout_factor, min_s=mutant_timeout_min_s)
-    if use_cache and "timed out" not in result.reason:
-        with _CACHE_LOCK:
-            _CACHE[key] = result
-            while len(_CACHE) > _CACHE_SIZE:
-                _CACHE.popitem(last=False)
-    return result
+    return mutation_scores([code], [tests], n_workers=1, module_name=module_name, max_mutants=max_mutants, seed=seed,
+                           timeout_s=timeout_s, memory_mb=memory_mb, baseline_timeout_s=baseline_timeout_s,
+                           mutant_timeout_factor=mutant_timeout_factor, mutant_timeout_min_s=mutant_timeout_min_s,
+                           mutant_cpu_min_s=mutant_cpu_min_s, use_cache=use_cache)[0]
 
 
 def _cached_copy(result: MutationResult) -> MutationResult:
@@ -270,21 +260,25 @@ def _cached_copy(result: MutationResult) -> MutationResult:
     return clone
 
 
-def _mutation_score_uncached(code, tests, *, module_name, max_mutants, seed, timeout_s, memory_mb,
-                             baseline_timeout_s, factor, min_s) -> MutationResult:
+def _prepare(code, tests, *, module_name, max_mutants, seed, timeout_s, baseline_timeout_s, factor, min_s, cpu_min_s):
+    """Mutants and the sandbox spec for one pair, or an early :class:`MutationResult`."""
     try:
         mutants = generate_mutants(code, max_mutants=max_mutants, seed=seed)
     except (SyntaxError, ValueError, RecursionError) as exc:
-        return MutationResult(reason=f"code under test does not parse: {exc}")
+        return None, None, MutationResult(reason=f"code under test does not parse: {exc}")
     try:
         ast.parse(tests)
     except (SyntaxError, ValueError, RecursionError) as exc:
-        return MutationResult(total=len(mutants), survived=len(mutants), reason=f"tests do not parse: {exc}")
+        return None, None, MutationResult(total=len(mutants), survived=len(mutants), reason=f"tests do not parse: {exc}")
     jobs = [{"source": code, "stop_first": False, "timeout_s": baseline_timeout_s}]
     jobs += [{"source": m.source, "stop_first": True, "timeout_s": None} for m in mutants]
-    raw = execute_jobs(code, tests, jobs, timeout_s=timeout_s, memory_mb=memory_mb, module_name=module_name,
-                       write_module=False, extra_cfg={"baseline_gate": {"factor": factor, "min_s": min_s,
-                                                                        "max_s": max(min_s, timeout_s)}})
+    spec = {"code": code, "tests": tests, "module_name": module_name, "write_module": False, "jobs": jobs,
+            "timeout_s": timeout_s, "gate": {"factor": factor, "min_s": min_s, "max_s": max(min_s, timeout_s),
+                                             "cpu_min_s": min(cpu_min_s, min_s)}}
+    return mutants, spec, None
+
+
+def _finish(mutants, raw) -> MutationResult:
     result = MutationResult(total=len(mutants), duration_s=raw["duration_s"])
     by_index = {job["i"]: job for job in raw["jobs"]}
     baseline = by_index.get(0)
@@ -335,10 +329,16 @@ def _mutation_score_uncached(code, tests, *, module_name, max_mutants, seed, tim
     return result
 
 
-def mutation_scores(codes: list[str], tests: list[str], *, n_workers: int | None = None, **kwargs) -> list[MutationResult]:
-    """Score many (code, tests) pairs in parallel (one sandbox per pair, ``n_workers`` at a time).
+def mutation_scores(codes: list[str], tests: list[str], *, n_workers: int | None = None, module_name: str = "solution",
+                    max_mutants: int | None = 40, seed: int = 0, timeout_s: float = 60.0, memory_mb: int = 1024,
+                    baseline_timeout_s: float = 10.0, mutant_timeout_factor: float = 10.0,
+                    mutant_timeout_min_s: float = 0.3, mutant_cpu_min_s: float = 0.05,
+                    use_cache: bool = True) -> list[MutationResult]:
+    """Score many (code, tests) pairs; parameters as in :func:`mutation_score`.
 
-    Duplicate pairs in the batch run once; keyword arguments go to :func:`mutation_score`.
+    Duplicate pairs in the batch run once and cached pairs not at all. The rest are spread over
+    ``n_workers`` sandbox workers (default: one per core); each worker pays pytest's start-up once
+    and serves pairs one after another (largest first), each pair isolated from the next.
     """
     if len(codes) != len(tests):
         raise ValueError("codes and tests must have the same length")
@@ -347,9 +347,37 @@ def mutation_scores(codes: list[str], tests: list[str], *, n_workers: int | None
     for pair in zip(codes, tests):
         unique.setdefault(pair, len(unique))
     pairs = list(unique)
-    if len(pairs) == 1 or n_workers == 1:
-        results = [mutation_score(c, t, **kwargs) for c, t in pairs]
-    else:
-        with ThreadPoolExecutor(max_workers=min(n_workers, len(pairs))) as pool:
-            results = list(pool.map(lambda p: mutation_score(p[0], p[1], **kwargs), pairs))
+    results: list = [None] * len(pairs)
+    keys = [_cache_key("v2", c, t, module_name, max_mutants, seed, memory_mb, mutant_timeout_factor,
+                       mutant_timeout_min_s, mutant_cpu_min_s) for c, t in pairs]
+    pending = []
+    for index, ((code, test), key) in enumerate(zip(pairs, keys)):
+        if use_cache:
+            with _CACHE_LOCK:
+                hit = _CACHE.get(key)
+                if hit is not None:
+                    _CACHE.move_to_end(key)
+                    results[index] = _cached_copy(hit)
+                    continue
+        mutants, spec, early = _prepare(code, test, module_name=module_name, max_mutants=max_mutants, seed=seed,
+                                        timeout_s=timeout_s, baseline_timeout_s=baseline_timeout_s,
+                                        factor=mutant_timeout_factor, min_s=mutant_timeout_min_s,
+                                        cpu_min_s=mutant_cpu_min_s)
+        if early is not None:
+            results[index] = early
+        else:
+            pending.append((index, mutants, spec))
+    if pending:
+        raws = execute_pairs([spec for _, _, spec in pending], memory_mb=memory_mb, n_workers=n_workers)
+        for (index, mutants, _), raw in zip(pending, raws):
+            results[index] = _finish(mutants, raw)
+    if use_cache:
+        with _CACHE_LOCK:
+            for index, key in enumerate(keys):
+                result = results[index]
+                if not result.cached and "timed out" not in result.reason:
+                    _CACHE[key] = result
+                    _CACHE.move_to_end(key)
+            while len(_CACHE) > _CACHE_SIZE:
+                _CACHE.popitem(last=False)
     return [results[unique[pair]] for pair in zip(codes, tests)]

@@ -32,6 +32,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -128,90 +129,95 @@ def _scrubbed_env(workdir: str) -> dict:
     }
 
 
-def execute_jobs(code: str, tests: str, jobs: list[dict], *, timeout_s: float, memory_mb: int,
-                 module_name: str = "solution", write_module: bool = True, nproc: int = 64,
-                 extra_cfg: dict | None = None) -> dict:
-    """Low-level entry point shared by :func:`run_tests` and the mutation engine.
+class _Worker:
+    """One sandboxed pytest worker process that serves (code, tests) pairs one after another.
 
-    Each job is ``{"source": str | None, "stop_first": bool, "timeout_s": float}`` (``source=None``
-    imports ``module_name`` from the file written to disk). Returns ``{"jobs": [...], "completed":
-    bool, "timed_out": bool, "output": str, "returncode": int | None, "reason": str,
-    "duration_s": float}`` where finished jobs appear in order.
+    Started with the isolation layers of :func:`sandbox_capabilities`; it reads pair specs from a
+    command pipe and reports each pair's job results through a nonce-tagged result pipe. A pair
+    that overruns its budget (plus grace) or a dead worker makes :meth:`run_pair` return an honest
+    failure and marks the worker unusable (the caller starts a fresh one).
     """
-    if not module_name.isidentifier():
-        raise ValueError(f"module_name must be a Python identifier, got {module_name!r}")
-    caps = sandbox_capabilities()
-    start = time.monotonic()
-    workdir = tempfile.mkdtemp(prefix="fastdistill-sb-")
-    token = secrets.token_hex(8)
-    nonce = secrets.token_hex(16)
-    test_file = os.path.join(workdir, f"test_{module_name}_tests.py")
-    ini_file = os.path.join(workdir, "fastdistill_pytest.ini")
-    cgroup_dir = None
-    proc = None
-    result_r = result_w = -1
-    out = {"jobs": [], "completed": False, "timed_out": False, "output": "", "returncode": None, "reason": ""}
-    try:
-        os.chmod(workdir, 0o700)
-        if write_module:
-            Path(workdir, f"{module_name}.py").write_text(code, encoding="utf-8")
-        Path(test_file).write_text(tests, encoding="utf-8")
-        Path(ini_file).write_text("[pytest]\naddopts =\n", encoding="utf-8")
-        cfg = {
-            "nonce": nonce, "workdir": workdir, "module_name": module_name, "test_file": test_file,
-            "ini_file": ini_file, "memory_mb": memory_mb, "fsize_mb": 64, "nproc": nproc,
-            "cpu_s": int(timeout_s) + 2, "namespaces": caps["namespaces"], "jobs": jobs, **(extra_cfg or {}),
-        }
-        Path(workdir, _CFG_NAME).write_text(json.dumps(cfg), encoding="utf-8")
-        result_r, result_w = os.pipe()
-        cmd = [sys.executable, "-I", str(_CHILD), str(result_w), SANDBOX_MARK + token]
-        if caps["namespaces"]:
-            cmd = [caps["unshare"], "-rmnpf", "--kill-child", *cmd]
-        preexec = None
-        if caps["cgroup"]:
-            try:
-                cgroup_dir = Path(caps["cgroup"]) / f"fastdistill-{token}"
-                cgroup_dir.mkdir()
-                (cgroup_dir / "pids.max").write_text(str(nproc))
-                procs = str(cgroup_dir / "cgroup.procs")
 
-                def preexec():  # runs in the child between fork and exec
-                    with open(procs, "w") as fh:
-                        fh.write(str(os.getpid()))
-            except OSError:
-                cgroup_dir = None
-        proc = subprocess.Popen(
-            cmd, cwd=workdir, env=_scrubbed_env(workdir), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, pass_fds=(result_w,), start_new_session=True, preexec_fn=preexec,
-        )
-        os.close(result_w)
-        result_w = -1
-        deadline = start + timeout_s
-        output = bytearray()
-        buf = b""
-        prefix = nonce.encode() + b" "
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stdout, selectors.EVENT_READ, "out")
-        sel.register(result_r, selectors.EVENT_READ, "res")
-        open_streams = 2
-        while open_streams:
+    START_TIMEOUT_S = 60.0
+    GRACE_S = 5.0
+
+    def __init__(self, *, memory_mb: int, nproc: int = 64, cpu_s: int = 3600):
+        caps = sandbox_capabilities()
+        self.namespaces = bool(caps["namespaces"])
+        self.alive = False
+        self.proc = None
+        self.cgroup_dir = None
+        self.result_r = self.cmd_w = -1
+        self._buf = b""
+        self._output = bytearray()
+        token = secrets.token_hex(8)
+        self.nonce = secrets.token_hex(16).encode()
+        self.workdir = tempfile.mkdtemp(prefix="fastdistill-sb-")
+        try:
+            os.chmod(self.workdir, 0o700)
+            ini_file = os.path.join(self.workdir, "fastdistill_pytest.ini")
+            Path(ini_file).write_text("[pytest]\naddopts =\n", encoding="utf-8")
+            cfg = {"nonce": self.nonce.decode(), "workdir": self.workdir, "ini_file": ini_file,
+                   "memory_mb": memory_mb, "fsize_mb": 64, "nproc": nproc, "cpu_s": cpu_s,
+                   "namespaces": self.namespaces}
+            Path(self.workdir, _CFG_NAME).write_text(json.dumps(cfg), encoding="utf-8")
+            result_r, result_w = os.pipe()
+            cmd_r, cmd_w = os.pipe()
+            self.result_r, self.cmd_w = result_r, cmd_w
+            cmd = [sys.executable, "-I", str(_CHILD), str(result_w), str(cmd_r), SANDBOX_MARK + token]
+            if self.namespaces:
+                cmd = [caps["unshare"], "-rmnpf", "--kill-child", *cmd]
+            preexec = None
+            if caps["cgroup"]:
+                try:
+                    cgroup_dir = Path(caps["cgroup"]) / f"fastdistill-{token}"
+                    cgroup_dir.mkdir()
+                    self.cgroup_dir = cgroup_dir
+                    (cgroup_dir / "pids.max").write_text(str(nproc))
+                    procs = str(cgroup_dir / "cgroup.procs")
+
+                    def preexec():  # runs in the child between fork and exec
+                        with open(procs, "w") as fh:
+                            fh.write(str(os.getpid()))
+                except OSError:
+                    self.cgroup_dir = None
+            try:
+                self.proc = subprocess.Popen(
+                    cmd, cwd=self.workdir, env=_scrubbed_env(self.workdir), stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(result_w, cmd_r),
+                    start_new_session=True, preexec_fn=preexec,
+                )
+            finally:
+                os.close(result_w)
+                os.close(cmd_r)
+            self.sel = selectors.DefaultSelector()
+            self.sel.register(self.proc.stdout, selectors.EVENT_READ, "out")
+            self.sel.register(self.result_r, selectors.EVENT_READ, "res")
+            ready = self._wait(time.monotonic() + self.START_TIMEOUT_S, lambda m: m.get("t") == "ready")
+            self.alive = ready == "ok"
+            self.start_error = "" if self.alive else f"sandbox worker did not start ({ready})"
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait(self, deadline: float, want) -> str:
+        """Pump both pipes until a message satisfies ``want`` ("ok"), EOF ("died") or "timeout"."""
+        prefix = self.nonce + b" "
+        while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                out["timed_out"] = True
-                break
-            for key, _ in sel.select(timeout=min(remaining, 1.0)):
-                fd = key.fd
-                chunk = os.read(fd, 65536)
+                return "timeout"
+            events = self.sel.select(timeout=min(remaining, 1.0))
+            for key, _ in events:
+                chunk = os.read(key.fd, 65536)
                 if not chunk:
-                    sel.unregister(key.fileobj)
-                    open_streams -= 1
-                    continue
+                    return "died"
                 if key.data == "out":
-                    if len(output) < OUTPUT_CAP:
-                        output += chunk[: OUTPUT_CAP - len(output)]
+                    if len(self._output) < OUTPUT_CAP:
+                        self._output += chunk[: OUTPUT_CAP - len(self._output)]
                     continue
-                buf += chunk
-                *lines, buf = buf.split(b"\n")
+                self._buf += chunk
+                *lines, self._buf = self._buf.split(b"\n")
                 for line in lines:
                     if not line.startswith(prefix):
                         continue
@@ -219,32 +225,151 @@ def execute_jobs(code: str, tests: str, jobs: list[dict], *, timeout_s: float, m
                         msg = json.loads(line[len(prefix):])
                     except ValueError:
                         continue
-                    if msg.get("t") == "job":
-                        out["jobs"].append(msg)
-                    elif msg.get("t") == "done":
-                        out["completed"] = True
-            if out["completed"]:
-                break
-        sel.close()
-        out["output"] = output.decode("utf-8", "replace")
-    finally:
-        if proc is not None:
-            _kill_group(proc)
-            out["returncode"] = proc.returncode
-            if proc.stdout:
-                proc.stdout.close()
-        for fd in (result_r, result_w):
-            if fd >= 0:
-                os.close(fd)
-        if cgroup_dir is not None:
-            _remove_cgroup(cgroup_dir)
-        shutil.rmtree(workdir, ignore_errors=True)
-    out["duration_s"] = time.monotonic() - start
-    if out["timed_out"]:
-        out["reason"] = f"timed out after {timeout_s:.1f}s (wall clock); process group killed"
-    elif not out["completed"]:
-        out["reason"] = f"sandbox worker died before reporting (return code {out['returncode']})"
-    return out
+                    if want(msg):
+                        self._last = msg
+                        return "ok"
+
+    def run_pair(self, spec: dict) -> dict:
+        """Send one pair and wait for its result (raw dict as :func:`execute_jobs` returns)."""
+        start = time.monotonic()
+        self._output = bytearray()
+        out = {"jobs": [], "completed": False, "timed_out": False, "output": "", "returncode": None,
+               "reason": "", "exit": ""}
+        payload = json.dumps(spec).encode()
+        try:
+            _write_all(self.cmd_w, len(payload).to_bytes(8, "big") + payload)
+            status = self._wait(start + float(spec["timeout_s"]) + self.GRACE_S,
+                                lambda m: m.get("t") == "pair" and m.get("id") == spec["id"])
+        except OSError:
+            status = "died"
+        out["output"] = self._output.decode("utf-8", "replace")
+        if status == "ok":
+            msg = self._last
+            out.update(jobs=msg["jobs"], completed=msg["completed"], timed_out=msg["timed_out"], exit=msg["exit"])
+        else:
+            self.alive = False
+            out["timed_out"] = status == "timeout"
+            self.close()
+            out["returncode"] = self.proc.returncode if self.proc else None
+        out["duration_s"] = time.monotonic() - start
+        if out["timed_out"]:
+            out["reason"] = f"timed out after {float(spec['timeout_s']):.1f}s (wall clock); process group killed"
+        elif not out["completed"]:
+            out["reason"] = (f"sandbox worker died before reporting (return code {out['returncode']})"
+                             if status != "ok" else f"test process ended before reporting ({out['exit'] or 'no report'})")
+        return out
+
+    def close(self) -> None:
+        """Stop the worker (closing its command pipe), kill its process group, remove its files."""
+        self.alive = False
+        if self.cmd_w >= 0:
+            os.close(self.cmd_w)
+            self.cmd_w = -1
+        if self.proc is not None:
+            _kill_group(self.proc)
+            if self.proc.stdout:
+                self.proc.stdout.close()
+        if getattr(self, "sel", None) is not None:
+            self.sel.close()
+            self.sel = None
+        if self.result_r >= 0:
+            os.close(self.result_r)
+            self.result_r = -1
+        if self.cgroup_dir is not None:
+            _remove_cgroup(self.cgroup_dir)
+            self.cgroup_dir = None
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def execute_pairs(specs: list[dict], *, memory_mb: int, n_workers: int = 1, nproc: int = 64) -> list[dict]:
+    """Run many (code, tests, jobs) pairs on up to ``n_workers`` sandbox workers; one raw dict each.
+
+    Each spec: ``{"code", "tests", "module_name", "write_module", "jobs", "timeout_s", "gate"?}``
+    (see :func:`execute_jobs` for jobs). With namespaces a worker serves many pairs (start-up paid
+    once per worker); without them every pair gets a fresh worker. Pairs are handed out largest
+    first, one at a time, to whichever worker is free.
+    """
+    for spec in specs:
+        if not spec["module_name"].isidentifier():
+            raise ValueError(f"module_name must be a Python identifier, got {spec['module_name']!r}")
+    if not specs:
+        return []
+    specs = [dict(spec, id=i) for i, spec in enumerate(specs)]
+    per_worker = None if sandbox_capabilities()["namespaces"] else 1
+    order = sorted(range(len(specs)), key=lambda i: -len(specs[i]["jobs"]))
+    queue_lock = threading.Lock()
+    results: list = [None] * len(specs)
+
+    def serve():
+        worker, served = None, 0
+        try:
+            while True:
+                with queue_lock:
+                    if not order:
+                        return
+                    index = order.pop(0)
+                spec = specs[index]
+                if worker is None:
+                    try:
+                        worker = _Worker(memory_mb=memory_mb, nproc=nproc)
+                    except OSError as exc:
+                        worker = None
+                        results[index] = _failed(f"could not start the sandbox worker: {exc}")
+                        continue
+                    served = 0
+                    if not worker.alive:
+                        results[index] = _failed(worker.start_error)
+                        worker.close()
+                        worker = None
+                        continue
+                results[index] = worker.run_pair(spec)
+                served += 1
+                if not worker.alive or (per_worker is not None and served >= per_worker):
+                    worker.close()
+                    worker = None
+        finally:
+            if worker is not None:
+                worker.close()
+
+    n_threads = max(1, min(n_workers, len(specs)))
+    if n_threads == 1:
+        serve()
+    else:
+        threads = [threading.Thread(target=serve, daemon=True) for _ in range(n_threads)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    return results
+
+
+def _failed(reason: str) -> dict:
+    return {"jobs": [], "completed": False, "timed_out": False, "output": "", "returncode": None,
+            "reason": reason, "exit": "", "duration_s": 0.0}
+
+
+def execute_jobs(code: str, tests: str, jobs: list[dict], *, timeout_s: float, memory_mb: int,
+                 module_name: str = "solution", write_module: bool = True, nproc: int = 64,
+                 extra_cfg: dict | None = None) -> dict:
+    """Low-level entry point shared by :func:`run_tests` and the mutation engine (one pair).
+
+    Each job is ``{"source": str | None, "stop_first": bool, "timeout_s": float | None}``
+    (``source=None`` runs the CUT as written to disk / installed for the pair; ``timeout_s=None``
+    derives the budget from the first job's time through ``extra_cfg["baseline_gate"]``). Returns
+    ``{"jobs": [...], "completed": bool, "timed_out": bool, "output": str, "returncode": int | None,
+    "reason": str, "duration_s": float}`` where finished jobs appear in order.
+    """
+    spec = {"code": code, "tests": tests, "module_name": module_name, "write_module": write_module,
+            "jobs": jobs, "timeout_s": timeout_s, "gate": (extra_cfg or {}).get("baseline_gate")}
+    return execute_pairs([spec], memory_mb=memory_mb, n_workers=1, nproc=nproc)[0]
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
