@@ -1,17 +1,23 @@
-"""Reward-engine throughput on the bundled examples: fastdistill vs naive vs mutmut.
+"""Reward-engine throughput on the bundled examples: fastdistill vs naive vs mutmut, one run.
 
 * fastdistill: ``mutation_scores`` over every example (reference tests), all cores, cache cleared.
+* previous engine (``--engine-ref REV``, optional): the same call with ``fastdistill/`` as of git
+  revision REV (extracted with ``git archive`` into a temp dir, run in a subprocess), for a
+  before/after comparison under the same load.
 * naive: one fresh ``python -m pytest -x`` per mutant (same mutants, same tests), the same number
-  of parallel processes, on a sample of examples (it is slow), extrapolated as a rate.
-* mutmut: recorded as not driven when it cannot run non-interactively here (reason in the JSON).
+  of parallel processes, on a sample of examples (it is slow). Per-mutant timeout: 3x the naive
+  run of the original code on that example + 1 s (a timeout counts as killed).
+* mutmut (3.x): ``mutmut run`` in a temp project per example (its own mutants and runner), on a
+  few examples; its rate is its mutants / wall seconds including its own set-up.
 
 Prints a table and writes ``benchmarks/results/bench_rewards.json``.
-Usage: ``python benchmarks/bench_rewards.py [--naive-examples 6] [--max-mutants 30]``
+Usage: ``python benchmarks/bench_rewards.py [--naive-examples 6] [--max-mutants 30] [--engine-ref HEAD~2]``
 """
 
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,34 +29,108 @@ from pathlib import Path
 from fastdistill.data.examples import load_examples
 from fastdistill.rewards import clear_cache, generate_mutants, mutation_scores
 
+ROOT = Path(__file__).resolve().parents[1]
+MUTMUT_EXAMPLES = ("binary_search", "bank_account", "to_roman")
 
-def naive_one(code, tests, mutant_source):
+
+def naive_one(tests, source, timeout):
     with tempfile.TemporaryDirectory() as d:
-        Path(d, "solution.py").write_text(mutant_source)
+        Path(d, "solution.py").write_text(source)
         Path(d, "test_solution.py").write_text(tests)
-        done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "test_solution.py"],
-                              cwd=d, capture_output=True, timeout=60)
-        return done.returncode != 0
+        start = time.perf_counter()
+        try:
+            done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                                   "test_solution.py"], cwd=d, capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return True, True, time.perf_counter() - start
+        return done.returncode != 0, False, time.perf_counter() - start
 
 
 def naive(examples, max_mutants, workers):
-    jobs = []
-    for e in examples:
-        jobs += [(e["code"], e["tests"], m.source) for m in generate_mutants(e["code"], max_mutants=max_mutants)]
     start = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        killed = list(pool.map(lambda j: naive_one(*j), jobs))
-    return len(jobs), sum(killed), time.perf_counter() - start
+    with ThreadPoolExecutor(workers) as pool:  # the original code once per example, to set timeouts
+        base = list(pool.map(lambda e: naive_one(e["tests"], e["code"], 120), examples))
+        jobs = []
+        for e, (_, _, base_s) in zip(examples, base):
+            jobs += [(e["tests"], m.source, 3 * base_s + 1.0) for m in generate_mutants(e["code"], max_mutants=max_mutants)]
+        runs = list(pool.map(lambda j: naive_one(*j), jobs))
+    return {"mutants": len(jobs), "killed": sum(r[0] for r in runs), "timed_out": sum(r[1] for r in runs),
+            "seconds": time.perf_counter() - start}
 
 
-def mutmut_status():
-    if shutil.which("mutmut") is None and subprocess.run([sys.executable, "-m", "pip", "show", "mutmut"],
-                                                          capture_output=True).returncode != 0:
-        return {"measured": False, "reason": "mutmut is not installed (pip install mutmut)"}
-    return {"measured": False, "reason": (
-        "mutmut 3.x needs a project layout (setup.cfg/pyproject [tool.mutmut] paths_to_mutate, tests in tests/), "
-        "copies the project into mutants/, and its runner uses its own trampoline + pytest per run; driving it for "
-        "51 separate tiny projects non-interactively was not done within this issue's time budget")}
+def fast(examples, max_mutants, workers):
+    clear_cache()
+    start = time.perf_counter()
+    results = mutation_scores([e["code"] for e in examples], [e["tests"] for e in examples], n_workers=workers,
+                              max_mutants=max_mutants)
+    seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    mutation_scores([e["code"] for e in examples], [e["tests"] for e in examples], n_workers=workers,
+                    max_mutants=max_mutants)
+    cached_s = time.perf_counter() - start
+    per_mutant = [[m.killed for m in r.mutants] for r in results]
+    return {"mutants": sum(r.total for r in results), "killed": sum(r.killed for r in results),
+            "timed_out": sum(r.timed_out for r in results), "seconds": seconds, "cached_s": cached_s,
+            "per_mutant": per_mutant}
+
+
+_ENGINE_SCRIPT = """
+import json, sys, time
+from fastdistill.data.examples import load_examples
+from fastdistill.rewards import mutation_scores
+ex = load_examples()
+t = time.perf_counter()
+rs = mutation_scores([e["code"] for e in ex], [e["tests"] for e in ex], n_workers=int(sys.argv[1]), max_mutants=int(sys.argv[2]))
+s = time.perf_counter() - t
+print(json.dumps({"mutants": sum(r.total for r in rs), "killed": sum(r.killed for r in rs),
+                  "timed_out": sum(r.timed_out for r in rs), "seconds": s,
+                  "per_mutant": [[m.killed for m in r.mutants] for r in rs]}))
+"""
+
+
+def engine_at(rev, max_mutants, workers):
+    """The same measurement with the library as of git revision ``rev`` (the working tree is untouched)."""
+    with tempfile.TemporaryDirectory() as d:
+        archive = subprocess.run(["git", "archive", rev, "fastdistill"], cwd=ROOT, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", d], input=archive.stdout, check=True)
+        env = dict(os.environ, PYTHONPATH=d)
+        done = subprocess.run([sys.executable, "-c", _ENGINE_SCRIPT, str(workers), str(max_mutants)], cwd=d, env=env,
+                              capture_output=True, text=True, timeout=1800)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr[-2000:])
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def mutmut_run(example, workers, timeout):
+    """``mutmut run`` on one example in a temp project; mutants, killed and wall seconds."""
+    exe = shutil.which("mutmut") or str(Path(sys.executable).with_name("mutmut"))
+    if not Path(exe).exists():
+        return {"error": "mutmut is not installed (pip install mutmut)"}
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, "tests").mkdir()
+        Path(d, "solution.py").write_text(example["code"])
+        Path(d, "tests", "test_solution.py").write_text(example["tests"])
+        Path(d, "setup.cfg").write_text("[mutmut]\nsource_paths=solution.py\npytest_add_cli_args_test_selection=tests/\n")
+        start = time.perf_counter()
+        try:
+            done = subprocess.run([exe, "run", "--max-children", str(workers)], cwd=d, capture_output=True, text=True,
+                                  timeout=timeout, stdin=subprocess.DEVNULL,
+                                  env=dict(os.environ, PYTHONWARNINGS="ignore", TERM="dumb"))
+        except subprocess.TimeoutExpired:
+            return {"error": f"mutmut run did not finish within {timeout}s"}
+        seconds = time.perf_counter() - start
+        stats = Path(d, "mutants", "mutmut-cicd-stats.json")
+        subprocess.run([exe, "export-cicd-stats"], cwd=d, capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+        if stats.exists():
+            data = json.loads(stats.read_text())
+            total = data.get("total", 0)
+            killed = data.get("killed", 0) + data.get("timeout", 0)
+            return {"mutants": total, "killed": killed, "timed_out": data.get("timeout", 0), "seconds": seconds}
+        counts = re.findall(r"(\d+)/(\d+)\s+\S+\s+(\d+)", done.stdout)
+        if done.returncode != 0 or not counts:
+            return {"error": f"mutmut exited {done.returncode}: {(done.stderr or done.stdout)[-500:]}"}
+        total = int(counts[-1][1])
+        return {"mutants": total, "killed": int(counts[-1][2]), "timed_out": None, "seconds": seconds}
 
 
 def main():
@@ -58,50 +138,85 @@ def main():
     parser.add_argument("--naive-examples", type=int, default=6)
     parser.add_argument("--max-mutants", type=int, default=30)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--engine-ref", default=None, help="also measure fastdistill/ as of this git revision")
+    parser.add_argument("--skip-mutmut", action="store_true")
     parser.add_argument("--out", default=str(Path(__file__).with_name("results") / "bench_rewards.json"))
     args = parser.parse_args()
     examples = load_examples()
+    load_start = os.getloadavg()
 
-    clear_cache()
-    start = time.perf_counter()
-    results = mutation_scores([e["code"] for e in examples], [e["tests"] for e in examples],
-                              n_workers=args.workers, max_mutants=args.max_mutants)
-    fast_s = time.perf_counter() - start
-    fast_mutants = sum(r.total for r in results)
-    fast_killed = sum(r.killed for r in results)
-    start = time.perf_counter()
-    mutation_scores([e["code"] for e in examples], [e["tests"] for e in examples], n_workers=args.workers,
-                    max_mutants=args.max_mutants)
-    cached_s = time.perf_counter() - start
+    f = fast(examples, args.max_mutants, args.workers)
+    rows = [
+        {"method": "fastdistill (worker pool, collect once)", "examples": len(examples), **_rate(f, len(examples))},
+        {"method": "fastdistill (cache hit)", "examples": len(examples), "mutants": f["mutants"], "killed": f["killed"],
+         "timed_out": f["timed_out"], "seconds": round(f["cached_s"], 4), "mutants_per_s": None,
+         "completions_per_s": round(len(examples) / max(f["cached_s"], 1e-9), 1)},
+    ]
+    same_outcomes = None
+    if args.engine_ref:
+        old = engine_at(args.engine_ref, args.max_mutants, args.workers)
+        rows.append({"method": f"fastdistill @ {args.engine_ref} (previous engine)", "examples": len(examples),
+                     **_rate(old, len(examples))})
+        pairs = [(a, b) for ra, rb in zip(f["per_mutant"], old["per_mutant"]) for a, b in zip(ra, rb)]
+        same_outcomes = {"mutants_compared": len(pairs), "same_killed": sum(a == b for a, b in pairs)}
 
     sample = examples[:: max(1, len(examples) // args.naive_examples)][: args.naive_examples]
-    naive_mutants, naive_killed, naive_s = naive(sample, args.max_mutants, args.workers)
-    naive_rate = naive_mutants / naive_s
-    naive_completion_s = naive_s / len(sample)
+    n = naive(sample, args.max_mutants, args.workers)
+    rows.append({"method": "naive (python -m pytest -x per mutant)", "examples": len(sample), **_rate(n, len(sample))})
 
-    rows = [
-        {"method": "fastdistill (warm forked worker)", "examples": len(examples), "mutants": fast_mutants,
-         "killed": fast_killed, "seconds": round(fast_s, 2), "mutants_per_s": round(fast_mutants / fast_s, 1),
-         "completions_per_s": round(len(examples) / fast_s, 2)},
-        {"method": "fastdistill (cache hit)", "examples": len(examples), "mutants": fast_mutants, "killed": fast_killed,
-         "seconds": round(cached_s, 4), "mutants_per_s": None,
-         "completions_per_s": round(len(examples) / max(cached_s, 1e-9), 1)},
-        {"method": "naive (python -m pytest per mutant)", "examples": len(sample), "mutants": naive_mutants,
-         "killed": naive_killed, "seconds": round(naive_s, 2), "mutants_per_s": round(naive_rate, 1),
-         "completions_per_s": round(1 / naive_completion_s, 3)},
-    ]
-    speedup = (fast_mutants / fast_s) / naive_rate
-    report = {"cores": os.cpu_count(), "workers": args.workers, "max_mutants": args.max_mutants, "rows": rows,
-              "speedup_mutants_per_s_vs_naive": round(speedup, 1), "target_speedup": 30,
-              "mutmut": mutmut_status(), "python": sys.version.split()[0],
-              "load_average_at_end": os.getloadavg()}
-    print(f"{'method':40s} {'ex':>4s} {'mutants':>8s} {'killed':>7s} {'sec':>8s} {'mut/s':>8s} {'compl/s':>8s}")
+    mutmut = {"measured": False}
+    if not args.skip_mutmut:
+        runs = {name: mutmut_run(next(e for e in examples if e["name"] == name), args.workers, 600)
+                for name in MUTMUT_EXAMPLES}
+        errors = {k: v["error"] for k, v in runs.items() if "error" in v}
+        if errors:
+            mutmut = {"measured": False, "reason": errors}
+        else:
+            total = {k: sum(r[k] or 0 for r in runs.values()) for k in ("mutants", "killed", "timed_out", "seconds")}
+            mutmut = {"measured": True, "examples": list(MUTMUT_EXAMPLES), "per_example": runs,
+                      "note": "mutmut generates its own mutants (a different set); rate = its mutants / wall s"}
+            rows.append({"method": f"mutmut {_mutmut_version()} (mutmut run, own mutants)", "examples": len(runs),
+                         **_rate(total, len(runs))})
+
+    fast_rate = f["mutants"] / f["seconds"]
+    report = {
+        "cores": os.cpu_count(), "workers": args.workers, "max_mutants": args.max_mutants, "rows": rows,
+        "speedup_mutants_per_s_vs_naive": round(fast_rate / (n["mutants"] / n["seconds"]), 1),
+        "target_speedup": 30,
+        "speedup_vs_previous_engine": (round(fast_rate / (rows[2]["mutants"] / rows[2]["seconds"]), 1)
+                                       if args.engine_ref else None),
+        "outcomes_vs_previous_engine": same_outcomes,
+        "speedup_vs_mutmut": (round(fast_rate / (rows[-1]["mutants"] / rows[-1]["seconds"]), 1)
+                              if mutmut.get("measured") else None),
+        "naive_timeout_rule": "3 x naive run of the original code + 1 s; timeouts count as killed",
+        "mutmut": mutmut, "python": sys.version.split()[0],
+        "load_average_at_start": load_start, "load_average_at_end": os.getloadavg(),
+    }
+    print(f"{'method':48s} {'ex':>4s} {'mutants':>8s} {'killed':>7s} {'t/o':>4s} {'sec':>8s} {'mut/s':>8s} {'compl/s':>8s}")
     for r in rows:
-        print(f"{r['method']:40s} {r['examples']:4d} {r['mutants']:8d} {r['killed']:7d} {r['seconds']:8} "
-              f"{str(r['mutants_per_s']):>8s} {str(r['completions_per_s']):>8s}")
-    print(f"speed-up vs naive (mutants/s): {speedup:.1f}x   mutmut: {report['mutmut']['reason']}")
+        print(f"{r['method']:48s} {r['examples']:4d} {r['mutants']:8d} {r['killed']:7d} {str(r['timed_out']):>4s} "
+              f"{r['seconds']:8} {str(r['mutants_per_s']):>8s} {str(r['completions_per_s']):>8s}")
+    print(f"speed-up vs naive (mutants/s): {report['speedup_mutants_per_s_vs_naive']}x   "
+          f"vs previous engine: {report['speedup_vs_previous_engine']}   vs mutmut: {report['speedup_vs_mutmut']}   "
+          f"load {load_start[0]:.1f} -> {report['load_average_at_end'][0]:.1f}")
+    if same_outcomes:
+        print(f"per-mutant killed identical to previous engine: {same_outcomes['same_killed']}/{same_outcomes['mutants_compared']}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
+
+
+def _rate(m, n_examples):
+    return {"mutants": m["mutants"], "killed": m["killed"], "timed_out": m["timed_out"], "seconds": round(m["seconds"], 2),
+            "mutants_per_s": round(m["mutants"] / m["seconds"], 1), "completions_per_s": round(n_examples / m["seconds"], 3)}
+
+
+def _mutmut_version():
+    try:
+        from importlib.metadata import version
+
+        return version("mutmut")
+    except Exception:  # noqa: BLE001
+        return "?"
 
 
 if __name__ == "__main__":

@@ -26,11 +26,18 @@ from fastdistill.rewards.functions import (
     robustness_reward,
     speed_stability_reward,
 )
-from fastdistill.rewards.sandbox import TestOutcome, TestRun, run_tests, sandbox_capabilities
+from fastdistill.rewards.sandbox import (
+    TestOutcome,
+    TestRun,
+    close_idle_workers,
+    run_tests,
+    run_tests_many,
+    sandbox_capabilities,
+)
 
 __all__ = [
     "PRESETS", "CompositeReward", "MutantKillReward", "RobustnessReward", "SpeedStabilityReward", "composite_reward",
     "extract_test_code", "make_composite_reward", "mutant_kill_reward", "robustness_reward", "speed_stability_reward",
     "Mutant", "MutantOutcome", "MutationResult", "TestOutcome", "TestRun", "clear_cache", "generate_mutants",
-    "mutation_score", "mutation_scores", "run_tests", "sandbox_capabilities",
+    "mutation_score", "mutation_scores", "run_tests", "run_tests_many", "close_idle_workers", "sandbox_capabilities",
 ]

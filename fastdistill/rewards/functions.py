@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from fastdistill.augment import robust_augment
 from fastdistill.rewards.mutation import mutation_scores
-from fastdistill.rewards.sandbox import run_tests
+from fastdistill.rewards.sandbox import run_tests, run_tests_many
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +104,10 @@ class _Reward:
     __name__ = "reward"
 
     def __init__(self, code_column: str = "code", module_name: str = "solution", n_workers: int | None = None,
-                 max_mutants: int | None = 30, timeout_s: float = 60.0, memory_mb: int = 1024):
+                 max_mutants: int | None = 30, timeout_s: float = 60.0, memory_mb: int = 1024,
+                 keep_warm: bool = True):
         self.code_column = code_column
+        self.keep_warm = keep_warm  # sandbox workers stay warm between calls (one call per GRPO step)
         self.module_name = module_name
         self.n_workers = n_workers or os.cpu_count() or 1
         self.max_mutants = max_mutants
@@ -122,7 +124,8 @@ class _Reward:
         results = [None] * len(codes)
         scored = mutation_scores([codes[i] for i in idx], [tests[i] for i in idx], n_workers=self.n_workers,
                                  module_name=self.module_name, max_mutants=self.max_mutants,
-                                 timeout_s=self.timeout_s, memory_mb=self.memory_mb) if idx else []
+                                 timeout_s=self.timeout_s, memory_mb=self.memory_mb,
+                                 keep_warm=self.keep_warm) if idx else []
         for i, res in zip(idx, scored):
             results[i] = res
         return results
@@ -169,6 +172,9 @@ class SpeedStabilityReward(_Reward):
             return 0.0
         run = run_tests(code, tests, repeats=self.repeats, timeout_s=min(self.timeout_s, 30.0),
                         memory_mb=self.memory_mb, module_name=self.module_name)
+        return self._value(run)
+
+    def _value(self, run):
         if not run.ok or run.flaky or len(run.repeat_durations_s) != self.repeats:
             return 0.0
         durations = run.repeat_durations_s
@@ -177,7 +183,15 @@ class SpeedStabilityReward(_Reward):
         return (self.ref_s / (self.ref_s + mean)) / (1.0 + cv)
 
     def score(self, codes, tests):
-        return _parallel(self.score_one, list(zip(codes, tests)), self.n_workers)
+        idx = [i for i, t in enumerate(tests) if t is not None]
+        runs = run_tests_many([codes[i] for i in idx], [tests[i] for i in idx], repeats=self.repeats,
+                              timeout_s=min(self.timeout_s, 30.0), memory_mb=self.memory_mb,
+                              module_name=self.module_name, n_workers=self.n_workers,
+                              keep_warm=self.keep_warm) if idx else []
+        values = [0.0] * len(codes)
+        for i, run in zip(idx, runs):
+            values[i] = self._value(run)
+        return values
 
 
 class RobustnessReward(_Reward):

@@ -333,12 +333,14 @@ def mutation_scores(codes: list[str], tests: list[str], *, n_workers: int | None
                     max_mutants: int | None = 40, seed: int = 0, timeout_s: float = 60.0, memory_mb: int = 1024,
                     baseline_timeout_s: float = 10.0, mutant_timeout_factor: float = 10.0,
                     mutant_timeout_min_s: float = 0.3, mutant_cpu_min_s: float = 0.05,
-                    use_cache: bool = True) -> list[MutationResult]:
+                    use_cache: bool = True, keep_warm: bool = False) -> list[MutationResult]:
     """Score many (code, tests) pairs; parameters as in :func:`mutation_score`.
 
     Duplicate pairs in the batch run once and cached pairs not at all. The rest are spread over
     ``n_workers`` sandbox workers (default: one per core); each worker pays pytest's start-up once
     and serves pairs one after another (largest first), each pair isolated from the next.
+    ``keep_warm=True`` keeps the workers for the next call (see
+    :func:`fastdistill.rewards.sandbox.execute_pairs`).
     """
     if len(codes) != len(tests):
         raise ValueError("codes and tests must have the same length")
@@ -368,7 +370,8 @@ def mutation_scores(codes: list[str], tests: list[str], *, n_workers: int | None
         else:
             pending.append((index, mutants, spec))
     if pending:
-        raws = execute_pairs([spec for _, _, spec in pending], memory_mb=memory_mb, n_workers=n_workers)
+        raws = execute_pairs([spec for _, _, spec in pending], memory_mb=memory_mb, n_workers=n_workers,
+                             keep_warm=keep_warm)
         for (index, mutants, _), raw in zip(pending, raws):
             results[index] = _finish(mutants, raw)
     if use_cache:

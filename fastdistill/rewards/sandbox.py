@@ -22,6 +22,7 @@ the job's nonce in its own memory; it can never hide a timeout, crash or a missi
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -141,9 +142,11 @@ class _Worker:
     START_TIMEOUT_S = 60.0
     GRACE_S = 5.0
 
-    def __init__(self, *, memory_mb: int, nproc: int = 64, cpu_s: int = 3600):
+    def __init__(self, *, memory_mb: int, nproc: int = 64, cpu_s: int = 86400):
         caps = sandbox_capabilities()
         self.namespaces = bool(caps["namespaces"])
+        self.limits = (memory_mb, nproc)
+        self.owner_pid = os.getpid()
         self.alive = False
         self.proc = None
         self.cgroup_dir = None
@@ -289,13 +292,51 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def execute_pairs(specs: list[dict], *, memory_mb: int, n_workers: int = 1, nproc: int = 64) -> list[dict]:
+_IDLE: list = []
+_IDLE_LOCK = threading.Lock()
+
+
+def _acquire_worker(memory_mb: int, nproc: int, keep_warm: bool) -> _Worker:
+    if keep_warm:
+        with _IDLE_LOCK:
+            for index, worker in enumerate(_IDLE):
+                if (worker.owner_pid == os.getpid() and worker.limits == (memory_mb, nproc)
+                        and worker.proc is not None and worker.proc.poll() is None):
+                    return _IDLE.pop(index)
+    return _Worker(memory_mb=memory_mb, nproc=nproc)
+
+
+def _release_worker(worker: _Worker, keep_warm: bool) -> None:
+    if keep_warm and worker.alive and worker.namespaces and worker.owner_pid == os.getpid():
+        with _IDLE_LOCK:
+            if len(_IDLE) < max(2, os.cpu_count() or 1):
+                _IDLE.append(worker)
+                return
+    worker.close()
+
+
+def close_idle_workers() -> None:
+    """Stop the warm sandbox workers kept by ``keep_warm=True`` calls (also done at interpreter exit)."""
+    with _IDLE_LOCK:
+        workers = [w for w in _IDLE if w.owner_pid == os.getpid()]
+        _IDLE.clear()
+    for worker in workers:
+        worker.close()
+
+
+atexit.register(close_idle_workers)
+
+
+def execute_pairs(specs: list[dict], *, memory_mb: int, n_workers: int = 1, nproc: int = 64,
+                  keep_warm: bool = False) -> list[dict]:
     """Run many (code, tests, jobs) pairs on up to ``n_workers`` sandbox workers; one raw dict each.
 
     Each spec: ``{"code", "tests", "module_name", "write_module", "jobs", "timeout_s", "gate"?}``
     (see :func:`execute_jobs` for jobs). With namespaces a worker serves many pairs (start-up paid
     once per worker); without them every pair gets a fresh worker. Pairs are handed out largest
-    first, one at a time, to whichever worker is free.
+    first, one at a time, to whichever worker is free. ``keep_warm=True`` keeps the workers alive
+    after the call for the next one (a GRPO run scores a batch every step); they are stopped by
+    :func:`close_idle_workers` or at interpreter exit. By default nothing outlives the call.
     """
     for spec in specs:
         if not spec["module_name"].isidentifier():
@@ -319,7 +360,7 @@ def execute_pairs(specs: list[dict], *, memory_mb: int, n_workers: int = 1, npro
                 spec = specs[index]
                 if worker is None:
                     try:
-                        worker = _Worker(memory_mb=memory_mb, nproc=nproc)
+                        worker = _acquire_worker(memory_mb, nproc, keep_warm)
                     except OSError as exc:
                         worker = None
                         results[index] = _failed(f"could not start the sandbox worker: {exc}")
@@ -337,7 +378,7 @@ def execute_pairs(specs: list[dict], *, memory_mb: int, n_workers: int = 1, npro
                     worker = None
         finally:
             if worker is not None:
-                worker.close()
+                _release_worker(worker, keep_warm)
 
     n_threads = max(1, min(n_workers, len(specs)))
     if n_threads == 1:
@@ -431,6 +472,23 @@ def run_tests(code: str, tests: str, *, timeout_s: float = 10.0, memory_mb: int 
     jobs = [{"source": None, "stop_first": False, "timeout_s": per_job} for _ in range(repeats)]
     raw = execute_jobs(code, tests, jobs, timeout_s=timeout_s, memory_mb=memory_mb, module_name=module_name)
     return _to_test_run(raw, repeats)
+
+
+def run_tests_many(codes: list[str], tests: list[str], *, timeout_s: float = 10.0, memory_mb: int = 1024,
+                   repeats: int = 1, module_name: str = "solution", n_workers: int | None = None,
+                   keep_warm: bool = False) -> list[TestRun]:
+    """:func:`run_tests` for many (code, tests) pairs at once, spread over ``n_workers`` sandbox workers."""
+    if repeats < 1:
+        raise ValueError("repeats must be >= 1")
+    if len(codes) != len(tests):
+        raise ValueError("codes and tests must have the same length")
+    per_job = max(0.5, float(timeout_s) - 0.5)
+    specs = [{"code": c, "tests": t, "module_name": module_name, "write_module": True, "timeout_s": timeout_s,
+              "jobs": [{"source": None, "stop_first": False, "timeout_s": per_job} for _ in range(repeats)]}
+             for c, t in zip(codes, tests)]
+    raws = execute_pairs(specs, memory_mb=memory_mb, n_workers=n_workers or os.cpu_count() or 1,
+                         keep_warm=keep_warm)
+    return [_to_test_run(raw, repeats) for raw in raws]
 
 
 def _to_test_run(raw: dict, repeats: int) -> TestRun:
