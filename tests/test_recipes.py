@@ -26,13 +26,17 @@ TINY = [
     "--max_train_samples", "8",
     "--per_device_train_batch_size", "2",
     "--gradient_accumulation_steps", "1",
-    "--max_length", "1024",
     "--activation_checkpointing", "false",
     "--logging_steps", "1",
     "--save_steps", "2",
     "--report_to", "none",
 ]
-GKD_TINY = ["--max_new_tokens", "8"]
+STAGE_TINY = {
+    "sft": ["--max_length", "1024"],
+    "gkd": ["--max_length", "1024", "--max_new_tokens", "8"],
+    "grpo_mutant": ["--num_generations", "2", "--max_completion_length", "16"],
+    "grpo_speed": ["--num_generations", "2", "--max_completion_length", "16"],
+}
 
 
 def recipe_env() -> dict:
@@ -54,7 +58,7 @@ def run_recipe(name: str, *args: str, launcher: str | None = None, timeout: int 
     else:
         config = str(RECIPES / "accelerate" / f"{launcher}.yaml")
         cmd = [str(BIN / "accelerate"), "launch", "--config_file", config, script]
-    cmd += ["--config", str(RECIPES / "configs" / f"{name}.yaml"), *TINY, *args]
+    cmd += ["--config", str(RECIPES / "configs" / f"{name}.yaml"), *TINY, *STAGE_TINY[name], *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=recipe_env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)}\nexit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
@@ -95,16 +99,6 @@ def test_sft_recipe_trains_checkpoints_and_resumes(tiny_models, tmp_path):
     assert info["resumed_from"].endswith("checkpoint-2")
 
 
-def test_gkd_recipe_distills_from_live_teacher(tiny_models, tmp_path):
-    student, teacher = tiny_models
-    out = tmp_path / "gkd"
-    run_recipe("gkd", "--model_name_or_path", student, "--teacher_model_name_or_path", teacher,
-               "--output_dir", str(out), "--max_steps", "2", *GKD_TINY)
-    assert_trained(out, steps=2)
-    history = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
-    assert any("loss/jsd" in entry for entry in history)  # the configured JSD term is logged
-
-
 def test_sft_recipe_qlora_trains_on_cpu(tiny_models, tmp_path):
     pytest.importorskip("bitsandbytes")
     student, _ = tiny_models
@@ -116,3 +110,44 @@ def test_sft_recipe_qlora_trains_on_cpu(tiny_models, tmp_path):
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert adapter["r"] == 4 and set(adapter["target_modules"]) == {"q_proj", "v_proj"}
     assert not (out / "model.safetensors").exists()  # only the adapters are saved
+
+
+def trainer_log(output_dir: Path, checkpoint: str = "checkpoint-2") -> list[dict]:
+    return json.loads((output_dir / checkpoint / "trainer_state.json").read_text())["log_history"]
+
+
+# ------------------------------------------------------------------------------- accelerate launch
+@pytest.mark.slow
+def test_ddp_launch_forms_one_process_group_on_cpu(tiny_models, tmp_path):
+    """Without ACCELERATE_USE_CPU (set by the recipe) this would be two independent runs, both exiting 0."""
+    student, _ = tiny_models
+    out = tmp_path / "sft"
+    run_recipe("sft", "--model_name_or_path", student, "--output_dir", str(out), "--max_steps", "2", launcher="ddp")
+    info = assert_trained(out, steps=2, world_size=2)
+    assert info["distributed_type"] == "MULTI_CPU" and info["backend"] == "gloo"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher, stage, resumed", [("zero2", 2, "gkd"), ("zero3", 3, "grpo_mutant")])
+def test_recipes_chain_under_deepspeed_with_two_processes(tiny_models, tmp_path, launcher, stage, resumed):
+    """SFT -> GKD (live teacher, prepared for DeepSpeed) -> GRPO, each with 2 processes; one of them is
+    then resumed from its checkpoint (GKD under ZeRO-2, GRPO under ZeRO-3; SFT is resumed by the
+    python test and the pipeline test resumes a GRPO branch)."""
+    student, teacher = tiny_models
+    inputs = {"sft": student, "gkd": str(tmp_path / "sft"), "grpo_mutant": str(tmp_path / "gkd")}
+    extra = {"gkd": ["--teacher_model_name_or_path", teacher], "sft": [], "grpo_mutant": []}
+    for name in ("sft", "gkd", "grpo_mutant"):
+        out = tmp_path / name
+        run_recipe(name, "--model_name_or_path", inputs[name], "--output_dir", str(out), "--max_steps", "2",
+                   *extra[name], launcher=launcher)
+        info = assert_trained(out, steps=2, world_size=2, zero_stage=stage)
+        assert info["distributed_type"] == "DEEPSPEED" and info["backend"] == "gloo", info
+        assert (out / "checkpoint-2" / "global_step2").is_dir()  # a DeepSpeed checkpoint
+    assert any("loss/jsd" in entry for entry in trainer_log(tmp_path / "gkd"))
+    assert any("rewards/mutant_kill" in entry for entry in trainer_log(tmp_path / "grpo_mutant"))
+
+    out = tmp_path / resumed
+    run_recipe(resumed, "--model_name_or_path", inputs[resumed], "--output_dir", str(out), "--max_steps", "3",
+               "--resume_from_checkpoint", "last", *extra[resumed], launcher=launcher)
+    info = assert_trained(out, steps=3, start=2, world_size=2, zero_stage=stage)
+    assert info["resumed_from"].endswith("checkpoint-2")
