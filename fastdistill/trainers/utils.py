@@ -46,7 +46,8 @@ def cpu_safe_precision(training_args) -> None:
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """Strip DDP / DeepSpeed-engine wrappers (``.module``), keeping PEFT models as they are."""
-    while hasattr(model, "module") and not hasattr(model, "config"):
+    # a DeepSpeedEngine has a `config` of its own (the DeepSpeed config dict), so look for a model config
+    while hasattr(model, "module") and not hasattr(getattr(model, "config", None), "get_text_config"):
         model = model.module
     return model
 
