@@ -147,6 +147,15 @@ def test_grad_output_scales_and_chunking_is_invariant():
     torch.testing.assert_close(grads[0][1], 3.0 * hs.grad, atol=1e-6, rtol=1e-5)
 
 
+def test_second_backward_fails_loudly_instead_of_rescaling():
+    d = {k: (v.float() if v is not None else None) for k, v in _setup(3, lead=(5,)).items()}
+    hs = d["hs"].clone().requires_grad_()
+    loss = 2.0 * fused_jsd_loss(hs, d["ws"], d["ht"], d["wt"])
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="twice"):
+        loss.backward()
+
+
 def test_frozen_head_computes_no_weight_gradient(monkeypatch):
     d = {k: (v.float() if v is not None else None) for k, v in _setup(4, lead=(13,), bias=True).items()}
     calls = []

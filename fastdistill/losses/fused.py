@@ -247,7 +247,9 @@ class _FusedLinearDivergence(torch.autograd.Function):
             if need_b:
                 grad_b += g.sum(0)
 
-        ctx.save_for_backward(
+        # Kept as plain attributes, not saved tensors: backward hands them over (and drops its references,
+        # so autograd can adopt them as .grad without a copy) after scaling them in place.
+        ctx.grads = (
             grad_h.to(s_hidden.dtype) if need_h else None,
             grad_w.to(s_weight.dtype) if need_w else None,
             grad_b.to(s_bias.dtype) if need_b else None,
@@ -256,7 +258,13 @@ class _FusedLinearDivergence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        grad_h, grad_w, grad_b = ctx.saved_tensors
+        if ctx.grads is None:
+            raise RuntimeError(
+                "the fused loss stores its gradients from the forward pass and hands them over in its backward; "
+                "it cannot be backpropagated twice (retain_graph): recompute the loss instead"
+            )
+        grad_h, grad_w, grad_b = ctx.grads
+        ctx.grads = None
         if float(grad_out) != 1.0:  # the buffers hold the gradient for grad_out == 1; scale in place
             grad_h = grad_h.mul_(grad_out.to(grad_h.dtype)) if grad_h is not None else None
             grad_w = grad_w.mul_(grad_out.to(grad_w.dtype)) if grad_w is not None else None
