@@ -251,7 +251,7 @@ def summarize(results: list[dict]) -> dict:
         by_key[(r["group"], r["path"], r["tokens"], r["vocab"])] = r
 
     print("\n## Issue #2: losses on logits, forward + backward")
-    print(f"| tokens x vocab | path | time | extra peak | time / TRL | mem / TRL |")
+    print("| tokens x vocab | path | time | extra peak | time / TRL | mem / TRL |")
     print("|---|---|---|---|---|---|")
     reference = {"ours_jsd": "trl_gkd_jsd", "ours_rkl_logits": "trl_gkd_rkl", "ours_rkl_chosen": "trl_gkd_rkl"}
     for r in results:
