@@ -1,68 +1,492 @@
 """``fastdistill demo``: the offline end-to-end run that is the README's main command.
 
-Until the full pipeline demo lands, this runs the foundation on an embedded default: a tiny
-offline teacher and a smaller student, SFT of the student on reference answers, then GKD to the
-teacher (live teacher, CE + JSD), printing the losses of each stage.
+On the bundled examples (Python functions + reference pytest files, split into train / held-out)
+with tiny offline models from :mod:`fastdistill.testing`:
+
+1. **Teacher.** A tiny random model cannot write tests, so the teacher first *learns the
+   reference tests of the training split by SFT* (that is what a teacher is here). Every training
+   row is also shown with its public names consistently renamed (code and tests), so the models
+   learn to import and call the name found in the prompt instead of memorising names.
+2. **Curation** of the teacher's outputs on the training prompts: canonicalize -> SHA-256 hash ->
+   exact dedup -> rule filter (parses as Python) -> run the tests and mutation-score them ->
+   score -> keep_by_score; manifest, quality report and timing report go to ``curation/``.
+3. **Student** (smaller): SFT on the curated data, then GKD to the live teacher (CE + JSD), then
+   two GRPO branches from the same GKD checkpoint, rewarded by really running the generated
+   tests: "mutant" (mutant-kill preset, higher temperature, longer completions) and "speed"
+   (speed/stability preset, lower temperature, shorter completions).
+4. **Evaluation** of base / SFT / GKD / GRPO-mutant / GRPO-speed (and the teacher, for reference)
+   on the HELD-OUT examples only: generate once per student, then score the same completions for
+   mutation kill rate and for test runtime/stability. ``report.json`` holds the per-example rows
+   whose means are the headline numbers, ``report.md`` the table, ``pareto.png`` the plot.
+
+Seeds are fixed: two runs produce the same models and completions; test runtimes are
+measurements and vary slightly.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import logging
+import os
+import random
+import re
 import sys
-import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ROWS = [
-    {
-        "prompt": f"Write a pytest test for add({i}, {i + 1}) from module solution.",
-        "completion": f"from solution import add\n\n\ndef test_add():\n    assert add({i}, {i + 1}) == {2 * i + 1}\n",
+__all__ = ["DemoConfig", "run_demo", "rename_public_names", "main"]
+
+# words the renaming draws new public names from (also in the tokenizer's corpus)
+NAME_WORDS = (
+    "count parse merge find split join sort make get check load scan fold pick sum total value item text word "
+    "list pair key node line path range block chunk token score grade index size limit shift swap trim pack map "
+    "table queue cache buffer entry digit char string number record field group level depth width order stamp window"
+).split()
+
+
+@dataclass
+class DemoConfig:
+    """Sizes and settings of the demo; :meth:`quick` is the reduced version used by the tests."""
+
+    seed: int = 0
+    vocab_size: int = 1024
+    renames: int = 4                      # renamed copies of each training example (teacher and student data)
+    max_length: int = 512
+    teacher: dict = field(default_factory=lambda: dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2))
+    student: dict = field(default_factory=lambda: dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2))
+    teacher_steps: int = 160
+    teacher_lr: float = 3e-3
+    sft_steps: int = 100
+    gkd_steps: int = 30
+    lr: float = 2e-3
+    batch_size: int = 8
+    grpo_steps: int = 8
+    grpo_lr: float = 5e-4
+    grpo_generations: int = 4
+    grpo_prompts_per_step: int = 2
+    mutant_temperature: float = 1.0
+    mutant_max_tokens: int = 160
+    speed_temperature: float = 0.6
+    speed_max_tokens: int = 80
+    eval_max_tokens: int = 160
+    max_mutants: int = 15
+    speed_repeats: int = 3
+    n_train: int | None = None           # limit training examples (quick mode)
+    n_held_out: int | None = None        # limit held-out examples (quick mode)
+    workers: int = 2
+
+    @classmethod
+    def quick(cls) -> "DemoConfig":
+        """A reduced run (a minute or two on 2 cores) with the same stages and report."""
+        return cls(renames=1, teacher=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=1),
+                   student=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1), teacher_steps=6,
+                   sft_steps=3, gkd_steps=2, grpo_steps=1, mutant_max_tokens=24, speed_max_tokens=16,
+                   eval_max_tokens=24, max_mutants=5, speed_repeats=2, n_train=6, n_held_out=3, vocab_size=512)
+
+
+# ------------------------------------------------------------------------------------------------
+# data
+# ------------------------------------------------------------------------------------------------
+
+def public_names(tests: str, module_name: str = "solution") -> list[str]:
+    """Names the test file imports from the module under test (``from solution import a, b``)."""
+    names = []
+    for match in re.finditer(rf"^from {re.escape(module_name)} import (.+)$", tests, re.M):
+        names += [n.strip() for n in match.group(1).split(",") if n.strip()]
+    return names
+
+
+def rename_public_names(code: str, tests: str, seed: int) -> tuple[str, str]:
+    """Rename the imported public names consistently in ``code`` and ``tests`` (semantics preserved).
+
+    New names are built from :data:`NAME_WORDS` (snake_case for functions, CamelCase for classes).
+    A name is replaced wherever it is not part of a longer alphanumeric word, so ``test_clamp``
+    becomes ``test_<new>`` too.
+    """
+    rng = random.Random(seed)
+    taken = set(re.findall(r"\w+", code + tests))
+    for name in sorted(public_names(tests), key=len, reverse=True):
+        while True:
+            parts = [rng.choice(NAME_WORDS) for _ in range(rng.choice((1, 2, 2, 3)))]
+            new = "".join(p.capitalize() for p in parts) if name[:1].isupper() else "_".join(parts)
+            if new not in taken:
+                break
+        taken.add(new)
+        pattern = re.compile(r"(?<![A-Za-z0-9])" + re.escape(name) + r"(?![A-Za-z0-9])")
+        code, tests = pattern.sub(new, code), pattern.sub(new, tests)
+    return code, tests
+
+
+def _prompt(code: str) -> list[dict]:
+    from fastdistill.data import generate_tests_prompt
+
+    return generate_tests_prompt(code, module_name="solution", system=False)
+
+
+def _with_renames(pairs: list[dict], renames: int, seed: int) -> list[dict]:
+    """Each (name, code, tests) row plus ``renames`` renamed copies, as prompt/completion rows."""
+    rows = []
+    for i, pair in enumerate(pairs):
+        variants = [(pair["code"], pair["tests"])]
+        variants += [rename_public_names(pair["code"], pair["tests"], seed * 100_003 + i * 101 + k + 1)
+                     for k in range(renames)]
+        for k, (code, tests) in enumerate(variants):
+            rows.append({"name": pair["name"] + ("" if k == 0 else f"~{k}"), "code": code, "prompt": _prompt(code),
+                         "completion": tests})
+    return rows
+
+
+def _sft_dataset(rows: list[dict]):
+    from fastdistill.data import load_supervised_dataset
+
+    return load_supervised_dataset([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+
+
+# ------------------------------------------------------------------------------------------------
+# stages
+# ------------------------------------------------------------------------------------------------
+
+def _common_args(cfg: DemoConfig, out: Path, name: str, steps: int, lr: float) -> dict:
+    return dict(output_dir=str(out / "checkpoints" / name), max_steps=steps, learning_rate=lr, bf16=False,
+                per_device_train_batch_size=cfg.batch_size, logging_steps=max(1, steps // 10), report_to=[],
+                save_strategy="no", seed=cfg.seed, lr_scheduler_type="cosine", warmup_steps=min(10, steps // 10),
+                disable_tqdm=False)
+
+
+def _losses(trainer) -> list[float]:
+    return [round(float(h["loss"]), 4) for h in trainer.state.log_history if "loss" in h]
+
+
+def _curate(teacher, tokenizer, train: list[dict], cfg: DemoConfig, out: Path) -> tuple[list[dict], dict]:
+    """Teacher generations on the training prompts -> curation steps -> kept rows + summary."""
+    from datasets import Dataset
+
+    from fastdistill.curation import (canonicalize, compute_hash, deduplicate, keep_by_score, quality_report,
+                                      rule_filter, score_from_exec_eval, tests_exec_eval, timing_report,
+                                      write_manifest)
+    from fastdistill.evaluation import generate
+    from fastdistill.rewards.functions import extract_test_code
+
+    cur_dir = out / "curation"
+    t0 = time.perf_counter()
+    gens = generate(teacher, [{"name": ex["name"], "code": ex["code"], "prompt": _prompt(ex["code"])} for ex in train],
+                    cur_dir / "teacher_generations.jsonl", tokenizer=tokenizer, max_new_tokens=cfg.eval_max_tokens,
+                    batch_size=16, seed=cfg.seed)
+    steps = [{"name": "teacher_generate", "rows_in": len(train), "rows_out": len(gens),
+              "time_s": time.perf_counter() - t0, "params": {"max_new_tokens": cfg.eval_max_tokens, "greedy": True}}]
+    input_ds = Dataset.from_list([{"name": g["name"], "code": g["code"],
+                                   "tests": extract_test_code(g["completion"]) or g["completion"]} for g in gens])
+    ds = input_ds
+
+    def step(name, fn, **params):
+        nonlocal ds
+        rows_in, t = len(ds), time.perf_counter()
+        ds = fn(ds, **params)
+        steps.append({"name": name, "rows_in": rows_in, "rows_out": len(ds), "time_s": time.perf_counter() - t,
+                      "params": {k: v for k, v in params.items() if isinstance(v, (int, float, str, bool, list))}})
+
+    step("canonicalize", canonicalize, columns="tests", whitespace="strip")
+    step("compute_hash", compute_hash, columns=["code", "tests"])
+    step("deduplicate", deduplicate, column="hash")
+    step("rule_filter", rule_filter, column="tests", parses_as="python", min_len=20)
+    step("tests_exec_eval", tests_exec_eval, max_mutants=cfg.max_mutants, seed=cfg.seed)
+    evaluated = ds
+    step("score_from_exec_eval", score_from_exec_eval)
+    evaluated = ds
+    step("keep_by_score", keep_by_score, min_score=0.5)
+    write_manifest(cur_dir, input_ds=input_ds, output_ds=ds, steps=steps, input_source="teacher generations",
+                   config={"seed": cfg.seed, "max_mutants": cfg.max_mutants})
+    quality = quality_report(ds, steps=steps[1:], out_dir=cur_dir, evaluated_ds=evaluated)
+    timing = timing_report(steps, out_dir=cur_dir)
+    kept = [{"name": r["name"], "code": r["code"], "tests": r["tests"]} for r in ds]
+    summary = {"rows_in": len(gens), "rows_kept": len(kept), "metrics": quality["metrics"],
+               "steps": [{k: s[k] for k in ("name", "rows_in", "rows_out")} | {"time_s": round(s["time_s"], 3)}
+                         for s in steps], "total_time_s": round(timing["total_time_s"], 2)}
+    return kept, summary
+
+
+def _grpo(model, tokenizer, train: list[dict], cfg: DemoConfig, out: Path, branch: str):
+    from datasets import Dataset
+
+    from fastdistill import GRPOConfig, GRPOTrainer
+    from fastdistill.rewards import composite_reward
+
+    temperature = cfg.mutant_temperature if branch == "mutant" else cfg.speed_temperature
+    max_tokens = cfg.mutant_max_tokens if branch == "mutant" else cfg.speed_max_tokens
+    rows = _with_renames([{"name": ex["name"], "code": ex["code"], "tests": ex["tests"]} for ex in train], 1,
+                         cfg.seed + 7)
+    ds = Dataset.from_list([{"prompt": r["prompt"], "code": r["code"]} for r in rows]).shuffle(seed=cfg.seed)
+    reward = composite_reward(preset=branch, max_mutants=cfg.max_mutants, n_workers=cfg.workers)
+    args = GRPOConfig(**{**_common_args(cfg, out, f"grpo_{branch}", cfg.grpo_steps, cfg.grpo_lr),
+                         "per_device_train_batch_size": cfg.grpo_generations * cfg.grpo_prompts_per_step,
+                         "logging_steps": 1, "warmup_steps": 0, "lr_scheduler_type": "constant"},
+                      num_generations=cfg.grpo_generations, max_completion_length=max_tokens,
+                      temperature=temperature, reward_preset=branch, beta=0.0)
+    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=ds, processing_class=tokenizer)
+    trainer.train()
+    rewards = [round(float(h["reward"]), 4) for h in trainer.state.log_history if "reward" in h]
+    return trainer.model, {"rewards": rewards, "temperature": temperature, "max_completion_length": max_tokens,
+                           "preset": branch}
+
+
+def _evaluate(name, model, tokenizer, held_out, cfg, out, max_new_tokens):
+    from fastdistill.evaluation import generate, score_mutation, score_speed
+
+    gens = generate(model, held_out, out / "generations" / f"{name}.jsonl", tokenizer=tokenizer,
+                    max_new_tokens=max_new_tokens, batch_size=16, seed=cfg.seed)
+    mut = score_mutation(gens, max_mutants=cfg.max_mutants, n_workers=cfg.workers)
+    spd = score_speed(gens, repeats=cfg.speed_repeats, n_workers=cfg.workers)
+    return {"kill_rate": mut["kill_rate"], "pass_rate": mut["pass_rate"], "extract_rate": mut["extract_rate"],
+            "runtime_s": spd["runtime_s"], "runtime_cv": spd["cv"], "stable_rate": spd["stable_rate"],
+            "n": mut["n"], "n_timed": spd["n_timed"], "max_new_tokens": max_new_tokens,
+            "mutation_rows": mut["rows"], "speed_rows": spd["rows"]}
+
+
+# ------------------------------------------------------------------------------------------------
+# report
+# ------------------------------------------------------------------------------------------------
+
+STUDENTS = ("base", "sft", "gkd", "grpo_mutant", "grpo_speed")
+
+
+def _fmt(v, spec=".3f", scale=1.0):
+    return "n/a" if v is None else format(v * scale, spec)
+
+
+def acceptance(students: dict) -> dict:
+    """The two comparisons the demo is meant to show, stated from the measured numbers."""
+    mut, sft, spd = students["grpo_mutant"], students["sft"], students["grpo_speed"]
+    kill_ok = mut["kill_rate"] is not None and sft["kill_rate"] is not None and mut["kill_rate"] > sft["kill_rate"]
+    speed_ok = (spd["runtime_s"] is not None and mut["runtime_s"] is not None and spd["runtime_s"] < mut["runtime_s"])
+    return {
+        "grpo_mutant_kill_rate_above_sft": bool(kill_ok),
+        "kill_rate_statement": (f"GRPO-mutant held-out kill rate {_fmt(mut['kill_rate'])} vs SFT {_fmt(sft['kill_rate'])}: "
+                                + ("higher, as intended." if kill_ok else "NOT higher in this run.")),
+        "grpo_speed_faster_than_mutant": bool(speed_ok),
+        "speed_statement": (f"GRPO-speed mean test runtime {_fmt(spd['runtime_s'], '.3f', 1e3)} ms "
+                            f"(over {spd['n_timed']} test files that ran) vs GRPO-mutant "
+                            f"{_fmt(mut['runtime_s'], '.3f', 1e3)} ms (over {mut['n_timed']}): "
+                            + ("faster, as intended." if speed_ok else "NOT faster in this run (or not measurable).")),
     }
-    for i in range(16)
-]
 
 
-def _stage_losses(trainer) -> list[float]:
-    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+def _plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    points = {}
+    for name, res in report["students"].items():
+        if res["runtime_s"] is None:
+            continue
+        points[name] = (res["runtime_s"] * 1e3, res["kill_rate"])
+        ax.scatter(*points[name], s=60, zorder=3, color={"grpo_mutant": "tab:red", "grpo_speed": "tab:green",
+                                                          "teacher": "tab:gray"}.get(name, "tab:blue"))
+        ax.annotate(name, points[name], textcoords="offset points", xytext=(6, 4), fontsize=8)
+    for branch, color in (("grpo_mutant", "tab:red"), ("grpo_speed", "tab:green")):
+        if "gkd" in points and branch in points:
+            ax.annotate("", points[branch], points["gkd"], arrowprops=dict(arrowstyle="->", color=color, lw=1.5))
+    ax.set_xlabel("mean test runtime per file (ms, held-out; lower is better)")
+    ax.set_ylabel("mean mutation kill rate (held-out; higher is better)")
+    ax.set_title("Students on held-out examples: kill rate vs test runtime")
+    ax.grid(alpha=0.3)
+    if not points:
+        ax.text(0.5, 0.5, "no student produced tests that ran", ha="center", transform=ax.transAxes)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
 
 
-def run_foundation_demo(output_dir: str, steps: int = 30, seed: int = 0) -> dict:
-    """Tiny SFT -> GKD run; returns the per-step losses of both stages."""
+def _markdown(report: dict) -> str:
+    cfg = report["config"]
+    lines = [
+        "# fastdistill demo report", "",
+        f"Held-out examples: {report['n_held_out']} ({', '.join(report['held_out_names'])}); "
+        f"training examples: {report['n_train']}. Wall time {report['wall_time_s']:.0f} s.", "",
+        "The teacher is a tiny random model that first **learned the reference tests of the training split by SFT** "
+        f"({cfg['teacher_steps']} steps, with {cfg['renames']} renamed copies of each example); the tiny models "
+        "cannot learn to write tests from scratch in minutes. Evaluation uses held-out examples only.", "",
+        "| model | kill rate | pass rate | test runtime (ms) | runtime CV | stable | max new tokens |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in {**report["students"], "teacher": report["teacher"]}.items():
+        lines.append(f"| {name} | {_fmt(r['kill_rate'])} | {_fmt(r['pass_rate'])} | "
+                     f"{_fmt(r['runtime_s'], '.3f', 1e3)} | {_fmt(r['runtime_cv'], '.2f')} | "
+                     f"{_fmt(r['stable_rate'], '.2f')} | {r['max_new_tokens']} |")
+    acc = report["acceptance"]
+    lines += ["", "Kill rate and pass rate are means over the held-out examples (per-example rows in report.json); "
+              "runtime is the mean pytest time (setup+call+teardown) over the test files that ran, "
+              f"{cfg['speed_repeats']} repeats each.", "",
+              "## What the branches show", "", f"- {acc['kill_rate_statement']}", f"- {acc['speed_statement']}", "",
+              "## Curation of the teacher's outputs", "",
+              f"{report['curation']['rows_in']} teacher generations -> {report['curation']['rows_kept']} kept "
+              f"(pass rate {_fmt(report['curation']['metrics'].get('tests_pass_rate'))}, mean kill rate "
+              f"{_fmt(report['curation']['metrics'].get('mean_kill_rate'))}); see curation/ for the manifest, "
+              "quality and timing reports.", "", "| step | rows in | rows out | time (s) |", "|---|---|---|---|"]
+    lines += [f"| {s['name']} | {s['rows_in']} | {s['rows_out']} | {s['time_s']:.2f} |"
+              for s in report["curation"]["steps"]]
+    lines += ["", "## Training", ""]
+    for stage, info in report["training"].items():
+        losses = info.get("losses") or info.get("rewards") or []
+        what = "loss" if info.get("losses") else "reward"
+        if losses:
+            lines.append(f"- {stage}: {what} {losses[0]} -> {losses[-1]} ({info['steps']} steps, {info['time_s']:.0f} s)")
+    lines += ["", "## Stage times (s)", ""] + [f"- {k}: {v:.1f}" for k, v in report["timings_s"].items()]
+    lines += ["", "![kill rate vs runtime](pareto.png)", ""]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# the run
+# ------------------------------------------------------------------------------------------------
+
+def run_demo(output_dir: str | os.PathLike, cfg: DemoConfig | None = None) -> dict:
+    """Run the whole demo into ``output_dir`` and return the report (also written as report.json/.md)."""
     import torch
 
     from fastdistill import GKDConfig, GKDTrainer, SFTConfig, SFTTrainer
-    from fastdistill.data import load_supervised_dataset
-    from fastdistill.testing import tiny_causal_lm
+    from fastdistill.data import generate_tests_prompt
+    from fastdistill.data.examples import split_examples
+    from fastdistill.testing import tiny_causal_lm, tiny_tokenizer
 
-    dataset = load_supervised_dataset(DEFAULT_ROWS)
-    teacher, tokenizer = tiny_causal_lm(seed=seed + 1, hidden_size=96, intermediate_size=192)
-    student, _ = tiny_causal_lm(seed=seed, tokenizer=tokenizer, hidden_size=48, intermediate_size=96)
-    common = dict(bf16=False, per_device_train_batch_size=8, logging_steps=1, report_to=[], save_strategy="no",
-                  max_length=128, seed=seed, disable_tqdm=True)
-    # the teacher first learns the reference answers (that is what a teacher is here)
-    teacher_trainer = SFTTrainer(model=teacher, args=SFTConfig(output_dir=f"{output_dir}/teacher", max_steps=steps,
-                                 learning_rate=3e-3, **common), train_dataset=dataset, processing_class=tokenizer)
+    cfg = cfg or DemoConfig()
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def mark(stage, t0):
+        timings[stage] = round(time.perf_counter() - t0, 2)
+        logger.info("demo: %s done in %.1fs", stage, timings[stage])
+
+    train, held_out = split_examples(held_out_fraction=0.25, seed=0)
+    train, held_out = train[: cfg.n_train], held_out[: cfg.n_held_out]
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    # tokenizer learned on the training split (code + tests) plus the prompt wording and the rename words
+    corpus = ([ex["code"] for ex in train] + [ex["tests"] for ex in train]
+              + [" ".join(NAME_WORDS), generate_tests_prompt("x", system=False)[0]["content"]])
+    tokenizer = tiny_tokenizer(corpus, vocab_size=cfg.vocab_size)
+    shared = dict(tie_word_embeddings=True, num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=1024)
+
+    # 1. teacher: learns the reference tests of the training split (+ renamed copies)
+    t0 = time.perf_counter()
+    teacher, _ = tiny_causal_lm(seed=cfg.seed + 1, tokenizer=tokenizer, **shared, **cfg.teacher)
+    teacher_rows = _with_renames(train, cfg.renames, cfg.seed)
+    teacher_trainer = SFTTrainer(model=teacher, train_dataset=_sft_dataset(teacher_rows), processing_class=tokenizer,
+                                 args=SFTConfig(**_common_args(cfg, out, "teacher", cfg.teacher_steps, cfg.teacher_lr),
+                                                max_length=cfg.max_length))
     teacher_trainer.train()
-    sft = SFTTrainer(model=student, args=SFTConfig(output_dir=f"{output_dir}/sft", max_steps=steps // 2,
-                     learning_rate=3e-3, **common), train_dataset=dataset, processing_class=tokenizer)
+    teacher = teacher_trainer.model.eval()
+    mark("teacher_sft", t0)
+    training = {"teacher_sft": {"losses": _losses(teacher_trainer), "steps": cfg.teacher_steps,
+                                "rows": len(teacher_rows), "time_s": timings["teacher_sft"]}}
+
+    # 2. curation of the teacher's outputs on the training prompts
+    t0 = time.perf_counter()
+    kept, curation = _curate(teacher, tokenizer, train, cfg, out)
+    mark("curation", t0)
+    if not kept:
+        logger.warning("curation kept no teacher output; the student learns from the reference tests instead")
+        kept = [{"name": ex["name"], "code": ex["code"], "tests": ex["tests"]} for ex in train]
+        curation["fallback"] = "no teacher output was kept; student SFT used the reference tests"
+
+    # 3. student: base -> SFT -> GKD -> GRPO x2
+    base, _ = tiny_causal_lm(seed=cfg.seed + 2, tokenizer=tokenizer, **shared, **cfg.student)
+    students = {"base": copy.deepcopy(base)}
+    student_rows = _with_renames(kept, cfg.renames, cfg.seed + 1)
+    student_ds = _sft_dataset(student_rows)
+    t0 = time.perf_counter()
+    sft = SFTTrainer(model=base, train_dataset=student_ds, processing_class=tokenizer,
+                     args=SFTConfig(**_common_args(cfg, out, "sft", cfg.sft_steps, cfg.lr), max_length=cfg.max_length))
     sft.train()
-    gkd = GKDTrainer(model=sft.model, teacher_model=teacher_trainer.model, train_dataset=dataset,
-                     processing_class=tokenizer, args=GKDConfig(output_dir=f"{output_dir}/gkd", max_steps=steps,
-                     learning_rate=3e-3, lmbda=0.0, ce_lambda=0.5, **common))
+    students["sft"] = copy.deepcopy(sft.model)
+    mark("student_sft", t0)
+    training["student_sft"] = {"losses": _losses(sft), "steps": cfg.sft_steps, "rows": len(student_rows),
+                               "time_s": timings["student_sft"]}
+
+    t0 = time.perf_counter()
+    gkd = GKDTrainer(model=sft.model, teacher_model=teacher, train_dataset=student_ds, processing_class=tokenizer,
+                     args=GKDConfig(**_common_args(cfg, out, "gkd", cfg.gkd_steps, cfg.lr), max_length=cfg.max_length,
+                                    lmbda=0.0, ce_lambda=0.5, jsd_lambda=1.0, beta=0.5))
     gkd.train()
-    torch.manual_seed(seed)
-    return {"teacher_sft": _stage_losses(teacher_trainer), "student_sft": _stage_losses(sft), "gkd": _stage_losses(gkd)}
+    students["gkd"] = copy.deepcopy(gkd.model)
+    mark("student_gkd", t0)
+    training["student_gkd"] = {"losses": _losses(gkd), "steps": cfg.gkd_steps, "time_s": timings["student_gkd"]}
+
+    grpo_train = [{"name": ex["name"], "code": ex["code"], "tests": ex["tests"]} for ex in train]
+    for branch in ("mutant", "speed"):
+        t0 = time.perf_counter()
+        torch.manual_seed(cfg.seed)
+        model, info = _grpo(copy.deepcopy(students["gkd"]), tokenizer, grpo_train, cfg, out, branch)
+        students[f"grpo_{branch}"] = model
+        mark(f"grpo_{branch}", t0)
+        training[f"grpo_{branch}"] = {**info, "steps": cfg.grpo_steps, "time_s": timings[f"grpo_{branch}"]}
+
+    # 4. evaluation on held-out examples only: generate once, score twice
+    t0 = time.perf_counter()
+    eval_tokens = {"grpo_mutant": cfg.mutant_max_tokens, "grpo_speed": cfg.speed_max_tokens}
+    results = {}
+    for name in STUDENTS:
+        results[name] = _evaluate(name, students[name], tokenizer, held_out, cfg, out,
+                                  eval_tokens.get(name, cfg.eval_max_tokens))
+    teacher_result = _evaluate("teacher", teacher, tokenizer, held_out, cfg, out, cfg.eval_max_tokens)
+    mark("evaluation", t0)
+
+    report = {
+        "config": asdict(cfg),
+        "n_train": len(train), "n_held_out": len(held_out),
+        "train_names": [ex["name"] for ex in train], "held_out_names": [ex["name"] for ex in held_out],
+        "teacher_note": "the teacher learned the reference tests of the training split by SFT before distillation",
+        "students": results, "teacher": teacher_result,
+        "curation": curation, "training": training,
+        "acceptance": acceptance(results),
+        "timings_s": timings,
+        "wall_time_s": round(time.perf_counter() - start, 1),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    _plot(report, out / "pareto.png")
+    (out / "report.md").write_text(_markdown(report), encoding="utf-8")
+    logger.info("demo: report written to %s", out)
+    return report
+
+
+def summary_table(report: dict) -> str:
+    """The headline table printed at the end of ``fastdistill demo``."""
+    lines = [f"{'model':<12} {'kill rate':>9} {'pass rate':>9} {'runtime ms':>10} {'stable':>6}"]
+    for name, r in {**report["students"], "teacher": report["teacher"]}.items():
+        lines.append(f"{name:<12} {_fmt(r['kill_rate']):>9} {_fmt(r['pass_rate']):>9} "
+                     f"{_fmt(r['runtime_s'], '.3f', 1e3):>10} {_fmt(r['stable_rate'], '.2f'):>6}")
+    acc = report["acceptance"]
+    lines += ["", acc["kill_rate_statement"], acc["speed_statement"]]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None, command: str = "demo") -> int:
+    """Entry point of ``fastdistill demo``."""
     parser = argparse.ArgumentParser(prog=f"fastdistill {command}", description=__doc__.splitlines()[0])
-    parser.add_argument("--output-dir", default=None, help="where checkpoints go (default: a temporary directory)")
-    parser.add_argument("--steps", type=int, default=30, help="optimizer steps per stage")
+    parser.add_argument("--output-dir", default="fastdistill-demo", help="where the report, plot and data go")
+    parser.add_argument("--quick", action="store_true", help="reduced size (a minute or two; used by the tests)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        losses = run_foundation_demo(args.output_dir or tmp, steps=args.steps, seed=args.seed)
-    for stage, values in losses.items():
-        sys.stdout.write(f"{stage:<12} loss {values[0]:.4f} -> {values[-1]:.4f} over {len(values)} steps\n")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    cfg = DemoConfig.quick() if args.quick else DemoConfig()
+    cfg = replace(cfg, seed=args.seed)
+    report = run_demo(args.output_dir, cfg)
+    sys.stdout.write(summary_table(report) + f"\n\nwall time {report['wall_time_s']:.0f} s; report: "
+                     f"{Path(args.output_dir) / 'report.md'}\n")
     return 0

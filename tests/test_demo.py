@@ -1,0 +1,89 @@
+"""`fastdistill demo --quick`: the report's structure, and its numbers come from the evaluation."""
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from fastdistill.demo import STUDENTS, DemoConfig, main, public_names, rename_public_names, run_demo
+from fastdistill.evaluation import read_jsonl, score_mutation
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["--quick", "--threads", "1", "--output-dir", str(out)]) == 0
+    return out
+
+
+def mean(values):
+    return statistics.fmean(values) if values else None
+
+
+@pytest.mark.slow
+def test_demo_writes_report_plot_and_curation_files(demo_dir, capsys):
+    for name in ("report.md", "report.json", "pareto.png", "curation/manifest.json", "curation/quality_report.json",
+                 "curation/timing_report.json", "curation/teacher_generations.jsonl"):
+        assert (demo_dir / name).is_file(), name
+    assert (demo_dir / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (demo_dir / "report.md").read_text()
+    assert "| model | kill rate | pass rate | test runtime (ms)" in md
+    assert "learned the reference tests of the training split by SFT" in md
+    for name in STUDENTS:
+        assert f"| {name} |" in md
+    report = json.loads((demo_dir / "report.json").read_text())
+    assert report["acceptance"]["kill_rate_statement"] in md and report["acceptance"]["speed_statement"] in md
+    assert set(report["timings_s"]) >= {"teacher_sft", "curation", "student_sft", "student_gkd", "grpo_mutant",
+                                        "grpo_speed", "evaluation"}
+    steps = [s["name"] for s in report["curation"]["steps"]]
+    assert steps[:2] == ["teacher_generate", "canonicalize"] and steps[-1] == "keep_by_score"
+    assert "tests_exec_eval" in steps and "deduplicate" in steps
+
+
+@pytest.mark.slow
+def test_headlines_are_means_of_held_out_rows(demo_dir):
+    report = json.loads((demo_dir / "report.json").read_text())
+    held_out = report["held_out_names"]
+    assert held_out and not set(held_out) & set(report["train_names"])
+    assert set(report["students"]) == set(STUDENTS)
+    for name, res in {**report["students"], "teacher": report["teacher"]}.items():
+        rows, speed_rows = res["mutation_rows"], res["speed_rows"]
+        assert [r["name"] for r in rows] == held_out == [r["name"] for r in speed_rows]
+        assert res["kill_rate"] == pytest.approx(mean([r["kill_rate"] for r in rows]))
+        assert res["pass_rate"] == pytest.approx(mean([float(r["passed"]) for r in rows]))
+        timed = [r["runtime_s"] for r in speed_rows if r["ran"]]
+        assert res["n_timed"] == len(timed)
+        assert res["runtime_s"] == (pytest.approx(mean(timed)) if timed else None)
+        generations = read_jsonl(demo_dir / "generations" / f"{name}.jsonl")
+        assert [g["name"] for g in generations] == held_out
+    # re-scoring the saved completions of a student gives the reported numbers
+    again = score_mutation(read_jsonl(demo_dir / "generations" / "sft.jsonl"),
+                           max_mutants=report["config"]["max_mutants"], progress=False)
+    assert again["kill_rate"] == pytest.approx(report["students"]["sft"]["kill_rate"])
+
+
+@pytest.mark.slow
+def test_demo_is_deterministic(demo_dir, tmp_path):
+    run_demo(tmp_path, DemoConfig.quick())
+    for name in (*STUDENTS, "teacher"):
+        first = [g["completion"] for g in read_jsonl(demo_dir / "generations" / f"{name}.jsonl")]
+        second = [g["completion"] for g in read_jsonl(Path(tmp_path) / "generations" / f"{name}.jsonl")]
+        assert first == second, name
+    a = json.loads((demo_dir / "report.json").read_text())
+    b = json.loads((tmp_path / "report.json").read_text())
+    assert {k: v["kill_rate"] for k, v in a["students"].items()} == {k: v["kill_rate"] for k, v in b["students"].items()}
+
+
+def test_renaming_keeps_reference_tests_passing():
+    from fastdistill.data.examples import load_examples
+    from fastdistill.rewards import run_tests
+
+    ex = next(e for e in load_examples() if e["name"] == "celsius_fahrenheit")
+    code, tests = rename_public_names(ex["code"], ex["tests"], seed=3)
+    assert public_names(ex["tests"]) == ["c_to_f", "f_to_c"]
+    new = public_names(tests)
+    assert len(new) == 2 and not set(new) & {"c_to_f", "f_to_c"}
+    assert all(f"def {n}(" in code for n in new)
+    assert run_tests(code, tests).ok
+    assert rename_public_names(ex["code"], ex["tests"], seed=3) == (code, tests)
