@@ -16,7 +16,7 @@ from trl import ModelConfig, TrlParser, get_peft_config  # noqa: E402
 from common import RecipeArguments, supervised_dataset  # noqa: E402
 from fastdistill import GKDConfig, GKDTrainer  # noqa: E402
 from fastdistill.trainers import model_init_kwargs  # noqa: E402
-from fastdistill.trainers.launch import RunInfoCallback, parse_args, resolve_resume, setup_logging  # noqa: E402
+from fastdistill.trainers.launch import RunInfoCallback, finish, parse_args, resolve_resume, setup_logging  # noqa: E402
 
 
 def main(script_args: RecipeArguments, training_args: GKDConfig, model_args: ModelConfig):
@@ -47,7 +47,7 @@ def main(script_args: RecipeArguments, training_args: GKDConfig, model_args: Mod
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(training_args.output_dir)
     logger.info("model saved to %s", training_args.output_dir)
-    trainer.end()  # finish trackers, tear the process group down cleanly
+    finish(trainer)  # wait for all processes, then tear the process group down
 
 
 if __name__ == "__main__":

@@ -151,3 +151,68 @@ def test_recipes_chain_under_deepspeed_with_two_processes(tiny_models, tmp_path,
                "--resume_from_checkpoint", "last", *extra[resumed], launcher=launcher)
     info = assert_trained(out, steps=3, start=2, world_size=2, zero_stage=stage)
     assert info["resumed_from"].endswith("checkpoint-2")
+
+
+# ------------------------------------------------------------------------------- launch helpers
+def test_device_defaults_without_gpu(monkeypatch):
+    from fastdistill.trainers import launch
+
+    monkeypatch.setattr(launch, "has_gpu", lambda: False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert launch.device_defaults() == {"bf16": False, "fp16": False}  # no backend in a single process
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert launch.device_defaults() == {"bf16": False, "fp16": False, "ddp_backend": "gloo"}
+    monkeypatch.setattr(launch, "has_gpu", lambda: True)
+    assert launch.device_defaults() == {}
+
+
+def test_configure_environment_keeps_user_settings(monkeypatch):
+    from fastdistill.trainers import launch
+
+    monkeypatch.setattr(launch, "has_gpu", lambda: False)
+    for name in ("ACCELERATE_USE_CPU", "TORCH_EXTENSIONS_DIR", "ACCELERATE_USE_DEEPSPEED"):
+        monkeypatch.delenv(name, raising=False)
+    launch.configure_environment()
+    assert os.environ["ACCELERATE_USE_CPU"] == "true" and os.environ["TORCH_EXTENSIONS_DIR"]
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/mine")
+    monkeypatch.delenv("ACCELERATE_USE_CPU")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # DeepSpeed sets up its own CPU group
+    launch.configure_environment()
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == "/mine" and "ACCELERATE_USE_CPU" not in os.environ
+
+
+def test_parse_args_precedence_config_then_device_then_cli(monkeypatch, tmp_path):
+    from trl import TrlParser
+
+    from fastdistill import SFTConfig
+    from fastdistill.trainers import launch
+
+    monkeypatch.setattr(launch, "device_defaults", lambda: {"bf16": False, "learning_rate": 0.5})
+    config = tmp_path / "c.yaml"
+    config.write_text(f"output_dir: {tmp_path}\nbf16: true\nlearning_rate: 0.1\nweight_decay: 0.3\nreport_to: none\n")
+    parser = TrlParser((SFTConfig,))
+    (args,) = launch.parse_args(parser, ["--config", str(config)])
+    assert (args.bf16, args.learning_rate, args.weight_decay) == (False, 0.5, 0.3)  # device beats the YAML
+    (args,) = launch.parse_args(TrlParser((SFTConfig,)), ["--config", str(config), "--learning_rate", "0.7"])
+    assert args.learning_rate == 0.7  # an explicit flag beats both
+
+
+def test_last_checkpoint_and_resolve_resume(tmp_path):
+    from types import SimpleNamespace
+
+    from fastdistill.trainers.launch import last_checkpoint, resolve_resume
+
+    assert last_checkpoint(tmp_path / "missing") is None
+    for step, complete in ((2, True), (10, True), (12, False)):  # checkpoint-12 was cut short by a kill
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")  # numeric, not lexical, order
+    def args(value):
+        return SimpleNamespace(resume_from_checkpoint=value, output_dir=str(tmp_path))
+    assert resolve_resume(args("last")) == resolve_resume(args("true")) == str(tmp_path / "checkpoint-10")
+    assert resolve_resume(args(None)) is None
+    assert resolve_resume(args(str(tmp_path / "checkpoint-2"))) == str(tmp_path / "checkpoint-2")
+    assert resolve_resume(SimpleNamespace(resume_from_checkpoint="last", output_dir=str(tmp_path / "new"))) is None
+    with pytest.raises(FileNotFoundError):
+        resolve_resume(args(str(tmp_path / "nope")))
