@@ -60,6 +60,9 @@ def test_tests_that_fail_on_the_code_score_zero():
     assert result["rows"][0]["name"] == name
     assert result["rows"][0]["passed"] is False and result["kill_rate"] == 0.0
     assert "fail" in result["rows"][0]["reason"]
+    speed = score_speed(wrong, repeats=2, progress=False)  # failing tests ran, but have no headline runtime
+    assert speed["n_ran"] == 1 and speed["n_timed"] == 0 and speed["runtime_s"] is None
+    assert speed["runtime_all_s"] > 0 and speed["rows"][0]["passed"] is False
 
 
 def test_speed_on_reference_tests():

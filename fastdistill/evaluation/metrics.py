@@ -125,10 +125,12 @@ def score_speed(generations, *, repeats: int = 5, n_workers: int | None = None, 
     ``passed`` whether they passed every time, ``flaky`` whether outcomes differed between repeats.
 
     Returns:
-        ``{"runtime_s", "cv", "pass_rate", "stable_rate", "n", "n_timed", "rows"}``: ``runtime_s`` and
-        ``cv`` are the means over rows with ``ran`` (the ``n_timed`` rows: a test file that never
-        runs has no runtime); ``stable_rate`` is the fraction of all rows that passed every repeat
-        without flakiness.
+        ``{"runtime_s", "cv", "runtime_all_s", "pass_rate", "stable_rate", "n", "n_timed", "n_ran", "rows"}``:
+        ``runtime_s`` and ``cv`` are the means over the ``n_timed`` rows whose tests passed every
+        repeat (the speed of failing tests means nothing; a file with no passing run has no
+        runtime, and the means are None when no row passed); ``runtime_all_s`` is the mean over
+        the ``n_ran`` rows whose tests ran, pass or fail; ``stable_rate`` is the fraction of all
+        rows that passed every repeat without flakiness.
     """
     from fastdistill.rewards import run_tests
     from fastdistill.rewards.functions import extract_test_code
@@ -159,12 +161,14 @@ def score_speed(generations, *, repeats: int = 5, n_workers: int | None = None, 
 
     timed = _map(one, rows, n_workers, "speed", progress)
     result = {
-        "runtime_s": mean_or_none(r["runtime_s"] for r in timed if r["ran"]),
-        "cv": mean_or_none(r["cv"] for r in timed if r["ran"]),
+        "runtime_s": mean_or_none(r["runtime_s"] for r in timed if r["ran"] and r["passed"]),
+        "cv": mean_or_none(r["cv"] for r in timed if r["ran"] and r["passed"]),
+        "runtime_all_s": mean_or_none(r["runtime_s"] for r in timed if r["ran"]),
         "pass_rate": mean_or_none(float(r["passed"]) for r in timed) if timed else None,
         "stable_rate": mean_or_none(float(r["passed"] and not r["flaky"]) for r in timed) if timed else None,
         "n": len(timed),
-        "n_timed": sum(1 for r in timed if r["ran"]),
+        "n_timed": sum(1 for r in timed if r["ran"] and r["passed"]),
+        "n_ran": sum(1 for r in timed if r["ran"]),
         "repeats": repeats,
         "rows": timed,
     }
