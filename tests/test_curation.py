@@ -285,3 +285,21 @@ def test_nfc_prefilter_misses_no_character():
     assigned = [(g, t) for g, t in zip(got, texts) if all(unicodedata.category(ch) != "Cn" for ch in t)]
     assert len(assigned) > 150_000
     assert all(g == unicodedata.normalize("NFC", t) for g, t in assigned)
+
+
+def test_minhash_prefilter_changes_speed_not_result():
+    from fastdistill.curation.dedup import _flat_shingle_hashes, minhash_duplicates, shingles
+
+    originals, copies = _near_dup_data(n=150)
+    texts = pa.chunked_array([pa.array(originals[:80] + ["", None, "a b", "  a  b "]),
+                              pa.array(copies + originals[80:] + ["x y z"])])
+    with_pre = minhash_duplicates(texts, threshold=0.8, progress=False)
+    without = minhash_duplicates(texts, threshold=0.8, progress=False, prefilter=False)
+    assert np.array_equal(with_pre[0], without[0]) and np.array_equal(with_pre[1], without[1])
+    assert (~with_pre[0]).sum() >= len(copies) + 1  # copies and the whitespace variant of "a b"
+    # the numpy n-gram hashes give exactly the shingle sets of the reference tokenizer
+    sample = ["a b c d e f", "a b", "", None, " x y  z\tw v ", "b c d e f"]
+    hashes, offsets = _flat_shingle_hashes(pa.array(sample), 5)
+    sizes = np.diff(offsets).tolist()
+    assert sizes == [len(shingles(t, 5)) for t in sample]
+    assert hashes[1] == hashes[offsets[5]]  # "b c d e f" shared by rows 0 and 5

@@ -174,68 +174,92 @@ _M3 = np.uint64(0x94D049BB133111EB)
 
 
 def _flat_shingle_hashes(chunk: pa.Array, ngram: int) -> tuple[np.ndarray, np.ndarray]:
-    """Word n-gram hashes of every row, flat (u64) + row offsets, without a Python object per token.
+    """Word n-gram hashes of every row, flat (u64) + row offsets (int64), with no Python object per token.
 
     Words come from Arrow's ``utf8_split_whitespace``; each distinct word of the batch is hashed
-    once with xxh3 (stable across processes); n-gram hashes are combined in numpy (splitmix-style
-    mixing, uint64 wrap-around). Used only to find candidate rows, see :func:`minhash_duplicates`.
+    once with xxh3 (stable across processes); n-gram hashes are combined in numpy (multiply-add,
+    then a splitmix64 finaliser, uint64 wrap-around). A row with fewer than ``ngram`` words gives
+    one hash of all its words, an empty row none -- the same sets as :func:`shingles`.
     """
     import xxhash  # fast, stable non-cryptographic hash for words
 
+    n_rows = len(chunk)
     lists = pc.utf8_split_whitespace(chunk)
     words = pc.list_flatten(lists)
     row_of_word = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
-    nonempty = pc.greater(pc.utf8_length(words), 0)  # Arrow keeps "" for leading/trailing blanks; str.split() does not
+    nonempty = pc.greater(pc.binary_length(words), 0)  # Arrow keeps "" at leading/trailing blanks; str.split() not
     words = words.filter(nonempty)
-    n_rows = len(chunk)
     counts = np.bincount(row_of_word[nonempty.to_numpy(zero_copy_only=False)], minlength=n_rows).astype(np.int64)
     if len(words) == 0:
-        return np.zeros(0, np.uint64), np.zeros(n_rows + 1, np.uint64)
+        return np.zeros(0, np.uint64), np.zeros(n_rows + 1, np.int64)
     enc = pc.dictionary_encode(words)
-    word_hash = np.fromiter((xxhash.xxh3_64_intdigest(w.encode()) for w in enc.dictionary.to_pylist()), dtype=np.uint64,
-                            count=len(enc.dictionary))
+    word_hash = np.fromiter((xxhash.xxh3_64_intdigest(w.encode()) for w in enc.dictionary.to_pylist()),
+                            dtype=np.uint64, count=len(enc.dictionary))
     h = word_hash[enc.indices.to_numpy(zero_copy_only=False)]
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    row_end = np.repeat(starts + counts, counts)
-    pos = np.arange(len(h))
+    starts = np.cumsum(counts) - counts
+    total = len(h)
     with np.errstate(over="ignore"):
-        g = np.zeros(len(h), dtype=np.uint64)
-        for k in range(ngram):
-            shifted = np.zeros(len(h), dtype=np.uint64)
-            if k < len(h):
-                shifted[:len(h) - k] = h[k:]
-            inside = (pos + k) < row_end
-            g = g * _M1 + np.where(inside, shifted + np.uint64(k + 1), np.uint64(0))
+        g = h.copy()
+        for k in range(1, ngram):  # window hash at every position (windows crossing rows are discarded below)
+            g[:total - k] = g[:total - k] * _M1 + h[k:]
+        short = np.flatnonzero((counts > 0) & (counts < ngram))
+        if len(short):  # rows shorter than ngram: one hash over their own words only
+            gs = h[starts[short]].copy()
+            for k in range(1, ngram - 1):
+                inside = k < counts[short]
+                gs = np.where(inside, gs * _M1 + h[np.minimum(starts[short] + k, total - 1)], gs)
+            g[starts[short]] = gs
         g ^= g >> np.uint64(31)
         g *= _M2
         g ^= g >> np.uint64(29)
         g *= _M3
         g ^= g >> np.uint64(32)
     n_grams = np.where(counts >= ngram, counts - ngram + 1, np.minimum(counts, 1))
-    valid = np.zeros(len(h), dtype=bool)
-    valid[np.repeat(starts, n_grams) + (np.arange(n_grams.sum()) - np.repeat(np.cumsum(n_grams) - n_grams, n_grams))] = True
-    offsets = np.concatenate([[0], np.cumsum(n_grams)]).astype(np.uint64)
-    return np.ascontiguousarray(g[valid]), offsets
+    row_end = np.repeat(starts + counts, counts)
+    valid = (np.arange(total) + ngram) <= row_end
+    if len(short):
+        valid[starts[short]] = True
+    offsets = np.concatenate([[0], np.cumsum(n_grams)]).astype(np.int64)
+    return g[valid], offsets
 
 
-def _candidate_rows_rensa(texts: pa.ChunkedArray, *, num_perm: int, num_bands: int, ngram: int, seed: int,
-                          batch_size: int) -> np.ndarray:
-    """Bool mask of rows that share at least one LSH band with another row (bulk, in rensa's Rust
-    digest-matrix API). Only these rows can be near-duplicates or the originals of one."""
-    import rensa
+_PREFILTER_BANDS, _PREFILTER_ROWS = 8, 2
 
-    lsh = rensa.RMinHashLSH(0.5, num_perm, num_bands)  # the threshold is not used by band lookups
-    matrices, start = [], 0
+
+def _candidate_rows(texts: pa.ChunkedArray, *, ngram: int, seed: int, batch_size: int) -> np.ndarray:
+    """Bool mask of rows that may have a near-duplicate: a small bulk MinHash sketch in numpy
+    (16 hash functions over the n-gram hashes of :func:`_flat_shingle_hashes`, 8 bands of 2 rows).
+    A pair with Jaccard J shares a band with probability 1 - (1 - J**2)**8 (0.995 at J = 0.7,
+    0.99997 at 0.85); rows sharing no band with any other row are skipped by the verified pass."""
+    rng = np.random.default_rng(seed)
+    n_hash = _PREFILTER_BANDS * _PREFILTER_ROWS
+    mult = rng.integers(1, 2**63, n_hash, dtype=np.uint64) | np.uint64(1)
+    add = rng.integers(0, 2**63, n_hash, dtype=np.uint64)
+    sketches, empties = [], []
     for chunk in texts.chunks:
         for off in range(0, len(chunk), batch_size):
             part = chunk.slice(off, batch_size)
             hashes, offsets = _flat_shingle_hashes(part, ngram)
-            m = rensa.RMinHash.digest_matrix_from_flat_token_hashes(hashes, offsets, num_perm, seed)
-            lsh.insert_matrix(m, start)
-            matrices.append(m)
-            start += len(part)
-    flags = [np.asarray(lsh.query_duplicate_flags_matrix(m), dtype=bool) for m in matrices]
-    return np.concatenate(flags) if flags else np.zeros(0, dtype=bool)
+            nonempty = offsets[1:] > offsets[:-1]
+            sk = np.zeros((len(part), n_hash), dtype=np.uint64)
+            if len(hashes):
+                with np.errstate(over="ignore"):
+                    for j in range(n_hash):
+                        sk[nonempty, j] = np.minimum.reduceat(hashes * mult[j] + add[j], offsets[:-1][nonempty])
+            sketches.append(sk)
+            empties.append(~nonempty)
+    if not sketches:
+        return np.zeros(0, dtype=bool)
+    sk = np.concatenate(sketches)
+    empty = np.concatenate(empties)
+    candidate = np.zeros(len(sk), dtype=bool)
+    with np.errstate(over="ignore"):
+        for b in range(_PREFILTER_BANDS):
+            key = sk[:, 2 * b] * _M1 + sk[:, 2 * b + 1]
+            key[empty] = np.arange(int(empty.sum()), dtype=np.uint64)  # empty rows never collide via this
+            _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+            candidate |= counts[inverse] > 1
+    return candidate & ~empty
 
 
 def minhash_duplicates(texts: pa.ChunkedArray | pa.Array, *, threshold: float = 0.8, num_perm: int = 128,
@@ -244,14 +268,13 @@ def minhash_duplicates(texts: pa.ChunkedArray | pa.Array, *, threshold: float = 
                        ) -> tuple[np.ndarray, np.ndarray, str]:
     """``(keep, cluster_id, backend_name)`` for a string column by MinHash-LSH (see the module docstring).
 
-    With rensa, the ``"words"`` tokenizer and ``prefilter=True``, a bulk pass first finds the rows
-    that share an LSH band with any other row (token hashing in Arrow/numpy, signatures and banding
-    in rensa's digest-matrix API, no Python object per row); rows outside that set cannot match
-    anything and are kept without further work. The ordered insert-if-no-match pass with verified
-    Jaccard then runs on the candidate rows only. The prefilter changes speed, not the definition;
-    it uses the same bands as the verified pass, so a pair at exactly ``threshold`` survives each
-    pass with probability >= 0.9 and a pair well above it (e.g. Jaccard 0.85 at threshold 0.7)
-    with probability ~1 (measured recall in ``benchmarks/bench_curation.py``).
+    With the ``"words"`` tokenizer, ``prefilter=True`` and ``threshold >= 0.5``, a bulk pass first
+    finds the rows that may have a near-duplicate at all (:func:`_candidate_rows`: token hashing in
+    Arrow, a 16-hash sketch and banding in numpy, no Python object per row); the others cannot
+    match anything and are kept without further work. The ordered insert-if-no-match pass with
+    verified Jaccard (rensa or datasketch) then runs on the candidate rows only. The prefilter
+    changes speed, not the definition: a pair at Jaccard 0.7 survives it with probability 0.995,
+    at 0.85 with 0.99997 (measured recall in ``benchmarks/bench_curation.py``).
     """
     if isinstance(texts, pa.Array):
         texts = pa.chunked_array([texts])
@@ -261,9 +284,8 @@ def minhash_duplicates(texts: pa.ChunkedArray | pa.Array, *, threshold: float = 
     engine = _Backend(num_perm, seed, threshold, backend)
     keep = np.ones(n, dtype=bool)
     cluster = np.arange(n, dtype=np.int64)
-    if engine.name == "rensa" and tokenizer == "words" and prefilter and n:
-        rows = np.flatnonzero(_candidate_rows_rensa(texts, num_perm=num_perm, num_bands=engine.num_bands, ngram=ngram,
-                                                    seed=seed, batch_size=max(batch_size, 50_000)))
+    if tokenizer == "words" and prefilter and threshold >= 0.5 and n:
+        rows = np.flatnonzero(_candidate_rows(texts, ngram=ngram, seed=seed, batch_size=max(batch_size, 50_000)))
         logger.debug("minhash prefilter: %d of %d rows are candidates", len(rows), n)
     else:
         rows = np.arange(n)
