@@ -16,6 +16,9 @@ among the rows already *kept* has an estimated Jaccard >= ``threshold`` (insert-
 word shingles, ``threshold=0.8``, ``seed=42``; the number of LSH bands is the smallest divisor of
 ``num_perm`` whose candidate probability at ``threshold`` is >= 0.9, since candidates are verified.
 Rows with no tokens (empty or null) are never near-duplicates (exact dedup handles them).
+Before that ordered pass, a bulk prefilter (Arrow tokenisation + a 16-hash numpy sketch, no Python
+object per row) drops from the Python loop the rows that share no band with any other row, so
+the per-row work is paid only by rows that may be near-duplicates (see :func:`minhash_duplicates`).
 
 Both decisions are one global pass in the calling process, so the result is the same for any
 ``num_proc`` (``num_proc`` only parallelises the row-wise steps before; it is accepted here for a
