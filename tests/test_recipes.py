@@ -128,29 +128,27 @@ def test_ddp_launch_forms_one_process_group_on_cpu(tiny_models, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher, stage, resumed", [("zero2", 2, "gkd"), ("zero3", 3, "grpo_mutant")])
-def test_recipes_chain_under_deepspeed_with_two_processes(tiny_models, tmp_path, launcher, stage, resumed):
-    """SFT -> GKD (live teacher, prepared for DeepSpeed) -> GRPO, each with 2 processes; one of them is
-    then resumed from its checkpoint (GKD under ZeRO-2, GRPO under ZeRO-3; SFT is resumed by the
-    python test and the pipeline test resumes a GRPO branch)."""
+@pytest.mark.parametrize("launcher, stage", [("zero2", 2), ("zero3", 3)])
+def test_recipes_chain_under_deepspeed_with_two_processes(tiny_models, tmp_path, launcher, stage):
+    """SFT -> GKD (live teacher, prepared for DeepSpeed) -> GRPO, each with 2 processes: 2 steps with a
+    checkpoint, then resumed from it to step 3. (grpo_speed runs the same module as grpo_mutant with
+    another config; it runs in the pipeline test.)"""
     student, teacher = tiny_models
     inputs = {"sft": student, "gkd": str(tmp_path / "sft"), "grpo_mutant": str(tmp_path / "gkd")}
     extra = {"gkd": ["--teacher_model_name_or_path", teacher], "sft": [], "grpo_mutant": []}
     for name in ("sft", "gkd", "grpo_mutant"):
         out = tmp_path / name
-        run_recipe(name, "--model_name_or_path", inputs[name], "--output_dir", str(out), "--max_steps", "2",
-                   *extra[name], launcher=launcher)
+        common = ["--model_name_or_path", inputs[name], "--output_dir", str(out), *extra[name]]
+        run_recipe(name, *common, "--max_steps", "2", launcher=launcher)
         info = assert_trained(out, steps=2, world_size=2, zero_stage=stage)
         assert info["distributed_type"] == "DEEPSPEED" and info["backend"] == "gloo", info
         assert (out / "checkpoint-2" / "global_step2").is_dir()  # a DeepSpeed checkpoint
+
+        run_recipe(name, *common, "--max_steps", "3", "--resume_from_checkpoint", "last", launcher=launcher)
+        info = assert_trained(out, steps=3, start=2, world_size=2, zero_stage=stage)
+        assert info["resumed_from"].endswith("checkpoint-2")
     assert any("loss/jsd" in entry for entry in trainer_log(tmp_path / "gkd"))
     assert any("rewards/mutant_kill" in entry for entry in trainer_log(tmp_path / "grpo_mutant"))
-
-    out = tmp_path / resumed
-    run_recipe(resumed, "--model_name_or_path", inputs[resumed], "--output_dir", str(out), "--max_steps", "3",
-               "--resume_from_checkpoint", "last", *extra[resumed], launcher=launcher)
-    info = assert_trained(out, steps=3, start=2, world_size=2, zero_stage=stage)
-    assert info["resumed_from"].endswith("checkpoint-2")
 
 
 # ------------------------------------------------------------------------------- launch helpers
