@@ -386,3 +386,17 @@ def test_server_with_another_tokenizer_is_refused(teacher_and_tok):
             annotate(ds, server_teacher(server), tokenizer=tok, completion_column="completion", progress=False)
     with pytest.raises(AlignmentError):
         raise AlignmentError("importable")
+
+
+def test_string_prompt_sampling_through_completions_api(teacher_and_tok):
+    teacher, tok = teacher_and_tok
+    ds = load_supervised_dataset(ROWS[:2]).from_list([{"prompt": r["prompt"]} for r in ROWS[:2]])
+    with FakeOpenAIServer(teacher, tok, token_format="vocab") as server:
+        remote = annotate(ds, server_teacher(server, send_token_ids=True), tokenizer=tok, max_new_tokens=6, temperature=0, progress=False)
+        sampling = [b for _, b, _ in server.requests if not b.get("echo")]
+        assert len(sampling) == 2 and all(b["logprobs"] == 1 and b["max_tokens"] == 6 for b in sampling)
+    here = annotate(ds, teacher, tokenizer=tok, max_new_tokens=6, temperature=0, progress=False)
+    assert remote["completion"] == here["completion"] and all(isinstance(c, str) for c in remote["completion"])
+    for a, b in zip(remote["teacher_sample_logprobs"], here["teacher_sample_logprobs"]):
+        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-4, rtol=0)
+    assert_same(remote, here, 0)
