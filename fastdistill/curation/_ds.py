@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import datasets
 import pyarrow as pa
+from datasets.fingerprint import Hasher
+from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +31,13 @@ def restore_format(out: datasets.Dataset, like: datasets.Dataset) -> datasets.Da
 
 def map_arrow_columns(ds: datasets.Dataset, fn: Callable[[pa.Table], dict[str, pa.Array]], *, num_proc: int | None,
                       batch_size: int = DEFAULT_BATCH_SIZE, desc: str | None = None,
-                      input_columns: list[str] | None = None) -> datasets.Dataset:
+                      input_columns: list[str] | None = None, params: dict | None = None) -> datasets.Dataset:
     """``ds.map`` on Arrow batches: ``fn(table) -> {name: array}`` adds (or replaces) columns.
 
-    Uses datasets' own ``map(batched=True, num_proc=...)`` so caching, fingerprints and
-    multiprocessing behave as users expect; batches arrive as ``pyarrow.Table`` (no Python objects).
+    With ``num_proc > 1`` this is datasets' own ``map(batched=True, num_proc=...)``. In one process
+    the new columns are computed batch by batch and attached with ``add_column`` (existing columns
+    are not copied); the new fingerprint is derived from the input fingerprint, ``desc`` and
+    ``params`` (the step's options), so it is deterministic without hashing the data.
     """
 
     def apply(table: pa.Table) -> pa.Table:
@@ -45,7 +49,25 @@ def map_arrow_columns(ds: datasets.Dataset, fn: Callable[[pa.Table], dict[str, p
                 table = table.append_column(name, arr)
         return table
 
-    out = ds.with_format("arrow").map(apply, batched=True, batch_size=batch_size, num_proc=num_proc, desc=desc)
+    if (num_proc and num_proc > 1) or len(ds) == 0:
+        out = ds.with_format("arrow").map(apply, batched=True, batch_size=batch_size, num_proc=num_proc, desc=desc)
+        return restore_format(out, ds)
+    # One process: compute only the new columns batch by batch and attach them with add_column, so the
+    # existing columns are not rewritten (datasets' map would copy every column of every batch).
+    parts: dict[str, list] = {}
+    source = ds.with_format("arrow", columns=input_columns) if input_columns else ds.with_format("arrow")
+    with tqdm(total=len(ds), desc=desc, unit="rows", disable=len(ds) < 100_000) as bar:
+        for batch in source.iter(batch_size):
+            for name, arr in fn(batch).items():
+                parts.setdefault(name, []).append(arr)
+            bar.update(len(batch))
+    out = ds
+    for name, chunks in parts.items():
+        column = pa.chunked_array([c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in chunks])
+        if name in out.column_names:
+            out = out.remove_columns(name)
+        fingerprint = Hasher.hash([out._fingerprint, desc, name, repr(sorted((params or {}).items()))])
+        out = out.add_column(name, column, new_fingerprint=fingerprint)
     return restore_format(out, ds)
 
 

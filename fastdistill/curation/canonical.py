@@ -223,6 +223,15 @@ def _to_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     return values
 
 
+def _sub_mask(arr: pa.Array, mask: pa.Array, fn) -> pa.Array:
+    """Evaluate the boolean kernel ``fn`` only on the rows selected by ``mask`` (False elsewhere)."""
+    mask_np = pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
+    out = np.zeros(len(arr), dtype=bool)
+    if mask_np.any():
+        out[mask_np] = pc.fill_null(fn(arr.filter(pa.array(mask_np))), False).to_numpy(zero_copy_only=False)
+    return pa.array(out)
+
+
 def _patch_rows(arr: pa.Array, mask: pa.Array, fn) -> pa.Array:
     """Replace the rows selected by ``mask`` with ``fn(arr.filter(mask))`` (rows keep their order)."""
     mask = pc.fill_null(mask, False)
@@ -239,13 +248,14 @@ def _canonical_text_arrow(arr: pa.Array, whitespace: str, lowercase: bool, sql: 
         arr = pa.array([None if v is None else normalize_sql(v) for v in arr.to_pylist()], pa.string())
     # NFC: the (slow) utf8proc kernel only sees rows holding a character that NFC may change (the
     # Unicode quick-check idea); all other rows -- ASCII, precomposed accents, CJK... -- are already NFC.
-    needs_nfc = pc.match_substring_regex(arr, _nfc_candidates_re2())
+    non_ascii = pc.fill_null(pc.invert(pc.string_is_ascii(arr)), False)
+    needs_nfc = _sub_mask(arr, non_ascii, lambda sub: pc.match_substring_regex(sub, _nfc_candidates_re2()))
     arr = _patch_rows(arr, needs_nfc, lambda sub: pc.utf8_normalize(sub, "NFC"))
     if whitespace == "collapse":
         # Only rows with something to change pay for the regex kernel; rows whose only issue is a
         # leading/trailing single space take the cheap trim kernel.
         needs = pc.fill_null(pc.match_substring_regex(arr, _WS_RE2_NEEDS), False)
-        inner = pc.fill_null(pc.match_substring_regex(arr, _WS_RE2_INNER), False)
+        inner = _sub_mask(arr, needs, lambda sub: pc.match_substring_regex(sub, _WS_RE2_INNER))
         arr = _patch_rows(arr, pc.and_(needs, pc.invert(inner)), lambda sub: pc.utf8_trim(sub, " "))
         arr = _patch_rows(arr, inner, lambda sub: pc.utf8_trim(pc.replace_substring_regex(sub, _WS_RE2_RUN, " "), " "))
     elif whitespace == "strip":
@@ -368,7 +378,8 @@ def canonicalize(ds, columns: str | Sequence[str], *, out_column: str = "canonic
     _check_columns(ds.column_names, cols)
     return map_arrow_columns(
         ds, lambda t: {out_column: canonicalize_arrow(t, cols, whitespace=whitespace, lowercase=lowercase, sql=sql)},
-        num_proc=num_proc, batch_size=batch_size, desc="canonicalize")
+        num_proc=num_proc, batch_size=batch_size, desc="canonicalize",
+        params=dict(columns=cols, whitespace=whitespace, lowercase=lowercase, sql=sql))
 
 
 def compute_hash(ds, columns: str | Sequence[str], *, out_column: str = "hash", canonical: bool = True,
@@ -389,4 +400,5 @@ def compute_hash(ds, columns: str | Sequence[str], *, out_column: str = "hash", 
     return map_arrow_columns(
         ds, lambda t: {out_column: hash_arrow(t, cols, canonical=canonical, whitespace=whitespace,
                                               lowercase=lowercase, sql=sql)},
-        num_proc=num_proc, batch_size=batch_size, desc="compute_hash")
+        num_proc=num_proc, batch_size=batch_size, desc="compute_hash",
+        params=dict(columns=cols, canonical=canonical, whitespace=whitespace, lowercase=lowercase, sql=sql))

@@ -46,7 +46,7 @@ def score_from_exec_eval(ds, *, out_column: str = "score", weights: dict | None 
     from fastdistill.curation._ds import map_arrow_columns
 
     return map_arrow_columns(ds, lambda t: {out_column: score_arrow(t, weights)}, num_proc=num_proc,
-                             desc="score_from_exec_eval")
+                             desc="score_from_exec_eval", params=dict(weights=weights))
 
 
 def keep_by_score(ds, *, min_score: float = 0.5, column: str = "score", top_k: int | None = None):
