@@ -55,18 +55,18 @@ class DemoConfig:
 
     seed: int = 0
     vocab_size: int = 1024
-    renames: int = 4                      # renamed copies of each training example (teacher and student data)
+    renames: int = 0                      # renamed copies of each training example (teacher and student data)
     max_length: int = 512
     teacher: dict = field(default_factory=lambda: dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2))
-    student: dict = field(default_factory=lambda: dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2))
-    teacher_steps: int = 160
-    teacher_lr: float = 3e-3
-    sft_steps: int = 100
-    gkd_steps: int = 30
-    lr: float = 2e-3
+    student: dict = field(default_factory=lambda: dict(hidden_size=96, intermediate_size=192, num_hidden_layers=2))
+    teacher_steps: int = 200
+    teacher_lr: float = 5e-3
+    sft_steps: int = 200
+    gkd_steps: int = 40
+    lr: float = 5e-3
     batch_size: int = 8
-    grpo_steps: int = 8
-    grpo_lr: float = 5e-4
+    grpo_steps: int = 24
+    grpo_lr: float = 3e-3
     grpo_generations: int = 4
     grpo_prompts_per_step: int = 2
     mutant_temperature: float = 1.0
@@ -78,12 +78,13 @@ class DemoConfig:
     speed_repeats: int = 3
     n_train: int | None = None           # limit training examples (quick mode)
     n_held_out: int | None = None        # limit held-out examples (quick mode)
+    n_seen_eval: int | None = None       # training examples also scored (None: all), reported apart as "seen code"
     workers: int = 2
 
     @classmethod
     def quick(cls) -> "DemoConfig":
         """A reduced run (a minute or two on 2 cores) with the same stages and report."""
-        return cls(renames=1, teacher=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=1),
+        return cls(renames=1, n_seen_eval=2, teacher=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=1),
                    student=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1), teacher_steps=6,
                    sft_steps=3, gkd_steps=2, grpo_steps=1, mutant_max_tokens=24, speed_max_tokens=16,
                    eval_max_tokens=24, max_mutants=5, speed_repeats=2, n_train=6, n_held_out=3, vocab_size=512)
@@ -218,8 +219,8 @@ def _grpo(model, tokenizer, train: list[dict], cfg: DemoConfig, out: Path, branc
 
     temperature = cfg.mutant_temperature if branch == "mutant" else cfg.speed_temperature
     max_tokens = cfg.mutant_max_tokens if branch == "mutant" else cfg.speed_max_tokens
-    rows = _with_renames([{"name": ex["name"], "code": ex["code"], "tests": ex["tests"]} for ex in train], 1,
-                         cfg.seed + 7)
+    rows = _with_renames([{"name": ex["name"], "code": ex["code"], "tests": ex["tests"]} for ex in train],
+                         cfg.renames, cfg.seed + 7)
     ds = Dataset.from_list([{"prompt": r["prompt"], "code": r["code"]} for r in rows]).shuffle(seed=cfg.seed)
     reward = composite_reward(preset=branch, max_mutants=cfg.max_mutants, n_workers=cfg.workers)
     args = GRPOConfig(**{**_common_args(cfg, out, f"grpo_{branch}", cfg.grpo_steps, cfg.grpo_lr),
@@ -244,7 +245,7 @@ def _evaluate(name, model, tokenizer, held_out, cfg, out, max_new_tokens):
     return {"kill_rate": mut["kill_rate"], "pass_rate": mut["pass_rate"], "extract_rate": mut["extract_rate"],
             "runtime_s": spd["runtime_s"], "runtime_cv": spd["cv"], "stable_rate": spd["stable_rate"],
             "n": mut["n"], "n_timed": spd["n_timed"], "max_new_tokens": max_new_tokens,
-            "mutation_rows": mut["rows"], "speed_rows": spd["rows"]}
+            "completions": [g["completion"] for g in gens], "mutation_rows": mut["rows"], "speed_rows": spd["rows"]}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -258,18 +259,18 @@ def _fmt(v, spec=".3f", scale=1.0):
     return "n/a" if v is None else format(v * scale, spec)
 
 
-def acceptance(students: dict) -> dict:
+def acceptance(students: dict, where: str = "held-out") -> dict:
     """The two comparisons the demo is meant to show, stated from the measured numbers."""
     mut, sft, spd = students["grpo_mutant"], students["sft"], students["grpo_speed"]
     kill_ok = mut["kill_rate"] is not None and sft["kill_rate"] is not None and mut["kill_rate"] > sft["kill_rate"]
     speed_ok = (spd["runtime_s"] is not None and mut["runtime_s"] is not None and spd["runtime_s"] < mut["runtime_s"])
     return {
         "grpo_mutant_kill_rate_above_sft": bool(kill_ok),
-        "kill_rate_statement": (f"GRPO-mutant held-out kill rate {_fmt(mut['kill_rate'])} vs SFT {_fmt(sft['kill_rate'])}: "
+        "kill_rate_statement": (f"GRPO-mutant {where} kill rate {_fmt(mut['kill_rate'])} vs SFT {_fmt(sft['kill_rate'])}: "
                                 + ("higher, as intended." if kill_ok else "NOT higher in this run.")),
         "grpo_speed_faster_than_mutant": bool(speed_ok),
         "speed_statement": (f"GRPO-speed mean test runtime {_fmt(spd['runtime_s'], '.3f', 1e3)} ms "
-                            f"(over {spd['n_timed']} test files that ran) vs GRPO-mutant "
+                            f"(over {spd['n_timed']} passing test files) vs GRPO-mutant "
                             f"{_fmt(mut['runtime_s'], '.3f', 1e3)} ms (over {mut['n_timed']}): "
                             + ("faster, as intended." if speed_ok else "NOT faster in this run (or not measurable).")),
     }
@@ -281,24 +282,32 @@ def _plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
-    points = {}
-    for name, res in report["students"].items():
-        if res["runtime_s"] is None:
-            continue
-        points[name] = (res["runtime_s"] * 1e3, res["kill_rate"])
-        ax.scatter(*points[name], s=60, zorder=3, color={"grpo_mutant": "tab:red", "grpo_speed": "tab:green",
-                                                          "teacher": "tab:gray"}.get(name, "tab:blue"))
-        ax.annotate(name, points[name], textcoords="offset points", xytext=(6, 4), fontsize=8)
-    for branch, color in (("grpo_mutant", "tab:red"), ("grpo_speed", "tab:green")):
-        if "gkd" in points and branch in points:
-            ax.annotate("", points[branch], points["gkd"], arrowprops=dict(arrowstyle="->", color=color, lw=1.5))
-    ax.set_xlabel("mean test runtime per file (ms, held-out; lower is better)")
-    ax.set_ylabel("mean mutation kill rate (held-out; higher is better)")
-    ax.set_title("Students on held-out examples: kill rate vs test runtime")
-    ax.grid(alpha=0.3)
-    if not points:
-        ax.text(0.5, 0.5, "no student produced tests that ran", ha="center", transform=ax.transAxes)
+    panels = [("held-out examples (the evaluation)", {**report["students"], "teacher": report["teacher"]})]
+    if report.get("seen_code"):
+        panels.append(("seen training examples (for reference)", report["seen_code"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.4), dpi=110, squeeze=False)
+    colors = {"grpo_mutant": "tab:red", "grpo_speed": "tab:green", "teacher": "tab:gray"}
+    for ax, (title, results) in zip(axes[0], panels):
+        points = {}
+        for name, res in results.items():
+            if res["runtime_s"] is None:
+                continue
+            points[name] = (res["runtime_s"] * 1e3, res["kill_rate"])
+            ax.scatter(*points[name], s=60, zorder=3, color=colors.get(name, "tab:blue"))
+            ax.annotate(name, points[name], textcoords="offset points", xytext=(6, 4), fontsize=8)
+        for branch in ("grpo_mutant", "grpo_speed"):
+            if "gkd" in points and branch in points:
+                ax.annotate("", points[branch], points["gkd"],
+                            arrowprops=dict(arrowstyle="->", color=colors[branch], lw=1.5))
+        missing = [n for n, r in results.items() if r["runtime_s"] is None]
+        if missing:
+            ax.text(0.02, 0.02, "no runnable tests: " + ", ".join(missing), transform=ax.transAxes, fontsize=7,
+                    color="tab:gray")
+        ax.set_xlabel("mean test runtime per file (ms; lower is better)")
+        ax.set_ylabel("mean mutation kill rate (higher is better)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Kill rate vs test runtime: GKD -> GRPO-mutant / GRPO-speed")
     fig.tight_layout()
     fig.savefig(path, format="png")
     plt.close(fig)
@@ -311,7 +320,7 @@ def _markdown(report: dict) -> str:
         f"Held-out examples: {report['n_held_out']} ({', '.join(report['held_out_names'])}); "
         f"training examples: {report['n_train']}. Wall time {report['wall_time_s']:.0f} s.", "",
         "The teacher is a tiny random model that first **learned the reference tests of the training split by SFT** "
-        f"({cfg['teacher_steps']} steps, with {cfg['renames']} renamed copies of each example); the tiny models "
+        f"({cfg['teacher_steps']} steps, {cfg['renames']} renamed copies of each example); the tiny models "
         "cannot learn to write tests from scratch in minutes. Evaluation uses held-out examples only.", "",
         "| model | kill rate | pass rate | test runtime (ms) | runtime CV | stable | max new tokens |",
         "|---|---|---|---|---|---|---|",
@@ -320,11 +329,39 @@ def _markdown(report: dict) -> str:
         lines.append(f"| {name} | {_fmt(r['kill_rate'])} | {_fmt(r['pass_rate'])} | "
                      f"{_fmt(r['runtime_s'], '.3f', 1e3)} | {_fmt(r['runtime_cv'], '.2f')} | "
                      f"{_fmt(r['stable_rate'], '.2f')} | {r['max_new_tokens']} |")
+    if report.get("seen_code"):
+        lines += ["", f"Same students on {len(report['seen_names'])} **training** examples they were trained on "
+                  "(seen code; not the evaluation, shown to make what each stage learned visible):", "",
+                  "| model (seen code) | kill rate | pass rate | test runtime (ms) | runtime CV | stable |",
+                  "|---|---|---|---|---|---|"]
+        for name, r in report["seen_code"].items():
+            lines.append(f"| {name} | {_fmt(r['kill_rate'])} | {_fmt(r['pass_rate'])} | "
+                         f"{_fmt(r['runtime_s'], '.3f', 1e3)} | {_fmt(r['runtime_cv'], '.2f')} | "
+                         f"{_fmt(r['stable_rate'], '.2f')} |")
     acc = report["acceptance"]
     lines += ["", "Kill rate and pass rate are means over the held-out examples (per-example rows in report.json); "
-              "runtime is the mean pytest time (setup+call+teardown) over the test files that ran, "
+              "runtime is the mean pytest time (setup+call+teardown) over the test files that pass, "
               f"{cfg['speed_repeats']} repeats each.", "",
-              "## What the branches show", "", f"- {acc['kill_rate_statement']}", f"- {acc['speed_statement']}", "",
+              "## What the branches show", "", f"- {acc['kill_rate_statement']}", f"- {acc['speed_statement']}", ""]
+    held = {**report["students"], "teacher": report["teacher"]}
+    if all(not r["pass_rate"] for r in held.values()):
+        lines += ["No model (the teacher included) wrote a test file that passes on the unseen held-out code, so every "
+                  "held-out kill rate is 0 and no held-out runtime exists: the tiny models learn the training tests, "
+                  "including the training functions' names, and do not generalise to new functions at this size and "
+                  "time budget. The seen-code table shows what each stage did learn.", ""]
+    same = report.get("identical_to_sft", {})
+    for where, n in (("held_out", report["n_held_out"]), ("seen_code", len(report.get("seen_names", [])))):
+        if where in same:
+            lines.append(f"Greedy completions identical to the SFT student's ({where.replace('_', ' ')}, of {n}): "
+                         + ", ".join(f"{k} {v}" for k, v in same[where].items())
+                         + ". Identical completions mean identical tests: runtime differences between them are "
+                         "measurement noise, not learning.")
+    lines.append("")
+    if report.get("seen_code_comparison"):
+        seen_cmp = report["seen_code_comparison"]
+        lines += ["On the seen training code (not the acceptance measure): "
+                  f"{seen_cmp['kill_rate_statement']} {seen_cmp['speed_statement']}", ""]
+    lines += [
               "## Curation of the teacher's outputs", "",
               f"{report['curation']['rows_in']} teacher generations -> {report['curation']['rows_kept']} kept "
               f"(pass rate {_fmt(report['curation']['metrics'].get('tests_pass_rate'))}, mean kill rate "
@@ -441,6 +478,13 @@ def run_demo(output_dir: str | os.PathLike, cfg: DemoConfig | None = None) -> di
                                   eval_tokens.get(name, cfg.eval_max_tokens))
     teacher_result = _evaluate("teacher", teacher, tokenizer, held_out, cfg, out, cfg.eval_max_tokens)
     mark("evaluation", t0)
+    # secondary: a few TRAINING examples ("seen code"), reported apart, to show what the stages learned
+    t0 = time.perf_counter()
+    seen = train[: cfg.n_seen_eval]
+    seen_results = {name: _evaluate(f"seen_{name}", students[name], tokenizer, seen, cfg, out,
+                                    eval_tokens.get(name, cfg.eval_max_tokens))
+                    for name in STUDENTS} if seen else {}
+    mark("evaluation_seen", t0)
 
     report = {
         "config": asdict(cfg),
@@ -448,8 +492,13 @@ def run_demo(output_dir: str | os.PathLike, cfg: DemoConfig | None = None) -> di
         "train_names": [ex["name"] for ex in train], "held_out_names": [ex["name"] for ex in held_out],
         "teacher_note": "the teacher learned the reference tests of the training split by SFT before distillation",
         "students": results, "teacher": teacher_result,
+        "seen_names": [ex["name"] for ex in seen], "seen_code": seen_results,
         "curation": curation, "training": training,
         "acceptance": acceptance(results),
+        "identical_to_sft": {where: {name: sum(a == b for a, b in zip(res[name]["completions"], res["sft"]["completions"]))
+                                     for name in STUDENTS if name != "sft"}
+                             for where, res in (("held_out", results), ("seen_code", seen_results)) if res},
+        "seen_code_comparison": acceptance(seen_results, "seen-code") if seen_results else None,
         "timings_s": timings,
         "wall_time_s": round(time.perf_counter() - start, 1),
     }
@@ -462,10 +511,19 @@ def run_demo(output_dir: str | os.PathLike, cfg: DemoConfig | None = None) -> di
 
 def summary_table(report: dict) -> str:
     """The headline table printed at the end of ``fastdistill demo``."""
-    lines = [f"{'model':<12} {'kill rate':>9} {'pass rate':>9} {'runtime ms':>10} {'stable':>6}"]
+    lines = ["held-out code (the evaluation):",
+             f"{'model':<12} {'kill rate':>9} {'pass rate':>9} {'runtime ms':>10} {'stable':>6}"]
     for name, r in {**report["students"], "teacher": report["teacher"]}.items():
         lines.append(f"{name:<12} {_fmt(r['kill_rate']):>9} {_fmt(r['pass_rate']):>9} "
                      f"{_fmt(r['runtime_s'], '.3f', 1e3):>10} {_fmt(r['stable_rate'], '.2f'):>6}")
+    if report.get("seen_code"):
+        lines += ["", f"seen training code ({len(report['seen_names'])} examples, for reference):"]
+        for name, r in report["seen_code"].items():
+            lines.append(f"{name:<12} {_fmt(r['kill_rate']):>9} {_fmt(r['pass_rate']):>9} "
+                         f"{_fmt(r['runtime_s'], '.3f', 1e3):>10} {_fmt(r['stable_rate'], '.2f'):>6}")
+    for where, counts in report.get("identical_to_sft", {}).items():
+        lines.append(f"greedy completions identical to SFT's ({where.replace('_', ' ')}): "
+                     + ", ".join(f"{k} {v}" for k, v in counts.items()))
     acc = report["acceptance"]
     lines += ["", acc["kill_rate_statement"], acc["speed_statement"]]
     return "\n".join(lines)

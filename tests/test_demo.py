@@ -52,11 +52,15 @@ def test_headlines_are_means_of_held_out_rows(demo_dir):
         assert [r["name"] for r in rows] == held_out == [r["name"] for r in speed_rows]
         assert res["kill_rate"] == pytest.approx(mean([r["kill_rate"] for r in rows]))
         assert res["pass_rate"] == pytest.approx(mean([float(r["passed"]) for r in rows]))
-        timed = [r["runtime_s"] for r in speed_rows if r["ran"]]
+        timed = [r["runtime_s"] for r in speed_rows if r["ran"] and r["passed"]]
         assert res["n_timed"] == len(timed)
         assert res["runtime_s"] == (pytest.approx(mean(timed)) if timed else None)
         generations = read_jsonl(demo_dir / "generations" / f"{name}.jsonl")
         assert [g["name"] for g in generations] == held_out
+    assert set(report["seen_names"]) <= set(report["train_names"])
+    for name, res in report["seen_code"].items():
+        assert [r["name"] for r in res["mutation_rows"]] == report["seen_names"]
+        assert res["kill_rate"] == pytest.approx(mean([r["kill_rate"] for r in res["mutation_rows"]]))
     # re-scoring the saved completions of a student gives the reported numbers
     again = score_mutation(read_jsonl(demo_dir / "generations" / "sft.jsonl"),
                            max_mutants=report["config"]["max_mutants"], progress=False)
