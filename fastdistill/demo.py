@@ -266,7 +266,8 @@ def acceptance(students: dict, where: str = "held-out") -> dict:
     speed_ok = (spd["runtime_s"] is not None and mut["runtime_s"] is not None and spd["runtime_s"] < mut["runtime_s"])
     return {
         "grpo_mutant_kill_rate_above_sft": bool(kill_ok),
-        "kill_rate_statement": (f"GRPO-mutant {where} kill rate {_fmt(mut['kill_rate'])} vs SFT {_fmt(sft['kill_rate'])}: "
+        "kill_rate_statement": (f"GRPO-mutant {where} kill rate {_fmt(mut['kill_rate'])} "
+                                f"vs SFT {_fmt(sft['kill_rate'])}: "
                                 + ("higher, as intended." if kill_ok else "NOT higher in this run.")),
         "grpo_speed_faster_than_mutant": bool(speed_ok),
         "speed_statement": (f"GRPO-speed mean test runtime {_fmt(spd['runtime_s'], '.3f', 1e3)} ms "
@@ -294,18 +295,20 @@ def _plot(report: dict, path: Path) -> None:
                 continue
             points[name] = (res["runtime_s"] * 1e3, res["kill_rate"])
             ax.scatter(*points[name], s=60, zorder=3, color=colors.get(name, "tab:blue"))
-            ax.annotate(name, points[name], textcoords="offset points", xytext=(6, 4), fontsize=8)
+            ax.annotate(name, points[name], textcoords="offset points", xytext=(6, 4 + 11 * (len(points) - 1)),
+                        fontsize=8)
         for branch in ("grpo_mutant", "grpo_speed"):
             if "gkd" in points and branch in points:
                 ax.annotate("", points[branch], points["gkd"],
                             arrowprops=dict(arrowstyle="->", color=colors[branch], lw=1.5))
         missing = [n for n, r in results.items() if r["runtime_s"] is None]
         if missing:
-            ax.text(0.02, 0.02, "no runnable tests: " + ", ".join(missing), transform=ax.transAxes, fontsize=7,
+            ax.text(0.02, 0.02, "no passing tests: " + ", ".join(missing), transform=ax.transAxes, fontsize=7,
                     color="tab:gray")
         ax.set_xlabel("mean test runtime per file (ms; lower is better)")
         ax.set_ylabel("mean mutation kill rate (higher is better)")
         ax.set_title(title, fontsize=10)
+        ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     fig.suptitle("Kill rate vs test runtime: GKD -> GRPO-mutant / GRPO-speed")
     fig.tight_layout()
@@ -374,7 +377,8 @@ def _markdown(report: dict) -> str:
         losses = info.get("losses") or info.get("rewards") or []
         what = "loss" if info.get("losses") else "reward"
         if losses:
-            lines.append(f"- {stage}: {what} {losses[0]} -> {losses[-1]} ({info['steps']} steps, {info['time_s']:.0f} s)")
+            lines.append(f"- {stage}: {what} {losses[0]} -> {losses[-1]} "
+                         f"({info['steps']} steps, {info['time_s']:.0f} s)")
     lines += ["", "## Stage times (s)", ""] + [f"- {k}: {v:.1f}" for k, v in report["timings_s"].items()]
     lines += ["", "![kill rate vs runtime](pareto.png)", ""]
     return "\n".join(lines)
@@ -495,7 +499,8 @@ def run_demo(output_dir: str | os.PathLike, cfg: DemoConfig | None = None) -> di
         "seen_names": [ex["name"] for ex in seen], "seen_code": seen_results,
         "curation": curation, "training": training,
         "acceptance": acceptance(results),
-        "identical_to_sft": {where: {name: sum(a == b for a, b in zip(res[name]["completions"], res["sft"]["completions"]))
+        "identical_to_sft": {where: {name: sum(a == b for a, b in zip(res[name]["completions"],
+                                                                      res["sft"]["completions"]))
                                      for name in STUDENTS if name != "sft"}
                              for where, res in (("held_out", results), ("seen_code", seen_results)) if res},
         "seen_code_comparison": acceptance(seen_results, "seen-code") if seen_results else None,

@@ -7,7 +7,14 @@ per-example ``rows`` returned next to them. Scoring runs the tests in the sandbo
 :mod:`fastdistill.rewards`; torch is imported only to generate.
 """
 
-from fastdistill.evaluation.generation import GenerationSettings, generate, load_model, prepare_rows, read_jsonl, write_jsonl
+from fastdistill.evaluation.generation import (
+    GenerationSettings,
+    generate,
+    load_model,
+    prepare_rows,
+    read_jsonl,
+    write_jsonl,
+)
 from fastdistill.evaluation.metrics import evaluate_mutation, evaluate_speed, mean_or_none, score_mutation, score_speed
 
 __all__ = [
