@@ -127,27 +127,135 @@ def _jsd_chunk(s_logits, t_logits, beta: float, temperature: float, need_s: bool
     return loss, grad_s, grad_t
 
 
+# ---------------------------------------------------------------------------------------------
+# generalized JSD of one chunk, in place in preallocated buffers
+# ---------------------------------------------------------------------------------------------
+
+_TINY = torch.finfo(torch.float32).tiny
+
+
+class _Workspace:
+    """Extra ``[rows, V]`` fp32 buffers reused by every chunk (nothing is allocated inside the loop)."""
+
+    def __init__(self, count: int, rows: int, vocab: int, device):
+        self.bufs = [torch.empty((rows, vocab), dtype=torch.float32, device=device) for _ in range(count)]
+
+    def take(self, n: int):
+        return [b[:n] for b in self.bufs]
+
+
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum(-1)`` for ``[n, V]`` operands without a ``[n, V]`` temporary."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+
+
+def _log_softmax_(z: torch.Tensor, p: torch.Tensor) -> None:
+    """In place: ``z <- log_softmax(z)`` and ``p <- softmax(z)`` (rows of the last dim)."""
+    z.sub_(z.amax(-1, keepdim=True))
+    total = torch.exp(z, out=p).sum(-1, keepdim=True)
+    p.div_(total)
+    z.sub_(total.log_())
+
+
+def _jsd_chunk_inplace(zs, zt, beta: float, temperature: float, need_grad: bool, ws: _Workspace):
+    """:func:`~fastdistill.losses.divergences._jsd_chunk` (student gradient only), allocation-free.
+
+    ``zs``/``zt`` are the fp32 logit buffers of the chunk; they and the two workspace buffers are
+    overwritten. Returns the per-row loss, a buffer ``g`` and a float ``c`` such that ``c * g`` is the
+    gradient wrt the raw student logits (the caller folds ``c`` into its own scaling). Same math as
+    ``_jsd_chunk``, except that the mixture is formed as ``log(lerp(p_s, p_t, beta))`` (floored at the
+    smallest normal float, which only matters for tokens below 1e-38 under both models) instead of a
+    log-sum-exp: one transcendental pass instead of three.
+    """
+    a, b = ws.take(zs.shape[0])
+    if temperature != 1.0:
+        zs.mul_(1.0 / temperature)
+        zt.mul_(1.0 / temperature)
+    _log_softmax_(zs, a)  # zs = log p_s, a = p_s
+    _log_softmax_(zt, b)  # zt = log p_t, b = p_t
+    coef = 1.0 / temperature
+    grad = None
+    if beta == 0.0:  # forward KL(teacher || student) = <p_t, t - s>; grad p_s - p_t
+        loss = _rowdot(b, zt.sub_(zs))
+        if need_grad:
+            grad = a.sub_(b)
+    elif beta == 1.0:  # reverse KL(student || teacher) = <p_s, s - t>; grad p_s (s - t - KL)
+        diff = zs.sub_(zt)
+        loss = _rowdot(a, diff)
+        if need_grad:
+            grad = diff.sub_(loss.unsqueeze(-1)).mul_(a)
+    else:
+        log_m = a.lerp_(b, beta).clamp_min_(_TINY).log_()  # a = log M, M = (1 - beta) p_s + beta p_t
+        kl_t = _rowdot(b, zt.sub_(log_m))  # KL(teacher || M)
+        p_s = torch.exp(zs, out=b)  # p_s again (a now holds log M)
+        ds = zs.sub_(log_m)
+        kl_s = _rowdot(p_s, ds)  # KL(student || M)
+        loss = beta * kl_t + (1.0 - beta) * kl_s
+        if need_grad:  # (1 - beta) p_s (s - m - KL(student || M))
+            grad = ds.sub_(kl_s.unsqueeze(-1)).mul_(p_s)
+            coef *= 1.0 - beta
+    return loss, grad, coef
+
+
 class _ChunkedJSD(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, student_logits, teacher_logits, valid_rows, beta, temperature, chunk_size, denom):
+    def forward(ctx, student_logits, teacher_logits, valid_rows, beta, temperature, chunk_size, scale):
+        # scale = 1 / divisor of the reduction; the stored gradients are those of the scaled loss
         need_s, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         n, vocab = student_logits.shape
-        grad_s = torch.zeros_like(student_logits) if need_s else None
+        device = student_logits.device
+        grad_s = torch.empty_like(student_logits) if need_s else None
         grad_t = torch.zeros_like(teacher_logits) if need_t else None
-        total = torch.zeros((), dtype=torch.float32, device=student_logits.device)
-        per_token = torch.zeros(n, dtype=torch.float32, device=student_logits.device)
-        for start in range(0, valid_rows.numel(), chunk_size):
-            rows = valid_rows[start : start + chunk_size]
-            loss, gs, gt = _jsd_chunk(student_logits[rows], teacher_logits[rows], beta, temperature, need_s, need_t)
-            per_token[rows] = loss
-            total += loss.sum()
+        total = torch.zeros((), dtype=torch.float32, device=device)
+        per_token = torch.zeros(n, dtype=torch.float32, device=device)
+        if valid_rows is None:  # every row counts: contiguous slices, no gathers
+            n_rows = n
+        else:
+            n_rows = int(valid_rows.numel())
             if need_s:
-                grad_s[rows] = (gs / denom).to(grad_s.dtype)
-            if need_t:
-                grad_t[rows] = (gt / denom).to(grad_t.dtype)
+                grad_s.zero_()  # masked rows get no gradient
+        if need_t:
+            # rare (a trainable teacher): the allocating kernel, which also returns the teacher gradient
+            rows_all = valid_rows if valid_rows is not None else torch.arange(n, device=device)
+            for start in range(0, n_rows, chunk_size):
+                rows = rows_all[start : start + chunk_size]
+                loss, gs, gt = _jsd_chunk(student_logits[rows], teacher_logits[rows], beta, temperature, need_s, True)
+                per_token[rows] = loss
+                total += loss.sum()
+                if need_s:
+                    grad_s[rows] = (gs * scale).to(grad_s.dtype)
+                grad_t[rows] = (gt * scale).to(grad_t.dtype)
+        else:
+            # the common case: the allocation-free in-place kernel on two reused fp32 chunk buffers
+            rows_per_chunk = max(1, min(chunk_size, n_rows))
+            s_buf = torch.empty((rows_per_chunk, vocab), dtype=torch.float32, device=device)
+            t_buf = torch.empty((rows_per_chunk, vocab), dtype=torch.float32, device=device)
+            workspace = _Workspace(2, rows_per_chunk, vocab, device)
+            for start in range(0, n_rows, rows_per_chunk):
+                end = min(start + rows_per_chunk, n_rows)
+                zs, zt = s_buf[: end - start], t_buf[: end - start]
+                if valid_rows is None:
+                    zs.copy_(student_logits[start:end])
+                    zt.copy_(teacher_logits[start:end])
+                else:
+                    idx = valid_rows[start:end]
+                    zs.copy_(student_logits.index_select(0, idx))
+                    zt.copy_(teacher_logits.index_select(0, idx))
+                loss, g, coef = _jsd_chunk_inplace(zs, zt, beta, temperature, need_s, workspace)
+                total += loss.sum()
+                if valid_rows is None:
+                    per_token[start:end] = loss
+                else:
+                    per_token.index_copy_(0, idx, loss)
+                if need_s:
+                    g.mul_(coef * scale)
+                    if valid_rows is None:
+                        grad_s[start:end].copy_(g)
+                    else:
+                        grad_s.index_copy_(0, idx, g.to(grad_s.dtype))
         ctx.save_for_backward(grad_s if need_s else None, grad_t if need_t else None)
         ctx.mark_non_differentiable(per_token)
-        return total / denom, per_token
+        return total * scale, per_token
 
     @staticmethod
     def backward(ctx, grad_out, _grad_per_token):
@@ -211,8 +319,8 @@ def jsd_loss(
     leading = student_logits.shape[:-1]
     s2d, t2d = _flatten_pair(student_logits, teacher_logits)
     valid = _valid_mask(mask, leading, s2d.device)
-    valid_rows = valid.nonzero().squeeze(-1) if valid is not None else torch.arange(s2d.shape[0], device=s2d.device)
-    n_valid = int(valid_rows.numel())
+    valid_rows = valid.nonzero().squeeze(-1) if valid is not None else None
+    n_valid = int(valid_rows.numel()) if valid is not None else s2d.shape[0]
     first_dim = student_logits.shape[0] if student_logits.dim() > 1 else 1
     if reduction == "none":
         denom = 1.0
@@ -220,7 +328,7 @@ def jsd_loss(
         one = torch.ones((), dtype=torch.float32)
         denom = float(_reduce(one, n_valid, first_dim, s2d.shape[-1], reduction, num_items_in_batch, valid is not None))
     chunk = chunk_size or default_chunk_size(s2d.shape[-1])
-    loss, per_token = _ChunkedJSD.apply(s2d, t2d, valid_rows, float(beta), float(temperature), int(chunk), 1.0 / denom)
+    loss, per_token = _ChunkedJSD.apply(s2d, t2d, valid_rows, float(beta), float(temperature), int(chunk), denom)  # denom holds 1 / divisor
     if reduction == "none":
         return per_token.reshape(leading)
     return loss

@@ -41,9 +41,11 @@ import torch
 
 from fastdistill.losses.divergences import (
     IGNORE_INDEX,
+    _jsd_chunk_inplace,
     _partition_kl,
     _reduce,
     _valid_mask,
+    _Workspace,
 )
 
 __all__ = ["fused_jsd_loss", "fused_reverse_kl_on_chosen", "fused_chunk_size"]
@@ -101,76 +103,6 @@ def _mm_weight(weight: torch.Tensor) -> torch.Tensor:
     if weight.dtype in _LOW_PRECISION and weight.device.type != "cuda":
         return weight.float()
     return weight
-
-
-# ---------------------------------------------------------------------------------------------
-# generalized JSD of one chunk, in place in preallocated buffers
-# ---------------------------------------------------------------------------------------------
-
-_TINY = torch.finfo(torch.float32).tiny
-
-
-class _Workspace:
-    """Extra ``[rows, V]`` fp32 buffers reused by every chunk (nothing is allocated inside the loop)."""
-
-    def __init__(self, count: int, rows: int, vocab: int, device):
-        self.bufs = [torch.empty((rows, vocab), dtype=torch.float32, device=device) for _ in range(count)]
-
-    def take(self, n: int):
-        return [b[:n] for b in self.bufs]
-
-
-def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(a * b).sum(-1)`` for ``[n, V]`` operands without a ``[n, V]`` temporary."""
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
-
-
-def _log_softmax_(z: torch.Tensor, p: torch.Tensor) -> None:
-    """In place: ``z <- log_softmax(z)`` and ``p <- softmax(z)`` (rows of the last dim)."""
-    z.sub_(z.amax(-1, keepdim=True))
-    total = torch.exp(z, out=p).sum(-1, keepdim=True)
-    p.div_(total)
-    z.sub_(total.log_())
-
-
-def _jsd_chunk_inplace(zs, zt, beta: float, temperature: float, need_grad: bool, ws: _Workspace):
-    """:func:`~fastdistill.losses.divergences._jsd_chunk` (student gradient only), allocation-free.
-
-    ``zs``/``zt`` are the fp32 logit buffers of the chunk; they and the two workspace buffers are
-    overwritten. Returns the per-row loss, a buffer ``g`` and a float ``c`` such that ``c * g`` is the
-    gradient wrt the raw student logits (the caller folds ``c`` into its own scaling). Same math as
-    ``_jsd_chunk``, except that the mixture is formed as ``log(lerp(p_s, p_t, beta))`` (floored at the
-    smallest normal float, which only matters for tokens below 1e-38 under both models) instead of a
-    log-sum-exp: one transcendental pass instead of three.
-    """
-    a, b = ws.take(zs.shape[0])
-    if temperature != 1.0:
-        zs.mul_(1.0 / temperature)
-        zt.mul_(1.0 / temperature)
-    _log_softmax_(zs, a)  # zs = log p_s, a = p_s
-    _log_softmax_(zt, b)  # zt = log p_t, b = p_t
-    coef = 1.0 / temperature
-    grad = None
-    if beta == 0.0:  # forward KL(teacher || student) = <p_t, t - s>; grad p_s - p_t
-        loss = _rowdot(b, zt.sub_(zs))
-        if need_grad:
-            grad = a.sub_(b)
-    elif beta == 1.0:  # reverse KL(student || teacher) = <p_s, s - t>; grad p_s (s - t - KL)
-        diff = zs.sub_(zt)
-        loss = _rowdot(a, diff)
-        if need_grad:
-            grad = diff.sub_(loss.unsqueeze(-1)).mul_(a)
-    else:
-        log_m = a.lerp_(b, beta).clamp_min_(_TINY).log_()  # a = log M, M = (1 - beta) p_s + beta p_t
-        kl_t = _rowdot(b, zt.sub_(log_m))  # KL(teacher || M)
-        p_s = torch.exp(zs, out=b)  # p_s again (a now holds log M)
-        ds = zs.sub_(log_m)
-        kl_s = _rowdot(p_s, ds)  # KL(student || M)
-        loss = beta * kl_t + (1.0 - beta) * kl_s
-        if need_grad:  # (1 - beta) p_s (s - m - KL(student || M))
-            grad = ds.sub_(kl_s.unsqueeze(-1)).mul_(p_s)
-            coef *= 1.0 - beta
-    return loss, grad, coef
 
 
 # ---------------------------------------------------------------------------------------------
