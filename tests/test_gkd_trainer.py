@@ -80,6 +80,31 @@ def test_on_policy_and_seq_kd_still_work(tmp_path):
         assert not torch.equal(before, trainer.model.lm_head.weight)
 
 
+@pytest.mark.parametrize("overrides", [{"lmbda": 1.0}, {"lmbda": 0.0, "seq_kd": True}])
+def test_generated_batches_are_normalised_by_their_own_tokens(tmp_path, overrides):
+    """The Trainer counts num_items_in_batch on the collated labels; a generated batch must use its own."""
+    from fastdistill.losses import jsd_loss
+
+    student, teacher, tok = student_and_teacher()
+    args = config(tmp_path, max_steps=1, max_new_tokens=6, **overrides)
+    trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset(), processing_class=tok)
+    generate = trainer.generate_on_policy_outputs
+    expected = []
+
+    def generate_and_reference(model, inputs, generation_config):
+        ids, attention, labels = generate(model, inputs, generation_config)
+        with torch.no_grad():
+            s = trainer.model(input_ids=ids, attention_mask=attention).logits[:, :-1]
+            t = trainer.teacher_model(input_ids=ids, attention_mask=attention).logits[:, :-1]
+        expected.append(float(jsd_loss(s, t, beta=trainer.beta, mask=labels[:, 1:])))  # mean over generated tokens
+        return ids, attention, labels
+
+    trainer.generate_on_policy_outputs = generate_and_reference
+    trainer.train()
+    assert len(expected) == 1
+    assert losses(trainer, "loss/jsd")[0] == pytest.approx(expected[0], rel=1e-4)
+
+
 def test_clear_errors(tmp_path):
     student, teacher, tok = student_and_teacher()
     with pytest.raises(ValueError, match="needs a teacher"):

@@ -231,9 +231,35 @@ class GKDTrainer(_TRLGKDTrainer):
             outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=1)
         return store[-1], outputs
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        # Remember the collated labels: TRL's on-policy (``lmbda``) and ``seq_kd`` steps replace them with
+        # generated completions *after* the Trainer counted ``num_items_in_batch`` on the originals.
+        self._collated_labels = inputs.get("labels")
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def _items_for(self, inputs, mask: torch.Tensor, num_items_in_batch):
+        """``num_items_in_batch`` for the tokens this loss really covers.
+
+        The Trainer counts the collated completion tokens of the whole accumulation window (across
+        processes). When TRL swapped this micro-batch for generated completions, that count no longer
+        matches the tokens in the loss (generated completions are usually much shorter, which made
+        on-policy losses far too small). The count is then rescaled by generated / collated tokens of
+        this micro-batch, which keeps the Trainer's gradient-accumulation and multi-process conventions
+        and is exact when every micro-batch of the window is generated with the same length ratio.
+        """
+        collated = getattr(self, "_collated_labels", None)
+        if num_items_in_batch is None or collated is None or inputs["labels"] is collated:
+            return num_items_in_batch
+        collated_count = (collated[:, 1:] != -100).sum().clamp_min(1)
+        ratio = mask.sum().clamp_min(1).float() / collated_count.float()
+        scaled = num_items_in_batch * ratio.to(num_items_in_batch.device if isinstance(num_items_in_batch, torch.Tensor)
+                                              else ratio.device)
+        return scaled
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"][:, 1:]  # logits at position i predict token i + 1; -100 on prompt and padding
         mask = labels != -100
+        num_items_in_batch = self._items_for(inputs, mask, num_items_in_batch)
         if self.use_fused_loss:
             terms, student_outputs = self._fused_terms(model, inputs, labels, mask, num_items_in_batch)
         else:
