@@ -105,6 +105,98 @@ def test_exact_dedup_after_select_and_on_chunked_arrays():
     assert np.array_equal(keep, ref_keep) and np.array_equal(cluster, ref_cluster)
 
 
+def _hex_column(rng, n, n_unique, null_every=0):
+    pool = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(n_unique)]
+    return [None if null_every and i % null_every == 0 else pool[j] for i, j in enumerate(rng.integers(0, n_unique, n))]
+
+
+def _arrow_variants(values):
+    """The same values in the layouts the fixed-width fast path reads: chunked, sliced, binary,
+    large_string, fixed_size_binary, nulls written with and without bytes (if_else keeps them)."""
+    arr = pa.array(values, pa.string())
+    width = max(len(v) for v in values if v is not None)
+    strided = pc.if_else(pc.is_null(arr), pa.scalar(None, pa.string()),
+                         pc.coalesce(arr, pa.scalar("0" * width)))  # null slots keep `width` bytes
+    yield pa.chunked_array([arr[:7], arr[7:7], arr[7:]])
+    yield pa.chunked_array([strided])
+    yield pa.chunked_array([pa.array(["x"] + values)[1:]])  # chunk with a non-zero offset
+    yield arr.cast(pa.binary())
+    yield arr.cast(pa.large_string())
+    yield pa.array([None if v is None else v.encode() for v in values], pa.binary(width))
+
+
+@pytest.mark.parametrize("null_every", [0, 5])
+def test_fixed_width_fast_path_equals_reference(null_every):
+    """#10: hex hashes (fixed width) take the 64-bit-key path; same keep/cluster as the reference."""
+    from fastdistill.curation import dedup
+
+    values = _hex_column(np.random.default_rng(1), 3_000, 700, null_every)
+    ref_keep, ref_cluster = first_occurrence_python(values)
+    for arr in _arrow_variants(values):
+        chunked = arr if isinstance(arr, pa.ChunkedArray) else pa.chunked_array([arr])
+        assert dedup._first_occurrence_fixed_width(chunked) is not None, arr.type
+        keep, cluster = first_occurrence_arrow(arr)
+        assert np.array_equal(keep, ref_keep) and np.array_equal(cluster, ref_cluster), arr.type
+
+
+def test_fixed_width_key_collisions_fall_back_exactly(monkeypatch, caplog):
+    """A 64-bit key shared by different values is caught by the byte-for-byte check and the column
+    goes through dictionary_encode: the result never depends on the key."""
+    import logging
+
+    from fastdistill.curation import dedup
+
+    values = _hex_column(np.random.default_rng(2), 2_000, 300, 7)
+    distinct = len(set(values))
+    # multiplier 0: the key depends on the last 8 bytes only, so values ending alike collide
+    values = [None if v is None else v[:56] + "deadbeef" for v in values]
+    assert len(set(values)) == distinct > 100
+    ref_keep, ref_cluster = first_occurrence_python(values)
+    monkeypatch.setattr(dedup, "_M1", np.uint64(0))
+    assert dedup._first_occurrence_fixed_width(pa.chunked_array([pa.array(values)])) is None
+    with caplog.at_level(logging.DEBUG, logger="fastdistill.curation.dedup"):
+        keep, cluster = first_occurrence_arrow(pa.array(values))
+    assert "collision" in caplog.text
+    assert np.array_equal(keep, ref_keep) and np.array_equal(cluster, ref_cluster)
+
+
+@pytest.mark.parametrize("values", [["ab", "cd", "ab", None], ["a" * 8, "b" * 16, "a" * 8], ["", "", None],
+                                    [None, None], ["x" * 12, "y" * 12, "x" * 12]])
+def test_other_shapes_take_the_dictionary_path(values):
+    from fastdistill.curation import dedup
+
+    arr = pa.chunked_array([pa.array(values, pa.string())])
+    if any(v for v in values):
+        assert dedup._first_occurrence_fixed_width(arr) is None
+    keep, cluster = first_occurrence_arrow(arr)
+    ref_keep, ref_cluster = first_occurrence_python(values)
+    assert keep.tolist() == ref_keep.tolist() and cluster.tolist() == ref_cluster.tolist()
+
+
+@pytest.mark.parametrize("fmt", [None, "numpy", "arrow"])
+def test_dedup_drop_equals_select_on_mapped_and_formatted_datasets(fmt):
+    """The indices mapping deduplicate builds itself equals Dataset.select (also on a dataset that
+    already has one), keeps the format, and num_proc does not change the rows."""
+    rng = np.random.default_rng(3)
+    base = datasets.Dataset.from_dict({"text": [f"row {i % 40}" for i in rng.integers(0, 200, 500)],
+                                       "id": list(range(500))})
+    for ds in (base, base.select(rng.permutation(500)[:400]), base.select(range(100, 300))):
+        ds = ds.with_format(fmt)
+        hashed = C.compute_hash(ds, "text")
+        keep, _ = first_occurrence_python(list(hashed.with_format(None)["hash"]))
+        expected = hashed.select(np.flatnonzero(keep).tolist())
+        for num_proc in (None, 2):
+            out = C.deduplicate(C.compute_hash(ds, "text", num_proc=num_proc), "hash", num_proc=num_proc)
+            assert out.format["type"] == fmt
+            assert out.with_format(None).to_dict() == expected.with_format(None).to_dict()
+        assert out.with_format(None)[7] == expected.with_format(None)[7]
+        assert C.deduplicate(out, "hash") is out  # nothing left to drop
+    # duplicates only at the end: a contiguous prefix is kept (a slice, as select does)
+    ds = datasets.Dataset.from_dict({"h": ["a" * 8, "b" * 8, "c" * 8, "a" * 8]})
+    out = C.deduplicate(ds, "h")
+    assert out["h"] == ["a" * 8, "b" * 8, "c" * 8] and out._indices is None
+
+
 def test_dedup_rejects_bad_arguments():
     ds = datasets.Dataset.from_dict({"h": ["a"]})
     with pytest.raises(ValueError, match="mode"):

@@ -76,3 +76,34 @@ def arrow_column(ds: datasets.Dataset, name: str) -> pa.ChunkedArray:
     if name not in ds.column_names:
         raise KeyError(f"column {name!r} not in the dataset (columns: {ds.column_names})")
     return ds.with_format("arrow", columns=[name])[:][name] if len(ds) else pa.chunked_array([], ds.data.schema.field(name).type)
+
+
+def select_rows(ds: datasets.Dataset, rows, *, desc: str, params: dict | None = None) -> datasets.Dataset:
+    """``ds.select(rows)`` for sorted, distinct row positions (a numpy int array), without Python objects per row.
+
+    ``Dataset.select`` turns a numpy array into a Python list (one ``int`` per row) before building
+    its indices mapping; here the mapping (an in-memory ``uint64`` Arrow table, composed with an
+    existing one) is built from the numpy array directly. A contiguous run is a slice, as in
+    ``select``. The fingerprint is derived from the input fingerprint, ``desc``, ``params`` and the
+    rows, so it is deterministic. Datasets with attached indexes go through ``select`` (which refuses them).
+    """
+    import numpy as np
+    from datasets.table import InMemoryTable
+
+    rows = np.asarray(rows, dtype=np.int64)
+    n = len(rows)
+    if n == len(ds):
+        return ds
+    if n == 0 or rows[-1] - rows[0] + 1 == n:  # empty or contiguous: select slices the table
+        return ds.select(range(int(rows[0]), int(rows[0]) + n) if n else [])
+    if ds.list_indexes() or not hasattr(ds, "_indices"):
+        return ds.select(rows)
+    if rows[0] < 0 or rows[-1] >= len(ds):
+        raise IndexError(f"row positions out of range for a dataset of {len(ds)} rows")
+    indices = pa.array(rows.astype(np.uint64))
+    if ds._indices is not None:
+        indices = ds._indices.column(0).take(indices).combine_chunks()
+    fingerprint = Hasher.hash([ds._fingerprint, desc, repr(sorted((params or {}).items())), rows])
+    out = datasets.Dataset(ds.data, info=ds.info.copy(), split=ds.split,
+                           indices_table=InMemoryTable(pa.table({"indices": indices})), fingerprint=fingerprint)
+    return restore_format(out, ds)

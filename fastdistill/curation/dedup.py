@@ -1,11 +1,19 @@
 """Exact and near-duplicate removal that keeps the first occurrence in dataset order.
 
-Exact (``method="exact"``): the values of one column (normally the SHA-256 ``hash`` written by
-:func:`compute_hash`) are dictionary-encoded by Arrow (``pyarrow.compute.dictionary_encode`` on the
-whole column, memory-mapped, no Python object per row). Arrow assigns dictionary codes in order of
-first appearance, so a row is the first occurrence of its value exactly when its code is larger
-than every code before it -- one ``numpy.maximum.accumulate`` pass (checked at run time, with a
-``numpy.unique(return_index=True)`` fallback). Nulls count as one value.
+Exact (``method="exact"``): no Python object per row, nulls count as one value. When every
+non-null value of the column has the same byte length, a multiple of 8 (the 64-character hex
+SHA-256 ``hash`` written by :func:`compute_hash`, raw digests), the bytes are read from the Arrow
+buffers as uint64 words and mixed into one 64-bit key per row; numpy's ``argsort`` groups equal
+keys and the smallest row index of a group is its first occurrence. That grouping is verified
+byte for byte (every later row of a group equals its first row), and a 64-bit collision between
+different values sends the column to the general path, so the result never depends on the key.
+The general path, for any other scalar column, dictionary-encodes it with Arrow
+(``pyarrow.compute.dictionary_encode``); Arrow assigns codes in order of first appearance, so a row
+is a first occurrence exactly when its code is larger than every code before it -- one
+``numpy.maximum.accumulate`` pass (checked at run time, with a ``numpy.unique(return_index=True)``
+fallback). ``mode="drop"`` then attaches an indices mapping built from the numpy row positions
+(:func:`fastdistill.curation._ds.select_rows`) instead of ``Dataset.select``, which makes a Python
+``int`` per kept row.
 
 Near (``method="minhash"``): MinHash signatures of word (or code-token) n-grams and LSH banding
 through `rensa <https://github.com/beowolx/rensa>`_ (``RMinHash`` + ``RMinHashLSH``, Rust, measured
@@ -36,12 +44,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
-from fastdistill.curation._ds import arrow_column
+from fastdistill.curation._ds import arrow_column, select_rows
 
 logger = logging.getLogger(__name__)
 
 MINHASH_DEFAULTS = {"num_perm": 128, "ngram": 5, "threshold": 0.8, "seed": 42, "tokenizer": "words"}
 _CODE_TOKEN = re.compile(r"\w+|[^\w\s]")
+# 64-bit mixing constants (golden ratio, splitmix64) for the numpy key hashes below
+_M1 = np.uint64(0x9E3779B97F4A7C15)
+_M2 = np.uint64(0xBF58476D1CE4E5B9)
+_M3 = np.uint64(0x94D049BB133111EB)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -62,12 +74,26 @@ def first_occurrence_python(values: Sequence) -> tuple[np.ndarray, np.ndarray]:
 
 def first_occurrence_arrow(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """``(keep, cluster_id)`` for an Arrow column: ``keep[i]`` is True for the first row of each value,
-    ``cluster_id[i]`` is the index of that first row. Nulls are one value."""
+    ``cluster_id[i]`` is the index of that first row. Nulls are one value.
+
+    Fixed-width binary-like values (the 64-character hex ``hash`` of :func:`compute_hash`, raw
+    digests) take :func:`_first_occurrence_fixed_width` (64-bit keys, numpy sort, verified); any
+    other column, or a key collision there, takes Arrow's ``dictionary_encode``. Both give the same
+    answer."""
     if isinstance(values, pa.Array):
         values = pa.chunked_array([values])
     n = len(values)
     if n == 0:
         return np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
+    fast = _first_occurrence_fixed_width(values)
+    if fast is not None:
+        return fast
+    return _first_occurrence_dictionary(values)
+
+
+def _first_occurrence_dictionary(values: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`first_occurrence_arrow` through ``pyarrow.compute.dictionary_encode`` (any scalar type)."""
+    n = len(values)
     try:
         encoded = pc.dictionary_encode(values, null_encoding="encode")
     except pa.ArrowNotImplementedError as exc:
@@ -89,6 +115,130 @@ def first_occurrence_arrow(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarr
         keep[first_idx] = True
         return keep, first_idx[inverse].astype(np.int64)
     return keep, first_rows[codes]
+
+
+_BINARY_LIKE = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
+_VERIFY_BLOCK = 1 << 20
+
+
+def _valid_rows_fixed_width(chunk: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(valid_mask, words)`` for one chunk whose non-null values all have the same byte length ``w``
+    (a positive multiple of 8): ``words`` is a ``(n_valid, w // 8)`` uint64 view of those values, in
+    row order (zero-copy when they lie back to back in the data buffer, as Arrow writes them).
+    None when the chunk does not have that shape."""
+    n = len(chunk)
+    valid = (np.ones(n, dtype=bool) if chunk.null_count == 0
+             else chunk.is_valid().to_numpy(zero_copy_only=False))
+    if chunk.null_count == n:
+        return valid, np.zeros((0, 0), dtype=np.uint64)
+    t = chunk.type
+    buffers = chunk.buffers()
+    if pa.types.is_fixed_size_binary(t):
+        w = t.byte_width
+        if w == 0 or w % 8 or buffers[1] is None:
+            return None
+        data = np.frombuffer(buffers[1], dtype=np.uint8)[chunk.offset * w:(chunk.offset + n) * w]
+        rows = data.reshape(n, w)
+        if chunk.null_count:
+            rows = rows[valid]
+        return valid, rows.reshape(-1).view(np.uint64).reshape(len(rows), w // 8)
+    if not any(f(t) for f in _BINARY_LIKE) or buffers[2] is None:
+        return None
+    off_type = np.int64 if (pa.types.is_large_string(t) or pa.types.is_large_binary(t)) else np.int32
+    offsets = np.frombuffer(buffers[1], dtype=off_type, count=n + 1, offset=chunk.offset * np.dtype(off_type).itemsize)
+    starts = offsets[:-1] if not chunk.null_count else offsets[:-1][valid]
+    lengths = (offsets[1:] - offsets[:-1]) if not chunk.null_count else (offsets[1:] - offsets[:-1])[valid]
+    w = int(lengths[0])
+    if w == 0 or w % 8 or not np.all(lengths == w):
+        return None
+    data = np.frombuffer(buffers[2], dtype=np.uint8)
+    nv = len(starts)
+    s0 = int(starts[0])
+    if np.array_equal(starts, np.arange(s0, s0 + nv * w, w, dtype=off_type)):  # back to back: zero-copy view
+        rows = data[s0:s0 + nv * w]
+    else:
+        rows = data[starts[:, None].astype(np.int64) + np.arange(w)].reshape(-1)
+    return valid, rows.view(np.uint64).reshape(nv, w // 8)
+
+
+def _first_occurrence_fixed_width(values: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`first_occurrence_arrow` for columns whose non-null values all have one byte length
+    ``w`` (a multiple of 8), e.g. the hex SHA-256 of :func:`compute_hash`; None for other columns.
+
+    Each value's bytes, read as ``w / 8`` uint64 words straight from the Arrow buffers, are mixed
+    into a 64-bit key (multiply-add + splitmix64 finaliser; no Python object per row). Rows are
+    grouped by key with numpy's (vectorised) ``argsort``, and the first row of a group is its
+    smallest row index (``minimum.reduceat``). The grouping is then verified exactly: every row
+    that is not the first of its group must be byte-for-byte equal to that first row (Arrow
+    ``take`` + ``equal`` on the values). If two different values ever share a 64-bit key, None is
+    returned and the caller uses the dictionary path, so the result never depends on the key.
+    """
+    n = len(values)
+    valid = np.empty(n, dtype=bool)
+    parts: list[np.ndarray] = []
+    width = None
+    pos = 0
+    for chunk in values.chunks:
+        got = _valid_rows_fixed_width(chunk)
+        if got is None:
+            return None
+        chunk_valid, words = got
+        valid[pos:pos + len(chunk)] = chunk_valid
+        pos += len(chunk)
+        if len(words):
+            if width not in (None, words.shape[1]):
+                return None
+            width = words.shape[1]
+            parts.append(words)
+    cluster = np.arange(n, dtype=np.int64)
+    n_valid = sum(len(p) for p in parts)
+    if n_valid:
+        keys = np.empty(n_valid, dtype=np.uint64)
+        at = 0
+        with np.errstate(over="ignore"):
+            for words in parts:
+                k = keys[at:at + len(words)]
+                k[:] = words[:, 0]
+                for j in range(1, words.shape[1]):
+                    k *= _M1
+                    k += words[:, j]
+                k ^= k >> np.uint64(31)
+                k *= _M2
+                k ^= k >> np.uint64(29)
+                at += len(words)
+        order = np.argsort(keys)  # any order within a group: the group's first row is its minimum below
+        sorted_keys = keys[order]
+        del keys
+        new_group = np.empty(n_valid, dtype=bool)
+        new_group[0] = True
+        np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=new_group[1:])
+        del sorted_keys
+        first = np.minimum.reduceat(order, np.flatnonzero(new_group))
+        local = np.empty(n_valid, dtype=np.int64)
+        local[order] = first[np.cumsum(new_group) - 1]
+        del order, new_group, first
+        is_dup = local != np.arange(n_valid)
+        if is_dup.any():  # verify: each non-first row equals its group's first row, byte for byte
+            fsb = pa.binary(8 * width)
+            table = pa.chunked_array([pa.FixedSizeBinaryArray.from_buffers(fsb, len(p), [None, pa.py_buffer(p)])
+                                      for p in parts], fsb)
+            for off in range(0, n_valid, _VERIFY_BLOCK):
+                block = is_dup[off:off + _VERIFY_BLOCK]
+                rows = table.slice(off, len(block)).filter(pa.array(block))
+                firsts = table.take(pa.array(local[off:off + _VERIFY_BLOCK][block]))
+                if len(rows) and not pc.all(pc.equal(rows, firsts)).as_py():
+                    logger.debug("64-bit key collision between different values; using dictionary_encode")
+                    return None
+        del is_dup
+        vidx = np.flatnonzero(valid) if n_valid < n else None
+        if vidx is None:
+            cluster = local
+        else:
+            cluster[vidx] = vidx[local]
+    if n_valid < n:
+        nulls = np.flatnonzero(~valid)
+        cluster[nulls] = nulls[0]
+    return cluster == np.arange(n), cluster
 
 
 # ----------------------------------------------------------------------------------------------
@@ -170,10 +320,6 @@ class _Backend:
     def insert(self, key: int, mh) -> None:
         self.lsh.insert(key, mh)
 
-
-_M1 = np.uint64(0x9E3779B97F4A7C15)
-_M2 = np.uint64(0xBF58476D1CE4E5B9)
-_M3 = np.uint64(0x94D049BB133111EB)
 
 
 def _flat_shingle_hashes(chunk: pa.Array, ngram: int) -> tuple[np.ndarray, np.ndarray]:
@@ -355,7 +501,7 @@ def deduplicate(ds, column: str, *, method: str = "exact", threshold: float = 0.
     values = arrow_column(ds, column)
     if method == "exact":
         keep, cluster = first_occurrence_arrow(values)
-        used = "arrow-dictionary"
+        used = "arrow"
     elif method == "minhash":
         keep, cluster, used = minhash_duplicates(values, threshold=threshold, num_perm=num_perm, ngram=ngram,
                                                  seed=seed, tokenizer=tokenizer, backend=backend)
@@ -370,4 +516,6 @@ def deduplicate(ds, column: str, *, method: str = "exact", threshold: float = 0.
         return out
     if cluster_column:
         ds = ds.add_column(cluster_column, pa.array(cluster))
-    return ds.select(np.flatnonzero(keep)) if n_dup else ds
+    if not n_dup:
+        return ds
+    return select_rows(ds, np.flatnonzero(keep), desc="deduplicate", params=dict(column=column, method=method))
