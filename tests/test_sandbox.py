@@ -36,7 +36,7 @@ def _leftover_sandbox_dirs(before):
     import tempfile
 
     root = tempfile.gettempdir()
-    return {d for d in os.listdir(root) if d.startswith("fastdistill-sb-")} - before
+    return {d for d in os.listdir(root) if d.startswith(f"fastdistill-sb-{os.getpid()}-")} - before
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def sandbox_dirs():
     import tempfile
 
     root = tempfile.gettempdir()
-    before = {d for d in os.listdir(root) if d.startswith("fastdistill-sb-")}
+    before = {d for d in os.listdir(root) if d.startswith(f"fastdistill-sb-{os.getpid()}-")}
     yield before
 
 

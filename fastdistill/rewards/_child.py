@@ -543,12 +543,28 @@ class _Server:
                 collected = _Collected(session, items, pair_dir, name)
             except Exception:  # noqa: BLE001 - unusual layout: every swap recollects
                 collected = None
+        if items:
+            for item in items:  # computed once here instead of in every job child (same test file, same lines)
+                try:
+                    item.location
+                except Exception:  # noqa: BLE001 - computed (or reported) in the child as before
+                    pass
         gc.freeze()
         gate = spec.get("gate")
-        baseline_s = baseline_cpu_s = None
+        # Jobs may form groups (one CUT version each: the original, a rewrite of it): a job with
+        # ``"base": True`` is its group's baseline (by default job 0, group 0), whose wall and CPU time
+        # set the budgets of the group's mutants (``timeout_s`` None); with a gate, a job is skipped
+        # when the baseline of any group in its ``needs`` (by default ``[0]`` after job 0) did not pass.
+        baselines, failed = {}, set()
         for index, job in enumerate(spec["jobs"]):
+            group = job.get("group", 0)
+            is_base = job.get("base", index == 0)
+            needs = job.get("needs", [] if index == 0 else [0])
+            if gate and any(g in failed for g in needs):
+                continue  # tests that fail on the (original) code are not run against its mutants
             wall, cpu_budget = job.get("timeout_s"), None
             if wall is None:  # mutants: multiples of the baseline's wall and CPU time (hot loops end early)
+                baseline_s, baseline_cpu_s = baselines[group]
                 wall = min(gate["max_s"], max(gate["min_s"], gate["factor"] * baseline_s))
                 cpu_budget = min(wall, max(gate.get("cpu_min_s", gate["min_s"]), gate["factor"] * baseline_cpu_s))
             swap = job.get("source") is not None and job["source"] != installed
@@ -559,11 +575,10 @@ class _Server:
                                        cpu_budget, errors)
             result.update({"t": "job", "i": index})
             emit(result)
-            if index == 0:
-                baseline_s = result["duration_s"]
-                baseline_cpu_s = result.get("cpu_s") or baseline_s
+            if is_base:
+                baselines[group] = (result["duration_s"], result.get("cpu_s") or result["duration_s"])
                 if gate and not self._all_passed(result):
-                    break  # tests that fail on the original code are not run against mutants
+                    failed.add(group)
         emit({"t": "end"})
 
     @staticmethod

@@ -15,9 +15,10 @@ import os
 import re
 import statistics
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 
 from fastdistill.augment import robust_augment
-from fastdistill.rewards.mutation import mutation_scores
+from fastdistill.rewards.mutation import mutation_scores, score_batch
 from fastdistill.rewards.sandbox import run_tests, run_tests_many
 
 logger = logging.getLogger(__name__)
@@ -98,8 +99,20 @@ def _parallel(fn, items, n_workers):
         return list(pool.map(fn, items))
 
 
+@lru_cache(maxsize=1024)
+def _augmented(code: str, seed: int) -> str:
+    """:func:`robust_augment`, memoised (every generation of a prompt shares its CUT); raises like it."""
+    return robust_augment(code, seed=seed)
+
+
 class _Reward:
-    """Base: extraction, column handling and error containment."""
+    """Base: extraction, column handling and error containment.
+
+    Components that run in the sandbox also describe their work as a *plan* (``_plan``: mutation
+    and test-run requests for :func:`fastdistill.rewards.mutation.score_batch` plus a function that
+    turns the results into values), so :class:`CompositeReward` can run every component's work for
+    a batch in one sandbox call.
+    """
 
     __name__ = "reward"
 
@@ -150,6 +163,18 @@ class MutantKillReward(_Reward):
     def score(self, codes, tests):
         return [r.kill_rate if r is not None else 0.0 for r in self._mutation(codes, tests)]
 
+    def _plan(self, codes, tests):
+        idx = [i for i, t in enumerate(tests) if t is not None]
+        requests = [(codes[i], tests[i], self.max_mutants, None) for i in idx]
+
+        def finish(results, _runs):
+            values = [0.0] * len(codes)
+            for i, res in zip(idx, results):
+                values[i] = res.kill_rate if res is not None else 0.0
+            return values
+
+        return requests, [], finish
+
 
 class SpeedStabilityReward(_Reward):
     """Tests must pass on each of ``repeats`` runs; then faster and less variable scores higher.
@@ -193,6 +218,17 @@ class SpeedStabilityReward(_Reward):
             values[i] = self._value(run)
         return values
 
+    def _plan(self, codes, tests):
+        idx = [i for i, t in enumerate(tests) if t is not None]
+
+        def finish(_results, runs):
+            values = [0.0] * len(codes)
+            for i, run in zip(idx, runs):
+                values[i] = self._value(run) if run is not None else 0.0
+            return values
+
+        return [], [(codes[i], tests[i], self.repeats) for i in idx], finish
+
 
 class RobustnessReward(_Reward):
     """Do the tests keep passing and killing when the CUT is rewritten by ``robust_augment``?
@@ -216,7 +252,7 @@ class RobustnessReward(_Reward):
                 continue
             for seed in range(self.n_variants):
                 try:
-                    variant = robust_augment(code, seed=seed)
+                    variant = _augmented(code, seed)
                 except (SyntaxError, ValueError, RecursionError):
                     continue
                 var_codes.append(variant)
@@ -228,6 +264,38 @@ class RobustnessReward(_Reward):
             value = 0.0 if (res is None or not res.baseline_ok) else min(1.0, res.kill_rate / base[owner].kill_rate)
             per.setdefault(owner, []).append(value)
         return [statistics.fmean(per[i]) if i in per else 0.0 for i in range(len(codes))]
+
+    def _plan(self, codes, tests):
+        """Base runs and the rewrites' runs as one set of requests; a rewrite runs only if the base passes."""
+        requests, owners = [], []  # owners[k] = (completion index, None for its base or the variant seed)
+        for i, (code, test) in enumerate(zip(codes, tests)):
+            if test is None:
+                continue
+            base = len(requests)
+            requests.append((code, test, self.max_mutants, None))
+            owners.append((i, None))
+            for seed in range(self.n_variants):
+                try:
+                    variant = _augmented(code, seed)
+                except (SyntaxError, ValueError, RecursionError):
+                    continue
+                requests.append((variant, test, self.max_mutants, base))
+                owners.append((i, seed))
+
+        def finish(results, _runs):
+            base, per = {}, {}
+            for (i, seed), res in zip(owners, results):
+                if seed is None:
+                    base[i] = res
+            for (i, seed), res in zip(owners, results):
+                b = base[i]
+                if seed is None or b is None or not b.baseline_ok or b.kill_rate <= 0:
+                    continue
+                value = 0.0 if (res is None or not res.baseline_ok) else min(1.0, res.kill_rate / b.kill_rate)
+                per.setdefault(i, []).append(value)
+            return [statistics.fmean(per[i]) if i in per else 0.0 for i in range(len(codes))]
+
+        return requests, [], finish
 
 
 _COMPONENTS = {
@@ -252,8 +320,10 @@ class CompositeReward(_Reward):
 
     __name__ = "composite_reward"
 
-    def __init__(self, weights: dict[str, float] | None = None, component_kwargs: dict | None = None, **kwargs):
+    def __init__(self, weights: dict[str, float] | None = None, component_kwargs: dict | None = None,
+                 fused: bool = True, **kwargs):
         super().__init__(**kwargs)
+        self.fused = fused
         weights = dict(weights or PRESETS["mutant"])
         unknown = set(weights) - set(_COMPONENTS)
         if unknown:
@@ -267,7 +337,40 @@ class CompositeReward(_Reward):
                            for name in self.weights}
         self.last_components: dict[str, list[float]] = {}
 
+    def _fusable(self) -> bool:
+        settings = {(c.module_name, c.memory_mb, c.timeout_s, c.n_workers, c.keep_warm) for c in self.components.values()}
+        return self.fused and len(settings) == 1
+
+    def _score_fused(self, codes, tests):
+        """Every component's sandbox work for the batch in one :func:`score_batch` call."""
+        m_all, t_all, parts = [], [], []
+        for name, component in self.components.items():
+            m_req, t_req, finish = component._plan(codes, tests)
+            offset = len(m_all)
+            m_all += [(c, t, mm, None if needs is None else needs + offset) for c, t, mm, needs in m_req]
+            parts.append((name, finish, offset, len(m_req), len(t_all), len(t_req)))
+            t_all += t_req
+        c = next(iter(self.components.values()))
+        test_timeout = min((x.timeout_s for x in self.components.values() if isinstance(x, SpeedStabilityReward)),
+                           default=c.timeout_s)
+        m_res, t_res = score_batch(m_all, t_all, n_workers=c.n_workers, module_name=c.module_name,
+                                   timeout_s=c.timeout_s, memory_mb=c.memory_mb, test_timeout_s=min(test_timeout, 30.0),
+                                   keep_warm=c.keep_warm)
+        values = {}
+        for name, finish, m0, mn, t0, tn in parts:
+            try:
+                values[name] = [float(v) for v in finish(m_res[m0:m0 + mn], t_res[t0:t0 + tn])]
+            except Exception:  # noqa: BLE001
+                logger.exception("reward component %s failed; scoring it 0", name)
+                values[name] = [0.0] * len(codes)
+        return values
+
     def score(self, codes, tests):
+        if self._fusable():
+            try:
+                return self._combine(codes, self._score_fused(codes, tests))
+            except Exception:  # noqa: BLE001 - fall back to running the components one by one
+                logger.exception("fused reward scoring failed; scoring component by component")
         values = {}
         for name, component in self.components.items():
             try:
@@ -275,6 +378,9 @@ class CompositeReward(_Reward):
             except Exception:  # noqa: BLE001
                 logger.exception("reward component %s failed; scoring it 0", name)
                 values[name] = [0.0] * len(codes)
+        return self._combine(codes, values)
+
+    def _combine(self, codes, values):
         combined = [sum(self.weights[n] * values[n][i] for n in values) for i in range(len(codes))]
         combined = [c if math.isfinite(c) else 0.0 for c in combined]
         self.last_components = {**values, "composite": combined}

@@ -223,9 +223,11 @@ _CACHE_LOCK = threading.Lock()
 
 
 def clear_cache() -> None:
-    """Forget every cached mutation result."""
+    """Forget every cached mutation result (and the memoised mutants)."""
     with _CACHE_LOCK:
         _CACHE.clear()
+    with _MUTANTS_LOCK:
+        _MUTANTS.clear()
 
 
 def _cache_key(*parts) -> str:
@@ -260,10 +262,31 @@ def _cached_copy(result: MutationResult) -> MutationResult:
     return clone
 
 
+_MUTANTS: OrderedDict[tuple, tuple] = OrderedDict()
+_MUTANTS_SIZE = 1024
+_MUTANTS_LOCK = threading.Lock()
+
+
+def _mutants_of(code: str, max_mutants: int | None, seed: int) -> list[Mutant]:
+    """:func:`generate_mutants`, memoised: in a GRPO batch every generation of a prompt shares its CUT."""
+    key = (code, max_mutants, seed)
+    with _MUTANTS_LOCK:
+        hit = _MUTANTS.get(key)
+        if hit is not None:
+            _MUTANTS.move_to_end(key)
+            return list(hit)
+    mutants = generate_mutants(code, max_mutants=max_mutants, seed=seed)
+    with _MUTANTS_LOCK:
+        _MUTANTS[key] = tuple(mutants)
+        while len(_MUTANTS) > _MUTANTS_SIZE:
+            _MUTANTS.popitem(last=False)
+    return mutants
+
+
 def _prepare(code, tests, *, module_name, max_mutants, seed, timeout_s, baseline_timeout_s, factor, min_s, cpu_min_s):
     """Mutants and the sandbox spec for one pair, or an early :class:`MutationResult`."""
     try:
-        mutants = generate_mutants(code, max_mutants=max_mutants, seed=seed)
+        mutants = _mutants_of(code, max_mutants, seed)
     except (SyntaxError, ValueError, RecursionError) as exc:
         return None, None, MutationResult(reason=f"code under test does not parse: {exc}")
     try:
@@ -384,3 +407,172 @@ def mutation_scores(codes: list[str], tests: list[str], *, n_workers: int | None
             while len(_CACHE) > _CACHE_SIZE:
                 _CACHE.popitem(last=False)
     return [results[unique[pair]] for pair in zip(codes, tests)]
+
+
+def score_batch(mutation_requests: list[tuple], test_requests: list[tuple] = (), *, n_workers: int | None = None,
+                module_name: str = "solution", seed: int = 0, timeout_s: float = 60.0, memory_mb: int = 1024,
+                baseline_timeout_s: float = 10.0, mutant_timeout_factor: float = 10.0,
+                mutant_timeout_min_s: float = 0.3, mutant_cpu_min_s: float = 0.05, test_timeout_s: float = 10.0,
+                use_cache: bool = True, keep_warm: bool = False) -> tuple[list, list]:
+    """Mutation scores and repeated test runs for a whole batch in one sandbox call, one pair per test file.
+
+    ``mutation_requests``: ``(code, tests, max_mutants, needs)`` tuples, scored exactly as
+    :func:`mutation_scores` scores ``(code, tests)`` with that ``max_mutants`` (and sharing its
+    cache); ``needs`` is ``None`` or the index of another request with the same ``tests`` that must
+    pass on its code first; when it does not, this request is not run and its result is ``None``
+    (robustness: a rewrite of the CUT only matters when the tests pass on the CUT itself).
+    ``test_requests``: ``(code, tests, repeats)`` tuples, answered with a
+    :class:`~fastdistill.rewards.sandbox.TestRun` as :func:`~fastdistill.rewards.sandbox.run_tests`
+    (budget ``test_timeout_s``) would; when a mutation request of the same pair runs, the repeats
+    also need the tests to pass on that run first (a failure there makes the run count as failed).
+
+    Everything that uses one test file runs as one pair: pytest collects the tests once and every
+    CUT version (original, rewrites), mutant and repeat is a job forked from that collection; each
+    version has its own baseline, which sets its mutants' time budgets. Mutants shared by several
+    requests of one CUT (different ``max_mutants``) run once. Returns ``(mutation_results, test_runs)``.
+    """
+    from fastdistill.rewards.sandbox import _to_test_run
+
+    n_workers = n_workers or os.cpu_count() or 1
+    factor, min_s, cpu_min_s = mutant_timeout_factor, mutant_timeout_min_s, mutant_cpu_min_s
+    mutation_requests, test_requests = list(mutation_requests), list(test_requests)
+    m_results: list = [None] * len(mutation_requests)
+    keys = [_cache_key("v2", c, t, module_name, mm, seed, memory_mb, factor, min_s, cpu_min_s)
+            for c, t, mm, _ in mutation_requests]
+    # 1. cache hits, unparseable input, dependencies that are already decided
+    first: dict[str, int] = {}
+    pending: dict[int, list] = {}  # request index -> mutants (first request of each key only)
+    needs_of: dict[int, int | None] = {}
+    for i, (code, tests, mm, needs) in enumerate(mutation_requests):
+        if keys[i] in first:
+            j = first[keys[i]]
+            if needs is None and j in needs_of:
+                needs_of[j] = None  # needed unconditionally by one of its duplicates
+            continue
+        first[keys[i]] = i
+        if use_cache:
+            with _CACHE_LOCK:
+                hit = _CACHE.get(keys[i])
+                if hit is not None:
+                    _CACHE.move_to_end(keys[i])
+                    m_results[i] = _cached_copy(hit)
+                    continue
+        mutants, _, early = _prepare(code, tests, module_name=module_name, max_mutants=mm, seed=seed,
+                                     timeout_s=timeout_s, baseline_timeout_s=baseline_timeout_s, factor=factor,
+                                     min_s=min_s, cpu_min_s=cpu_min_s)
+        if early is not None:
+            m_results[i] = early
+            continue
+        pending[i], needs_of[i] = mutants, needs
+    for i in list(pending):
+        needs = needs_of[i]
+        if needs is None:
+            continue
+        dep = first.get(keys[needs], needs)
+        if mutation_requests[dep][1] != mutation_requests[i][1]:
+            needs_of[i] = None  # a different test file: cannot be gated inside one pair, run it anyway
+        elif dep not in pending:  # decided already (cache / unparseable): run only if it passed there
+            needs_of[i] = None
+            if not (m_results[dep] is not None and m_results[dep].baseline_ok):
+                del pending[i]
+        else:
+            needs_of[i] = dep
+    # 2. one spec per (test file, CUT) with one job group per version of that CUT (itself, its rewrites)
+    specs, plans = [], {}  # (tests, root code) -> plan
+    gate = {"factor": factor, "min_s": min_s, "max_s": max(min_s, timeout_s), "cpu_min_s": min(cpu_min_s, min_s)}
+    per_job = max(0.5, float(test_timeout_s) - 0.5)
+
+    def root_of(i):
+        while needs_of.get(i) is not None:
+            i = needs_of[i]
+        return mutation_requests[i][0]
+
+    def plan_for(tests, root):
+        plan = plans.get((tests, root))
+        if plan is None:
+            plan = plans[(tests, root)] = {"code": root, "groups": {}, "jobs": [], "n_mut": 0, "n_test": 0}
+        return plan
+
+    def group_of(plan, code):
+        return plan["groups"].setdefault(code, {"index": len(plan["groups"]), "base": None, "mutants": {},
+                                                "deps": [], "unconditional": False, "repeats": {}})
+
+    plan_of = {}
+    for i, mutants in pending.items():
+        code, tests = mutation_requests[i][0], mutation_requests[i][1]
+        plan = plan_of[i] = plan_for(tests, root_of(i))
+        group = group_of(plan, code)
+        group["base"] = True
+        for m in mutants:
+            group["mutants"].setdefault(m.source, None)
+        if needs_of[i] is not None:
+            group["deps"].append(group_of(plan, mutation_requests[needs_of[i]][0])["index"])
+        else:
+            group["unconditional"] = True
+    for k, (code, tests, repeats) in enumerate(test_requests):
+        group = group_of(plan_for(tests, code), code)
+        group["repeats"].setdefault(int(repeats), []).append(k)
+    for (tests, _), plan in plans.items():
+        jobs = plan["jobs"]
+        # versions that depend on another come after it, so its baseline has run when they are reached
+        for code, group in sorted(plan["groups"].items(), key=lambda kv: bool(kv[1]["deps"]) and not kv[1]["unconditional"]):
+            g = group["index"]
+            deps = [] if group["unconditional"] else sorted(set(group["deps"]))
+            if group["base"]:
+                plan["n_mut"] += 1
+                group["base"] = len(jobs)
+                jobs.append({"source": code, "stop_first": False, "timeout_s": baseline_timeout_s, "group": g,
+                             "base": True, "needs": deps})
+                for source in group["mutants"]:
+                    group["mutants"][source] = len(jobs)
+                    jobs.append({"source": source, "stop_first": True, "timeout_s": None, "group": g, "base": False,
+                                 "needs": [g, *deps]})
+            else:
+                group["base"] = None
+            for repeats in group["repeats"]:
+                plan["n_test"] += 1
+                indices = []
+                for _ in range(repeats):
+                    indices.append(len(jobs))
+                    jobs.append({"source": code, "stop_first": False, "timeout_s": per_job, "group": g, "base": False,
+                                 "needs": [g, *deps] if group["base"] is not None else []})
+                group["repeats"][repeats] = (indices, group["repeats"][repeats])
+        plan["spec"] = len(specs)
+        specs.append({"code": plan["code"], "tests": tests, "module_name": module_name, "write_module": False,
+                      "jobs": jobs, "gate": gate,
+                      "timeout_s": timeout_s * plan["n_mut"] + (float(test_timeout_s) if plan["n_test"] else 0.0)})
+    raws = execute_pairs(specs, memory_mb=memory_mb, n_workers=n_workers, keep_warm=keep_warm) if specs else []
+    # 3. split each pair's jobs back into the requests' results
+    t_results: list = [None] * len(test_requests)
+
+    def sub_raw(raw, indices):
+        by_index = {job["i"]: job for job in raw["jobs"]}
+        jobs = [dict(by_index[j], i=n) for n, j in enumerate(indices) if j in by_index]
+        return {**raw, "jobs": jobs}
+
+    for plan in plans.values():
+        raw = raws[plan["spec"]]
+        for group in plan["groups"].values():
+            for repeats, (indices, owners) in group["repeats"].items():
+                part = sub_raw(raw, indices)
+                if group["base"] is not None and raw["completed"] and len(part["jobs"]) < repeats:
+                    part["reason"] = "tests failed on their first run; repeats not run"
+                run = _to_test_run(part, repeats)
+                for k in owners:
+                    t_results[k] = run
+    for i, mutants in pending.items():
+        plan = plan_of[i]
+        group = plan["groups"][mutation_requests[i][0]]
+        raw = raws[plan["spec"]]
+        ran = {job["i"] for job in raw["jobs"]}
+        if group["base"] not in ran and needs_of[i] is not None and raw["completed"]:
+            continue  # what it needs failed, so it was not run: result None
+        result = _finish(mutants, sub_raw(raw, [group["base"], *(group["mutants"][m.source] for m in mutants)]))
+        m_results[i] = result
+        if use_cache and "timed out" not in result.reason:
+            with _CACHE_LOCK:
+                _CACHE[keys[i]] = result
+                _CACHE.move_to_end(keys[i])
+                while len(_CACHE) > _CACHE_SIZE:
+                    _CACHE.popitem(last=False)
+    return [m_results[first[keys[i]]] for i in range(len(mutation_requests))], t_results

@@ -155,7 +155,7 @@ class _Worker:
         self._output = bytearray()
         token = secrets.token_hex(8)
         self.nonce = secrets.token_hex(16).encode()
-        self.workdir = tempfile.mkdtemp(prefix="fastdistill-sb-")
+        self.workdir = tempfile.mkdtemp(prefix=f"fastdistill-sb-{os.getpid()}-")  # owner pid: leak checks can tell runs apart
         try:
             os.chmod(self.workdir, 0o700)
             ini_file = os.path.join(self.workdir, "fastdistill_pytest.ini")
