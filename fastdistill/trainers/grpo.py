@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
+from transformers import TrainerCallback
 from trl import GRPOConfig as _TRLGRPOConfig
 from trl import GRPOTrainer as _TRLGRPOTrainer
 
@@ -76,11 +77,22 @@ def default_reward_funcs(preset: str, code_column: str = "code") -> list:
     return [composite_reward(preset=preset, code_column=code_column)]
 
 
+class _CloseSandboxWorkers(TrainerCallback):
+    """The reward functions keep sandbox workers warm between steps; stop them when training ends."""
+
+    def on_train_end(self, args, state, control, **kwargs):
+        from fastdistill.rewards import close_idle_workers
+
+        close_idle_workers()
+
+
 class GRPOTrainer(_TRLGRPOTrainer):
     """TRL's ``GRPOTrainer`` with test-execution rewards by default and an online JSD term to a teacher.
 
     * ``reward_funcs=None`` uses the composite reward preset named by ``args.reward_preset``; the
-      composite logs its components (kill rate, speed, robustness) as their own metrics.
+      composite logs its components (kill rate, speed, robustness) as their own metrics, runs all
+      of a step's sandbox work in one call over warm workers (kept between steps, stopped when
+      training ends).
     * With ``args.jsd_lambda > 0`` the loss gains ``jsd_lambda * JSD_beta(policy || teacher)`` averaged
       over completion tokens, logged as ``jsd``. The policy's hidden states are taken from the forward
       pass TRL already makes for the GRPO loss, the teacher's from the reference-model forward when TRL
@@ -99,6 +111,7 @@ class GRPOTrainer(_TRLGRPOTrainer):
         if reward_funcs is None:
             reward_funcs = default_reward_funcs(args.reward_preset, args.code_column)
         super().__init__(model=model, reward_funcs=reward_funcs, args=args, **kwargs)
+        self.add_callback(_CloseSandboxWorkers())
         self.jsd_lambda, self.jsd_beta = float(args.jsd_lambda), float(args.jsd_beta)
         self.teacher_model = None
         self._teacher_is_ref = False
