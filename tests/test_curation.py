@@ -140,8 +140,8 @@ def test_fixed_width_fast_path_equals_reference(null_every):
 
 
 def test_fixed_width_key_collisions_fall_back_exactly(monkeypatch, caplog):
-    """A 64-bit key shared by different values is caught by the byte-for-byte check and the column
-    goes through dictionary_encode: the result never depends on the key."""
+    """A key shared by different values is caught by the byte-for-byte check and those groups are
+    solved again with dictionary_encode: the result never depends on the key."""
     import logging
 
     from fastdistill.curation import dedup
@@ -153,10 +153,20 @@ def test_fixed_width_key_collisions_fall_back_exactly(monkeypatch, caplog):
     assert len(set(values)) == distinct > 100
     ref_keep, ref_cluster = first_occurrence_python(values)
     monkeypatch.setattr(dedup, "_M1", np.uint64(0))
-    assert dedup._first_occurrence_fixed_width(pa.chunked_array([pa.array(values)])) is None
+    with caplog.at_level(logging.DEBUG, logger="fastdistill.curation.dedup"):
+        keep, cluster = dedup._first_occurrence_fixed_width(pa.chunked_array([pa.array(values[:900]),
+                                                                               pa.array(values[900:])]))
+    assert "share a key with a different value" in caplog.text
+    assert np.array_equal(keep, ref_keep) and np.array_equal(cluster, ref_cluster)
+    # only some groups collide (with multiplier 0: rows ending in one of two suffixes), the rest are exact
+    base = _hex_column(np.random.default_rng(4), 3_000, 400, 9)
+    values = [v if v is None or v[0] not in "0123" else v[:56] + ("deadbeef" if v[0] in "01" else "cafebabe")
+              for v in base]
+    ref_keep, ref_cluster = first_occurrence_python(values)
+    caplog.clear()
     with caplog.at_level(logging.DEBUG, logger="fastdistill.curation.dedup"):
         keep, cluster = first_occurrence_arrow(pa.array(values))
-    assert "collision" in caplog.text
+    assert "share a key with a different value" in caplog.text
     assert np.array_equal(keep, ref_keep) and np.array_equal(cluster, ref_cluster)
 
 
