@@ -36,7 +36,7 @@ def losses(trainer, key="loss"):
 def test_default_loss_is_trls_gkd_loss(tmp_path):
     student, teacher, tok = student_and_teacher()
     trainer = GKDTrainer(model=student, teacher_model=teacher, args=config(tmp_path), train_dataset=dataset(), processing_class=tok)
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
     for num_items in (None, 17):
         ours = trainer.compute_loss(trainer.model, batch, num_items_in_batch=num_items)
         theirs = TRLGKDTrainer.compute_loss(trainer, trainer.model, batch, num_items_in_batch=num_items)

@@ -17,8 +17,13 @@ Conventions follow TRL's ``GKDTrainer.generalized_jsd_loss``: logits are divided
 
 from __future__ import annotations
 
+import logging
+import os
+
 import torch
 import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["jsd_loss", "reverse_kl_on_logits", "reverse_kl_on_chosen", "default_chunk_size"]
 
@@ -26,15 +31,21 @@ IGNORE_INDEX = -100
 _REDUCTIONS = ("batchmean", "sum", "mean", "none")
 # Scratch budget per chunk, in float32 elements (2**22 elements = 16 MiB per temporary).
 _CHUNK_ELEMENTS = 1 << 22
+_CUDA_CHUNK_ELEMENTS = 1 << 25
 
 
-def default_chunk_size(vocab_size: int, budget_elements: int = _CHUNK_ELEMENTS) -> int:
+def default_chunk_size(vocab_size: int, budget_elements: int | None = None, device=None) -> int:
     """Rows per chunk so that one ``[chunk, vocab]`` float32 temporary stays within the budget.
 
-    The working set of one chunk is about 6 such temporaries (two log-softmaxes, their
-    exponentials, the mixture and the gradient), i.e. ``6 * 4 * budget_elements`` bytes = 96 MiB
-    with the default budget, independent of the number of tokens.
+    The working set of one chunk is at most about 6 such temporaries (two log-softmaxes, their
+    exponentials, the mixture and the gradient). The default budget is ``2**22`` elements on CPU
+    (16 MiB per temporary, ~96 MiB working set) and ``2**25`` on CUDA (128 MiB per temporary): a GPU
+    needs fewer, larger chunks to amortise kernel launches, and the working set is still independent
+    of the number of tokens.
     """
+    if budget_elements is None:
+        is_cuda = device is not None and torch.device(device).type == "cuda"
+        budget_elements = _CUDA_CHUNK_ELEMENTS if is_cuda else _CHUNK_ELEMENTS
     return max(1, min(4096, budget_elements // max(int(vocab_size), 1)))
 
 
@@ -197,6 +208,113 @@ def _jsd_chunk_inplace(zs, zt, beta: float, temperature: float, need_grad: bool,
     return loss, grad, coef
 
 
+def _jsd_rows(zs, zt, scale, beta: float, temperature: float, out_dtype: torch.dtype):
+    """Per-row divergence and ``scale * d loss / d zs`` of one chunk, out of place, for ``torch.compile``.
+
+    The same math as :func:`_jsd_chunk_inplace` written as plain tensor expressions, so that
+    TorchInductor fuses the chunk into a few kernels that read the (bf16) logits, reduce and write the
+    gradient in ``out_dtype`` without ``[rows, V]`` fp32 temporaries in memory. ``scale`` is a 0-d
+    tensor (a Python float would recompile for every batch's normaliser).
+    """
+    s = zs.float() * (1.0 / temperature)
+    t = zt.float() * (1.0 / temperature)
+    s = s - torch.logsumexp(s, -1, keepdim=True)  # log p_s
+    t = t - torch.logsumexp(t, -1, keepdim=True)  # log p_t
+    p_s = s.exp()
+    coef = scale * (1.0 / temperature)
+    if beta == 0.0:
+        p_t = t.exp()
+        loss = (p_t * (t - s)).sum(-1)
+        grad = p_s - p_t
+    elif beta == 1.0:
+        diff = s - t
+        loss = (p_s * diff).sum(-1)
+        grad = p_s * (diff - loss.unsqueeze(-1))
+    else:
+        p_t = t.exp()
+        log_m = torch.log(torch.lerp(p_s, p_t, beta).clamp_min(_TINY))
+        kl_t = (p_t * (t - log_m)).sum(-1)
+        kl_s = (p_s * (s - log_m)).sum(-1)
+        loss = beta * kl_t + (1.0 - beta) * kl_s
+        grad = p_s * (s - log_m - kl_s.unsqueeze(-1))
+        coef = coef * (1.0 - beta)
+    return loss, (grad * coef).to(out_dtype)
+
+
+_COMPILED_ROWS = None
+_COMPILE_FAILED = False
+
+
+def compiled_rows_kernel(device):
+    """The ``torch.compile``-d :func:`_jsd_rows` for tensors on ``device``, or ``None`` to stay eager.
+
+    Used on CUDA by default, where the eager chunk loop is bound by memory traffic and kernel launches
+    (measured on an H200: 3.5x slower than TRL's materialised bf16 loss without it). Set
+    ``FASTDISTILL_COMPILE=0`` to disable, ``=1`` to use it on every device (tests do so on CPU).
+    If compilation fails (no Triton, an unsupported platform), one warning is logged and the eager
+    kernel is used from then on.
+    """
+    global _COMPILED_ROWS
+    setting = os.environ.get("FASTDISTILL_COMPILE", "auto").strip().lower()
+    wanted = setting in ("1", "true", "yes") or (setting == "auto" and torch.device(device).type == "cuda")
+    if not wanted or _COMPILE_FAILED:
+        return None
+    if _COMPILED_ROWS is None:
+        _COMPILED_ROWS = torch.compile(_jsd_rows, dynamic=True)
+    return _COMPILED_ROWS
+
+
+def _rows_kernel_failed() -> bool:
+    return _COMPILE_FAILED
+
+
+def _run_rows_kernel(kernel, *args):
+    """Call the compiled kernel; on a compilation error, warn once and return ``None`` (use eager)."""
+    global _COMPILE_FAILED
+    try:
+        return kernel(*args)
+    except Exception as exc:  # torch._dynamo / inductor / Triton errors have no common public base class
+        _COMPILE_FAILED = True
+        logger.warning("torch.compile of the divergence kernel failed (%s: %s); using the eager kernel",
+                       type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return None
+
+
+def _compiled_jsd_into(student_logits, teacher_logits, valid_rows, beta, temperature, chunk_size, scale,
+                       grad_s, per_token, total, need_s) -> bool:
+    """The chunk loop of :class:`_ChunkedJSD` on the compiled row kernel; ``False`` if it is not used."""
+    kernel = compiled_rows_kernel(student_logits.device)
+    if kernel is None:
+        return False
+    n = student_logits.shape[0]
+    n_rows = n if valid_rows is None else int(valid_rows.numel())
+    scale_t = torch.tensor(scale, dtype=torch.float32, device=student_logits.device)
+    out_dtype = grad_s.dtype if need_s else student_logits.dtype
+    for start in range(0, n_rows, chunk_size):
+        end = min(start + chunk_size, n_rows)
+        if valid_rows is None:
+            zs, zt = student_logits[start:end], teacher_logits[start:end]
+        else:
+            idx = valid_rows[start:end]
+            zs, zt = student_logits.index_select(0, idx), teacher_logits.index_select(0, idx)
+        out = _run_rows_kernel(kernel, zs, zt, scale_t, beta, temperature, out_dtype)
+        if out is None:
+            if start > 0:  # cannot happen after a successful first chunk, but never return half a result
+                raise RuntimeError("the compiled divergence kernel failed after its first chunk")
+            return False
+        loss, g = out
+        total += loss.sum()
+        if valid_rows is None:
+            per_token[start:end] = loss
+            if need_s:
+                grad_s[start:end] = g
+        else:
+            per_token.index_copy_(0, idx, loss)
+            if need_s:
+                grad_s.index_copy_(0, idx, g)
+    return True
+
+
 class _ChunkedJSD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student_logits, teacher_logits, valid_rows, beta, temperature, chunk_size, scale):
@@ -225,6 +343,9 @@ class _ChunkedJSD(torch.autograd.Function):
                 if need_s:
                     grad_s[rows] = (gs * scale).to(grad_s.dtype)
                 grad_t[rows] = (gt * scale).to(grad_t.dtype)
+        elif _compiled_jsd_into(student_logits, teacher_logits, valid_rows, beta, temperature, chunk_size, scale,
+                                grad_s, per_token, total, need_s):
+            pass  # CUDA: fused compiled kernel did the whole loop
         else:
             # the common case: the allocation-free in-place kernel on two reused fp32 chunk buffers
             rows_per_chunk = max(1, min(chunk_size, n_rows))
@@ -327,7 +448,7 @@ def jsd_loss(
     else:
         one = torch.ones((), dtype=torch.float32)
         denom = float(_reduce(one, n_valid, first_dim, s2d.shape[-1], reduction, num_items_in_batch, valid is not None))
-    chunk = chunk_size or default_chunk_size(s2d.shape[-1])
+    chunk = chunk_size or default_chunk_size(s2d.shape[-1], device=s2d.device)
     loss, per_token = _ChunkedJSD.apply(s2d, t2d, valid_rows, float(beta), float(temperature), int(chunk), denom)  # denom holds 1 / divisor
     if reduction == "none":
         return per_token.reshape(leading)
@@ -502,7 +623,7 @@ def reverse_kl_on_chosen(
     if sel_ids.numel() and (sel_ids.min() < 0 or sel_ids.max() >= vocab):
         raise ValueError(f"token ids must lie in [0, {vocab}) at unmasked positions; got range "
                          f"[{int(sel_ids.min())}, {int(sel_ids.max())}]")
-    chunk = chunk_size or default_chunk_size(vocab)
+    chunk = chunk_size or default_chunk_size(vocab, device=student_logits.device)
     student_lp = _ChunkedGatherLogSoftmax.apply(logits2d, rows, sel_ids, float(temperature), int(chunk))
     per_row = _partition_kl(student_lp, t_lp[rows].to(logits2d.device))
     if reduction == "none":

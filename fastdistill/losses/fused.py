@@ -44,8 +44,11 @@ from fastdistill.losses.divergences import (
     _jsd_chunk_inplace,
     _partition_kl,
     _reduce,
+    _rows_kernel_failed,
+    _run_rows_kernel,
     _valid_mask,
     _Workspace,
+    compiled_rows_kernel,
 )
 
 __all__ = ["fused_jsd_loss", "fused_reverse_kl_on_chosen", "fused_chunk_size"]
@@ -116,7 +119,8 @@ class _FusedLinearDivergence(torch.autograd.Function):
     ``chunk_fn(s_logits, t_logits, sl, need_grad)`` gets fp32 ``[n, V]`` logits of one chunk
     (``t_logits`` is ``None`` without a teacher projection; ``sl`` slices the chunk out of the
     compacted rows) and returns the per-row loss ``(n,)``, a ``[n, V]`` buffer ``g`` (or ``None``) and
-    a float ``c`` with ``c * g`` the gradient wrt ``s_logits``; it may overwrite the logit buffers.
+    a float ``c`` with ``c * g`` the gradient wrt ``s_logits`` (``c=None``: ``g`` already includes the
+    loss scale); it may overwrite the logit buffers.
     """
 
     @staticmethod
@@ -166,7 +170,7 @@ class _FusedLinearDivergence(torch.autograd.Function):
             total += loss.sum()
             if g is None:
                 continue
-            if coef * scale != 1.0:
+            if coef is not None and coef * scale != 1.0:  # coef None: the chunk function already scaled g
                 g.mul_(coef * scale)
             if need_h:
                 if contiguous:
@@ -333,9 +337,21 @@ def fused_jsd_loss(
     beta, temperature = float(beta), float(temperature)
 
     chunk = int(chunk_size or fused_chunk_size(vocab))
-    workspace = _Workspace(2, min(chunk, max(h_s.shape[0], 1)), vocab, student_hidden.device)
+    kernel = compiled_rows_kernel(student_hidden.device)
+    workspace = None if kernel is not None else _Workspace(2, min(chunk, max(h_s.shape[0], 1)), vocab,
+                                                             student_hidden.device)
+    # the compiled kernel (CUDA) writes the gradient already scaled, in the dtype the matmuls consume
+    grad_dtype = student_weight.dtype if _cuda_low(student_weight) else torch.float32
+    scale_t = torch.tensor(float(scale), dtype=torch.float32, device=student_hidden.device)
 
     def chunk_fn(s_logits, t_logits, _sl, need_grad):
+        nonlocal workspace
+        if kernel is not None and not _rows_kernel_failed():
+            out = _run_rows_kernel(kernel, s_logits, t_logits, scale_t, beta, temperature, grad_dtype)
+            if out is not None:
+                return out[0], (out[1] if need_grad else None), None
+        if workspace is None:
+            workspace = _Workspace(2, min(chunk, max(h_s.shape[0], 1)), vocab, student_hidden.device)
         return _jsd_chunk_inplace(s_logits, t_logits, beta, temperature, need_grad, workspace)
 
     return _FusedLinearDivergence.apply(
