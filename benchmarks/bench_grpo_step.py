@@ -15,6 +15,10 @@ Variants (each: a fresh model from the same seed, 1 warm-up step, then ``--steps
   is a cache hit) in place of the completions: a stand-in for a trained model whose completions
   are real test files. This is the realistic reward cost.
 
+The composite reward runs with its defaults (recorded under ``reward_config`` in the JSON): all
+components' sandbox work for a step in one call over warm workers, kill rate on up to 30 mutants,
+robustness on two rewrites with up to 15 mutants each, speed over 3 repeats.
+
 Step time = wall time between ``on_step_begin`` and ``on_step_end`` (median over the timed steps);
 reward fraction = total reward-function wall time / total step time over the timed steps. Prints a table, writes
 ``benchmarks/results/bench_grpo_step.json``.
@@ -117,6 +121,17 @@ def run_variant(kind, steps, max_completion_length):
             "mean_reward": statistics.fmean(rewards[1:]) if len(rewards) > 1 else None}
 
 
+def reward_config():
+    """The composite reward's settings, as the fastdistill variants ran them."""
+    reward = composite_reward(preset="mutant", code_column="code")
+    config = {"fused_single_sandbox_call": reward._fusable(), "keep_warm": reward.keep_warm,
+              "n_workers": reward.n_workers}
+    for name, component in reward.components.items():
+        keys = ("repeats",) if name == "speed_stability" else ("max_mutants", "n_variants")
+        config[name] = {key: getattr(component, key) for key in keys if hasattr(component, key)}
+    return config
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=4)
@@ -137,6 +152,7 @@ def main():
         "model": {"arch": "Qwen2 (fastdistill.testing.tiny_causal_lm)", **MODEL_KW},
         "batch": {"completions_per_step": 8, "num_generations": 4, "max_completion_length": args.max_completion_length},
         "jsd_lambda": 0.1, "reward_preset": "mutant", "steps_timed": args.steps, "results": results,
+        "reward_config": reward_config(),
         "targets": {"overhead_vs_trl": 1.5, "reward_fraction": 0.30},
         "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": sys.version.split()[0],
         "torch": torch.__version__, "trl": trl.__version__,

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 from datasets import Dataset
@@ -127,7 +129,11 @@ def test_default_rewards_run_the_generated_tests_and_log_components(tmp_path):
     scores = trainer.reward_funcs[0](prompts=[None, None], completions=[[{"role": "assistant", "content": good}],
                                      [{"role": "assistant", "content": "zz qq"}]], code=[examples[0]["code"]] * 2)
     assert scores[0] > 0 and scores[1] == 0
+    from fastdistill.rewards import sandbox
+
+    assert any(w.owner_pid == os.getpid() for w in sandbox._IDLE)  # the reward keeps its workers warm
     trainer.train()
     logged = trainer.state.log_history[0]
     for name in ("rewards/mutant_kill", "rewards/speed_stability", "rewards/robustness"):
         assert name in logged
+    assert not any(w.owner_pid == os.getpid() for w in sandbox._IDLE)  # and they are stopped at train end

@@ -235,7 +235,11 @@ class RobustnessReward(_Reward):
 
     For each of ``n_variants`` seeded rewrites: 0 if the tests fail on it, else
     ``min(1, kill_rate(variant) / kill_rate(original))``; the reward is the mean (0 when the tests
-    fail on the original or kill nothing there).
+    fail on the original or kill nothing there). Kill rates use a seeded sample of at most
+    ``max_mutants`` mutants per CUT version. Cost: one mutation run per rewrite per completion
+    (about half of the composite's sandbox work with the defaults); ``n_variants=1`` halves it but
+    then only seed 0's rewrite is checked (for some CUTs it keeps the docstring, so tests that read
+    the source are no longer caught).
     """
 
     __name__ = "robustness_reward"
