@@ -246,7 +246,9 @@ def run_in_subprocess(case, args) -> dict:
 
 
 def _fmt_time(r):
-    return f"{r['time_s']:.2f} s" if r.get("status") == "ok" and "time_s" in r else r.get("status", "?")
+    if r.get("status") != "ok" or "time_s" not in r:
+        return r.get("status", "?")
+    return f"{r['time_s']:.2f} s" if r["time_s"] >= 1 else f"{1000 * r['time_s']:.2f} ms"  # GPU cases take ms
 
 
 def _fmt_mem(r):
@@ -347,11 +349,14 @@ def main(argv=None):
         keys = args.only.split(",")
         cases = [c for c in cases if any(k in c["path"] for k in keys)]
     results = []
+    partial = Path(args.out).with_suffix(".partial.json")
+    partial.parent.mkdir(parents=True, exist_ok=True)
     for case in cases:
         r = run_in_subprocess(case, args)
         print(f"{case['group']} {case['path']} {case['tokens']}x{case['vocab']}: {_fmt_time(r)}, {_fmt_mem(r)}"
               + (f" ({r.get('error')})" if r.get("status") != "ok" else ""), flush=True)
         results.append(r)
+        partial.write_text(json.dumps({"partial": True, "results": results}, indent=2) + "\n")  # survives a kill
     summary = summarize(results)
     import torch
 
@@ -369,6 +374,7 @@ def main(argv=None):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2) + "\n")
+    partial.unlink(missing_ok=True)
     print(f"\nwrote {out}")
     return 0
 

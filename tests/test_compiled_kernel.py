@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fastdistill.losses.divergences as div
-from fastdistill.losses import fused_jsd_loss, jsd_loss
+from fastdistill.losses import fused_jsd_loss, jsd_loss, reverse_kl_on_chosen
 
 pytestmark = pytest.mark.slow  # one Inductor compilation per beta branch (~15 s each on 2 cores)
 
@@ -57,6 +57,24 @@ def test_compiled_kernel_equals_eager(monkeypatch, beta):
         results.append((loss.detach(), h.grad, w.grad))
     for got, want in zip(results[1], results[0]):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_compiled_chosen_kernels_equal_eager(monkeypatch, masked):
+    s, _ = _pair(7)
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, 211, (37,), generator=g)
+    teacher_lp = -torch.rand(37, generator=g) * 4
+    if masked:
+        ids[::4] = -100
+    results = []
+    for setting in ("0", "1"):
+        monkeypatch.setenv("FASTDISTILL_COMPILE", setting)
+        results.append(_loss_and_grad(lambda x, _t: reverse_kl_on_chosen(x, ids, teacher_lp, temperature=1.3,
+                                                                          chunk_size=8), s, None))
+    assert div._COMPILED_CHOSEN and not div._rows_kernel_failed()
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-7)
 
 
 def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch, caplog):

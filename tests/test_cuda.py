@@ -135,3 +135,21 @@ def test_compiled_cuda_kernel_equals_eager(monkeypatch, beta):
     assert div._COMPILED_ROWS is not None and not div._rows_kernel_failed()
     torch.testing.assert_close(results["auto"][0], results["0"][0], rtol=1e-5, atol=1e-6)
     assert _rel_err(results["auto"][1], results["0"][1]) < 1e-2  # both round the gradient to bf16
+
+
+def test_compiled_cuda_chosen_kernels_equal_eager(monkeypatch):
+    d, labels = _inputs(4)
+    s = _on_cuda(d["hs"] @ d["ws"].t())
+    teacher_lp = -torch.rand(N, generator=torch.Generator().manual_seed(0)).cuda() * 4
+    results = {}
+    for setting in ("0", "auto"):
+        monkeypatch.setenv("FASTDISTILL_COMPILE", setting)
+        x = s.clone().requires_grad_(True)
+        loss = reverse_kl_on_chosen(x, labels.cuda(), teacher_lp, chunk_size=64)
+        loss.backward()
+        results[setting] = (loss.detach(), x.grad.float())
+    import fastdistill.losses.divergences as div
+
+    assert div._COMPILED_CHOSEN and not div._rows_kernel_failed()
+    torch.testing.assert_close(results["auto"][0], results["0"][0], rtol=1e-5, atol=1e-6)
+    assert _rel_err(results["auto"][1], results["0"][1]) < 1e-2

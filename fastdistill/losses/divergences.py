@@ -34,18 +34,24 @@ _CHUNK_ELEMENTS = 1 << 22
 _CUDA_CHUNK_ELEMENTS = 1 << 25
 
 
-def default_chunk_size(vocab_size: int, budget_elements: int | None = None, device=None) -> int:
+def default_chunk_size(vocab_size: int, budget_elements: int | None = None, device=None,
+                       n_tokens: int | None = None) -> int:
     """Rows per chunk so that one ``[chunk, vocab]`` float32 temporary stays within the budget.
 
     The working set of one chunk is at most about 6 such temporaries (two log-softmaxes, their
     exponentials, the mixture and the gradient). The default budget is ``2**22`` elements on CPU
-    (16 MiB per temporary, ~96 MiB working set) and ``2**25`` on CUDA (128 MiB per temporary): a GPU
-    needs fewer, larger chunks to amortise kernel launches, and the working set is still independent
-    of the number of tokens.
+    (16 MiB per temporary, ~96 MiB working set). On CUDA a GPU needs fewer, larger chunks to amortise
+    kernel launches: the budget is an eighth of the logits (``n_tokens * vocab / 8``, so the working
+    set stays well under the logits' own size) clamped to ``[2**22, 2**25]`` elements. Either way the
+    working set does not grow with the number of tokens beyond that cap.
     """
     if budget_elements is None:
         is_cuda = device is not None and torch.device(device).type == "cuda"
-        budget_elements = _CUDA_CHUNK_ELEMENTS if is_cuda else _CHUNK_ELEMENTS
+        budget_elements = _CHUNK_ELEMENTS
+        if is_cuda:
+            budget_elements = _CUDA_CHUNK_ELEMENTS
+            if n_tokens:
+                budget_elements = min(budget_elements, max(_CHUNK_ELEMENTS, int(n_tokens) * int(vocab_size) // 8))
     return max(1, min(4096, budget_elements // max(int(vocab_size), 1)))
 
 
@@ -448,7 +454,7 @@ def jsd_loss(
     else:
         one = torch.ones((), dtype=torch.float32)
         denom = float(_reduce(one, n_valid, first_dim, s2d.shape[-1], reduction, num_items_in_batch, valid is not None))
-    chunk = chunk_size or default_chunk_size(s2d.shape[-1], device=s2d.device)
+    chunk = chunk_size or default_chunk_size(s2d.shape[-1], device=s2d.device, n_tokens=n_valid)
     loss, per_token = _ChunkedJSD.apply(s2d, t2d, valid_rows, float(beta), float(temperature), int(chunk), denom)  # denom holds 1 / divisor
     if reduction == "none":
         return per_token.reshape(leading)
@@ -486,22 +492,64 @@ def reverse_kl_on_logits(
 # ---------------------------------------------------------------------------------------------
 
 
+def _lse_rows(z, inv_t: float):
+    """``logsumexp(z / T)`` per row in fp32 (one chunk)."""
+    return torch.logsumexp(z.float() * inv_t, -1)
+
+
+def _gather_grad_rows(z, lse, ids, g, inv_t: float, out_dtype: torch.dtype):
+    """Gradient of ``sum(g * log_softmax(z / T)[ids])`` wrt ``z`` for one chunk: ``(onehot - p) * g / T``."""
+    probs = torch.exp(z.float() * inv_t - lse.unsqueeze(-1))
+    grad = (-probs * g.sum(-1, keepdim=True)).scatter_add(1, ids, g)
+    return (grad * inv_t).to(out_dtype)
+
+
+_COMPILED_CHOSEN: dict = {}
+
+
+def _chosen_kernels(device):
+    """Compiled (CUDA by default, see :func:`compiled_rows_kernel`) or eager chunk kernels of the chosen path."""
+    if compiled_rows_kernel(device) is None:
+        return _lse_rows, _gather_grad_rows
+    if not _COMPILED_CHOSEN:
+        _COMPILED_CHOSEN["lse"] = torch.compile(_lse_rows, dynamic=True)
+        _COMPILED_CHOSEN["grad"] = torch.compile(_gather_grad_rows, dynamic=True)
+    return _COMPILED_CHOSEN["lse"], _COMPILED_CHOSEN["grad"]
+
+
+def _call_kernel(compiled, eager, *args):
+    """Run a compiled chunk kernel, or the eager one if compilation fails (warned once)."""
+    if compiled is eager:
+        return eager(*args)
+    out = _run_rows_kernel(compiled, *args)
+    return eager(*args) if out is None else out
+
+
 class _ChunkedGatherLogSoftmax(torch.autograd.Function):
     """``log_softmax(logits[rows] / T)`` gathered at ``ids`` -> ``(len(rows), K)``, chunked.
 
     Neither the full log-softmax nor a copy of the selected rows is ever materialised: the forward
     keeps only one log-sum-exp per row; the backward recomputes the softmax one chunk at a time,
-    using ``d/dz log p(id_j) = (onehot(id_j) - softmax(z)) / T``.
+    using ``d/dz log p(id_j) = (onehot(id_j) - softmax(z)) / T``. ``rows=None`` means every row
+    (contiguous slices, no gathers).
     """
 
     @staticmethod
+    def _chunk(logits, rows, start, end):
+        return logits[start:end] if rows is None else logits.index_select(0, rows[start:end])
+
+    @staticmethod
     def forward(ctx, logits, rows, ids, temperature, chunk_size):
-        lse = torch.empty(rows.numel(), dtype=torch.float32, device=logits.device)
-        for start in range(0, rows.numel(), chunk_size):
-            chunk_rows = rows[start : start + chunk_size]
-            lse[start : start + chunk_size] = torch.logsumexp(logits[chunk_rows].float() / temperature, -1)
-        gathered = logits[rows].gather(1, ids).float() / temperature - lse.unsqueeze(-1) if rows.numel() else \
-            torch.zeros(ids.shape, dtype=torch.float32, device=logits.device)
+        n_rows = logits.shape[0] if rows is None else int(rows.numel())
+        inv_t = 1.0 / temperature
+        lse_fn, _ = _chosen_kernels(logits.device)
+        lse = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
+        for start in range(0, n_rows, chunk_size):
+            end = min(start + chunk_size, n_rows)
+            lse[start:end] = _call_kernel(lse_fn, _lse_rows, _ChunkedGatherLogSoftmax._chunk(logits, rows, start, end),
+                                          inv_t)
+        picked = logits.gather(1, ids) if rows is None else logits[rows.unsqueeze(-1), ids]
+        gathered = picked.float() * inv_t - lse.unsqueeze(-1)
         ctx.save_for_backward(logits, rows, ids, lse)
         ctx.temperature, ctx.chunk_size = temperature, chunk_size
         return gathered
@@ -509,16 +557,20 @@ class _ChunkedGatherLogSoftmax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         logits, rows, ids, lse = ctx.saved_tensors
-        temperature, chunk_size = ctx.temperature, ctx.chunk_size
-        grad = torch.zeros_like(logits)
+        inv_t, chunk_size = 1.0 / ctx.temperature, ctx.chunk_size
+        _, grad_fn = _chosen_kernels(logits.device)
         g = grad_out.float()
-        for start in range(0, rows.numel(), chunk_size):
-            sl = slice(start, start + chunk_size)
-            chunk_rows = rows[sl]
-            probs = torch.exp(logits[chunk_rows].float() / temperature - lse[sl].unsqueeze(-1))
-            chunk_grad = -probs * g[sl].sum(-1, keepdim=True)
-            chunk_grad.scatter_add_(1, ids[sl], g[sl])
-            grad[chunk_rows] = (chunk_grad / temperature).to(grad.dtype)
+        n_rows = lse.numel()
+        grad = torch.empty_like(logits) if rows is None else torch.zeros_like(logits)
+        for start in range(0, n_rows, chunk_size):
+            end = min(start + chunk_size, n_rows)
+            z = _ChunkedGatherLogSoftmax._chunk(logits, rows, start, end)
+            chunk_grad = _call_kernel(grad_fn, _gather_grad_rows, z, lse[start:end], ids[start:end], g[start:end],
+                                      inv_t, grad.dtype)
+            if rows is None:
+                grad[start:end] = chunk_grad
+            else:
+                grad.index_copy_(0, rows[start:end], chunk_grad)
         return grad, None, None, None, None
 
 
@@ -619,12 +671,14 @@ def reverse_kl_on_chosen(
     logits2d = student_logits.reshape(-1, vocab)
     valid = _valid_mask(mask, leading, logits2d.device)
     rows = valid.nonzero().squeeze(-1) if valid is not None else torch.arange(logits2d.shape[0], device=logits2d.device)
+    all_rows = valid is None  # every row counts: the kernel takes contiguous slices instead of gathers
     sel_ids = ids[rows].to(logits2d.device).long()
     if sel_ids.numel() and (sel_ids.min() < 0 or sel_ids.max() >= vocab):
         raise ValueError(f"token ids must lie in [0, {vocab}) at unmasked positions; got range "
                          f"[{int(sel_ids.min())}, {int(sel_ids.max())}]")
-    chunk = chunk_size or default_chunk_size(vocab, device=student_logits.device)
-    student_lp = _ChunkedGatherLogSoftmax.apply(logits2d, rows, sel_ids, float(temperature), int(chunk))
+    chunk = chunk_size or default_chunk_size(vocab, device=student_logits.device, n_tokens=int(rows.numel()))
+    student_lp = _ChunkedGatherLogSoftmax.apply(logits2d, None if all_rows else rows, sel_ids, float(temperature),
+                                                int(chunk))
     per_row = _partition_kl(student_lp, t_lp[rows].to(logits2d.device))
     if reduction == "none":
         out = torch.zeros(logits2d.shape[0], dtype=torch.float32, device=logits2d.device)
