@@ -1,12 +1,18 @@
 """``fastdistill demo``: the offline end-to-end run that is the README's main command.
 
-On the bundled examples (Python functions + reference pytest files, split into train / held-out)
-with tiny offline models from :mod:`fastdistill.testing`:
+**The task** is a generated curriculum of *function families* (:data:`FAMILIES`: threshold above /
+below, add a constant, clamp, prefix check, list membership), built so that tiny random-weight
+models from :mod:`fastdistill.testing` can learn it in minutes on a CPU: a good test is written by
+copying the function name and the constant from the prompt into boundary checks. Instances are
+named ``<family>_<made-up word>`` with a constant in 10..99; the held-out instances use words and
+constants that no training instance uses, so evaluation is on unseen code. The training
+reference tests come in three styles: *weak* (one check that misses boundary mutants), *strong*
+(boundary checks in one test function) and *split* (the strong checks, one test function each:
+the same kill rate, more pytest items, so slower). (The bundled hand-written examples are not used:
+38 of them are too few for a tiny model to learn to test arbitrary unseen functions.)
 
 1. **Teacher.** A tiny random model cannot write tests, so the teacher first *learns the
-   reference tests of the training split by SFT* (that is what a teacher is here). Every training
-   row is also shown with its public names consistently renamed (code and tests), so the models
-   learn to import and call the name found in the prompt instead of memorising names.
+   reference tests of the training split by SFT* (that is what a teacher is here).
 2. **Curation** of the teacher's outputs on the training prompts: canonicalize -> SHA-256 hash ->
    exact dedup -> rule filter (parses as Python) -> run the tests and mutation-score them ->
    score -> keep_by_score; manifest, quality report and timing report go to ``curation/``.
@@ -15,9 +21,10 @@ with tiny offline models from :mod:`fastdistill.testing`:
    tests: "mutant" (mutant-kill preset, higher temperature, longer completions) and "speed"
    (speed/stability preset, lower temperature, shorter completions).
 4. **Evaluation** of base / SFT / GKD / GRPO-mutant / GRPO-speed (and the teacher, for reference)
-   on the HELD-OUT examples only: generate once per student, then score the same completions for
-   mutation kill rate and for test runtime/stability. ``report.json`` holds the per-example rows
-   whose means are the headline numbers, ``report.md`` the table, ``pareto.png`` the plot.
+   on the HELD-OUT instances only: generate once per student (greedy), then score the same
+   completions for mutation kill rate and for test runtime/stability. ``report.json`` holds the
+   per-example rows whose means are the headline numbers, ``report.md`` the table, ``pareto.png``
+   the plot.
 
 Seeds are fixed: two runs produce the same models and completions; test runtimes are
 measurements and vary slightly.
@@ -49,6 +56,95 @@ NAME_WORDS = (
 ).split()
 
 
+# ------------------------------------------------------------------------------------------------
+# synthetic function families (the task the tiny models can generalise on)
+# ------------------------------------------------------------------------------------------------
+
+# Family instances are named ``<family>_<word>`` with a made-up word of two syllables (one token
+# each in the demo's tokenizer): so many distinct names that a model cannot memorise them and has to
+# copy the name from the prompt. Held-out words are combinations no training instance uses.
+SYLLABLES = tuple(c + v for c in "bdfgklmnprstvz" for v in "aeiou")
+
+
+def family_words(n: int, seed: int = 0) -> list[str]:
+    """``n`` distinct made-up words of two :data:`SYLLABLES`, deterministic for ``seed``."""
+    rng, words = random.Random(seed), []
+    seen = set()
+    while len(words) < n:
+        word = "".join(rng.choice(SYLLABLES) for _ in range(2))
+        if word not in seen:
+            seen.add(word)
+            words.append(word)
+    return words
+
+
+# name prefix, code template, strong asserts, weak asserts ({n}: function name, {w}: word, {c}: constant).
+# Constants in tests are written as expressions of the constant in the code ({c} + 1), so a test is
+# written by copying tokens from the prompt, without arithmetic.
+FAMILIES = {
+    "above": ("def {n}(x):\n    return x > {c}\n",
+              ["assert {n}({c} + 1)", "assert not {n}({c})"], ["assert {n}({c} + 1)"]),
+    "below": ("def {n}(x):\n    return x < {c}\n",
+              ["assert {n}({c} - 1)", "assert not {n}({c})"], ["assert {n}({c} - 1)"]),
+    "add": ("def {n}(x):\n    return x + {c}\n",
+            ["assert {n}(0) == {c}", "assert {n}({c}) == {c} + {c}"], ["assert {n}(0) > 0"]),
+    "clamp": ("def {n}(x):\n    return min(x, {c})\n",
+              ["assert {n}({c} + 1) == {c}", "assert {n}({c}) == {c}"], ["assert {n}(0) == 0"]),
+    "starts": ("def {n}(text):\n    return text.startswith(\"{w}\")\n",
+               ["assert {n}(\"{w}\")", "assert not {n}(\"\")"], ["assert {n}(\"{w}\")"]),
+    "has": ("def {n}(items):\n    return {c} in items\n",
+            ["assert {n}([{c}])", "assert not {n}([{c} + 1])"], ["assert not {n}([])"]),
+}
+# reference-test styles of the training corpus: weak (one function, a check that misses boundary
+# mutants), strong (one function, boundary checks) and split (the strong checks, one test function
+# each: as strong, but more pytest items, so slower)
+STYLES = {"weak": 0.4, "strong": 0.3, "split": 0.3}
+SPLIT_SUFFIXES = ("", "_edge", "_more")
+
+
+def family_test(family: str, word: str, const: int, style: str) -> str:
+    """The reference pytest file of one family instance in one style."""
+    _, _, strong, weak = (None, *FAMILIES[family])
+    name = f"{family}_{word}"
+    asserts = [a.format(n=name, w=word, c=const) for a in (weak if style == "weak" else strong)]
+    head = f"from solution import {name}\n\n\n"
+    if style == "split":
+        return head + "\n\n".join(f"def test_{name}{SPLIT_SUFFIXES[i]}():\n    {a}\n"
+                                   for i, a in enumerate(asserts))
+    return head + f"def test_{name}():\n" + "".join(f"    {a}\n" for a in asserts)
+
+
+def family_examples(seed: int = 0, n_train: int = 360, n_held_out: int = 24,
+                    styles: dict | None = None) -> tuple[list[dict], list[dict]]:
+    """Generated (train, held_out) family instances: rows with name, family, style, code, tests.
+
+    Words and constants (10..99) are split before anything is drawn: a held-out instance has a word
+    no training instance uses and a constant no training instance uses. Training tests are drawn
+    from ``styles`` (default :data:`STYLES`); held-out rows carry the strong reference tests, which
+    no model sees (evaluation only shows the code).
+    """
+    rng = random.Random(seed)
+    styles = styles or STYLES
+    words = family_words(n_train + n_held_out, seed)
+    consts = list(range(10, 100))
+    rng.shuffle(consts)
+    n_held_c = len(consts) // 5
+    splits = {"held_out": (words[:n_held_out], consts[:n_held_c]), "train": (words[n_held_out:], consts[n_held_c:])}
+    out = {}
+    for split, n in (("train", n_train), ("held_out", n_held_out)):
+        split_words, split_consts = splits[split]
+        rows = []
+        for i in range(n):
+            family = list(FAMILIES)[i % len(FAMILIES)] if split == "held_out" else rng.choice(list(FAMILIES))
+            word, const = split_words[i], rng.choice(split_consts)
+            style = rng.choices(list(styles), weights=list(styles.values()))[0] if split == "train" else "strong"
+            rows.append({"name": f"{family}_{word}_{const}", "family": family, "style": style,
+                         "code": FAMILIES[family][0].format(n=f"{family}_{word}", w=word, c=const),
+                         "tests": family_test(family, word, const, style)})
+        out[split] = rows
+    return out["train"], out["held_out"]
+
+
 @dataclass
 class DemoConfig:
     """Sizes and settings of the demo; :meth:`quick` is the reduced version used by the tests."""
@@ -56,38 +152,40 @@ class DemoConfig:
     seed: int = 0
     vocab_size: int = 1024
     renames: int = 0                      # renamed copies of each training example (teacher and student data)
-    max_length: int = 512
+    max_length: int = 256
+    n_train: int = 360                    # generated training family instances
+    n_held_out: int = 24                  # generated held-out family instances (unseen names and constants)
+    n_seen_eval: int = 0                  # training instances also scored, reported apart as "seen code"
     teacher: dict = field(default_factory=lambda: dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2))
     student: dict = field(default_factory=lambda: dict(hidden_size=96, intermediate_size=192, num_hidden_layers=2))
-    teacher_steps: int = 200
+    teacher_steps: int = 700
     teacher_lr: float = 5e-3
-    sft_steps: int = 200
+    sft_steps: int = 700
     gkd_steps: int = 40
     lr: float = 5e-3
-    batch_size: int = 8
-    grpo_steps: int = 24
-    grpo_lr: float = 3e-3
+    batch_size: int = 16
+    grpo_steps: int = 50
+    grpo_lr: float = 5e-3
     grpo_generations: int = 4
-    grpo_prompts_per_step: int = 2
+    grpo_prompts_per_step: int = 4
     mutant_temperature: float = 1.0
-    mutant_max_tokens: int = 160
+    mutant_max_tokens: int = 96
     speed_temperature: float = 0.6
-    speed_max_tokens: int = 80
-    eval_max_tokens: int = 160
+    speed_max_tokens: int = 40
+    eval_max_tokens: int = 96
     max_mutants: int = 15
-    speed_repeats: int = 3
-    n_train: int | None = None           # limit training examples (quick mode)
-    n_held_out: int | None = None        # limit held-out examples (quick mode)
-    n_seen_eval: int | None = None       # training examples also scored (None: all), reported apart as "seen code"
+    speed_repeats: int = 5
     workers: int = 2
+    threads: int | None = 1               # torch CPU threads (1 leaves a core to the test sandboxes)
 
     @classmethod
     def quick(cls) -> "DemoConfig":
         """A reduced run (a minute or two on 2 cores) with the same stages and report."""
-        return cls(renames=1, n_seen_eval=2, teacher=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=1),
+        return cls(n_seen_eval=2, teacher=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=1),
                    student=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1), teacher_steps=6,
                    sft_steps=3, gkd_steps=2, grpo_steps=1, mutant_max_tokens=24, speed_max_tokens=16,
-                   eval_max_tokens=24, max_mutants=5, speed_repeats=2, n_train=6, n_held_out=3, vocab_size=512)
+                   eval_max_tokens=24, max_mutants=5, speed_repeats=2, n_train=12, n_held_out=3, vocab_size=512,
+                   batch_size=8)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -195,7 +293,7 @@ def _curate(teacher, tokenizer, train: list[dict], cfg: DemoConfig, out: Path) -
     step("compute_hash", compute_hash, columns=["code", "tests"])
     step("deduplicate", deduplicate, column="hash")
     step("rule_filter", rule_filter, column="tests", parses_as="python", min_len=20)
-    step("tests_exec_eval", tests_exec_eval, max_mutants=cfg.max_mutants, seed=cfg.seed)
+    step("tests_exec_eval", tests_exec_eval, max_mutants=cfg.max_mutants, seed=cfg.seed, num_proc=cfg.workers)
     evaluated = ds
     step("score_from_exec_eval", score_from_exec_eval)
     evaluated = ds
@@ -235,16 +333,34 @@ def _grpo(model, tokenizer, train: list[dict], cfg: DemoConfig, out: Path, branc
                            "preset": branch}
 
 
+def shape_of_tests(completion: str) -> tuple[int, int]:
+    """(test functions, assert statements) of the pytest file in a completion; (0, 0) if there is none."""
+    import ast
+
+    from fastdistill.rewards.functions import extract_test_code
+
+    tests = extract_test_code(completion)
+    if tests is None:
+        return 0, 0
+    tree = ast.parse(tests)
+    return (sum(isinstance(n, ast.FunctionDef) and n.name.startswith("test") for n in ast.walk(tree)),
+            sum(isinstance(n, ast.Assert) for n in ast.walk(tree)))
+
+
 def _evaluate(name, model, tokenizer, held_out, cfg, out, max_new_tokens):
     from fastdistill.evaluation import generate, score_mutation, score_speed
 
-    gens = generate(model, held_out, out / "generations" / f"{name}.jsonl", tokenizer=tokenizer,
+    # the prompt the models were trained with (generate() would otherwise build one with a system message)
+    rows = [{"name": ex["name"], "code": ex["code"], "prompt": _prompt(ex["code"])} for ex in held_out]
+    gens = generate(model, rows, out / "generations" / f"{name}.jsonl", tokenizer=tokenizer,
                     max_new_tokens=max_new_tokens, batch_size=16, seed=cfg.seed)
     mut = score_mutation(gens, max_mutants=cfg.max_mutants, n_workers=cfg.workers)
     spd = score_speed(gens, repeats=cfg.speed_repeats, n_workers=cfg.workers)
     return {"kill_rate": mut["kill_rate"], "pass_rate": mut["pass_rate"], "extract_rate": mut["extract_rate"],
             "runtime_s": spd["runtime_s"], "runtime_cv": spd["cv"], "stable_rate": spd["stable_rate"],
             "n": mut["n"], "n_timed": spd["n_timed"], "max_new_tokens": max_new_tokens,
+            "tests_per_file": _mean([shape_of_tests(g["completion"])[0] for g in gens]),
+            "asserts_per_file": _mean([shape_of_tests(g["completion"])[1] for g in gens]),
             "completions": [g["completion"] for g in gens], "mutation_rows": mut["rows"], "speed_rows": spd["rows"]}
 
 
@@ -253,6 +369,10 @@ def _evaluate(name, model, tokenizer, held_out, cfg, out, max_new_tokens):
 # ------------------------------------------------------------------------------------------------
 
 STUDENTS = ("base", "sft", "gkd", "grpo_mutant", "grpo_speed")
+
+
+def _mean(values):
+    return sum(values) / len(values) if values else None
 
 
 def _fmt(v, spec=".3f", scale=1.0):
@@ -320,18 +440,25 @@ def _markdown(report: dict) -> str:
     cfg = report["config"]
     lines = [
         "# fastdistill demo report", "",
-        f"Held-out examples: {report['n_held_out']} ({', '.join(report['held_out_names'])}); "
-        f"training examples: {report['n_train']}. Wall time {report['wall_time_s']:.0f} s.", "",
+        "**Task:** a generated curriculum of function families (threshold above/below, add a constant, clamp, "
+        "prefix check, list membership); a good test copies the function name and the constant from the prompt "
+        "into boundary checks. Training reference tests are weak (one check that misses boundary mutants), strong "
+        "(boundary checks) or split (the strong checks, one test function each: slower). "
+        f"Training instances: {report['n_train']} ({report.get('train_styles', {})}); held-out instances: "
+        f"{report['n_held_out']}, with names (made-up words) and constants no training instance uses "
+        f"({', '.join(report['held_out_names'])}). Wall time {report['wall_time_s']:.0f} s.", "",
         "The teacher is a tiny random model that first **learned the reference tests of the training split by SFT** "
-        f"({cfg['teacher_steps']} steps, {cfg['renames']} renamed copies of each example); the tiny models "
-        "cannot learn to write tests from scratch in minutes. Evaluation uses held-out examples only.", "",
-        "| model | kill rate | pass rate | test runtime (ms) | runtime CV | stable | max new tokens |",
-        "|---|---|---|---|---|---|---|",
+        f"({cfg['teacher_steps']} steps); the tiny models cannot learn to write tests from scratch in minutes. "
+        "Evaluation uses held-out instances only, greedy decoding.", "",
+        "| model | kill rate | pass rate | test runtime (ms) | runtime CV | stable | tests/file | asserts/file "
+        "| max new tokens |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in {**report["students"], "teacher": report["teacher"]}.items():
         lines.append(f"| {name} | {_fmt(r['kill_rate'])} | {_fmt(r['pass_rate'])} | "
                      f"{_fmt(r['runtime_s'], '.3f', 1e3)} | {_fmt(r['runtime_cv'], '.2f')} | "
-                     f"{_fmt(r['stable_rate'], '.2f')} | {r['max_new_tokens']} |")
+                     f"{_fmt(r['stable_rate'], '.2f')} | {_fmt(r.get('tests_per_file'), '.2f')} | "
+                     f"{_fmt(r.get('asserts_per_file'), '.2f')} | {r['max_new_tokens']} |")
     if report.get("seen_code"):
         lines += ["", f"Same students on {len(report['seen_names'])} **training** examples they were trained on "
                   "(seen code; not the evaluation, shown to make what each stage learned visible):", "",
@@ -394,7 +521,6 @@ def run_demo(output_dir: str | os.PathLike, cfg: DemoConfig | None = None) -> di
 
     from fastdistill import GKDConfig, GKDTrainer, SFTConfig, SFTTrainer
     from fastdistill.data import generate_tests_prompt
-    from fastdistill.data.examples import split_examples
     from fastdistill.testing import tiny_causal_lm, tiny_tokenizer
 
     cfg = cfg or DemoConfig()
@@ -407,14 +533,18 @@ def run_demo(output_dir: str | os.PathLike, cfg: DemoConfig | None = None) -> di
         timings[stage] = round(time.perf_counter() - t0, 2)
         logger.info("demo: %s done in %.1fs", stage, timings[stage])
 
-    train, held_out = split_examples(held_out_fraction=0.25, seed=0)
-    train, held_out = train[: cfg.n_train], held_out[: cfg.n_held_out]
+    train, held_out = family_examples(cfg.seed, cfg.n_train, cfg.n_held_out)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    old_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
 
-    # tokenizer learned on the training split (code + tests) plus the prompt wording and the rename words
-    corpus = ([ex["code"] for ex in train] + [ex["tests"] for ex in train]
-              + [" ".join(NAME_WORDS), generate_tests_prompt("x", system=False)[0]["content"]])
+    # tokenizer learned on the training split's code + tests with names and digits left out, plus the
+    # syllables and the prompt wording: every syllable and every digit is one token, so a name or a
+    # constant is copied token by token
+    corpus = [re.sub(r"\d", "", (ex["code"] + ex["tests"]).replace(ex["name"].split("_")[1], "")) for ex in train]
+    corpus += ["_".join(SYLLABLES)] * 20 + [generate_tests_prompt("x", system=False)[0]["content"]]
     tokenizer = tiny_tokenizer(corpus, vocab_size=cfg.vocab_size)
     shared = dict(tie_word_embeddings=True, num_attention_heads=4, num_key_value_heads=2,
                   max_position_embeddings=1024)
@@ -494,6 +624,9 @@ def run_demo(output_dir: str | os.PathLike, cfg: DemoConfig | None = None) -> di
         "config": asdict(cfg),
         "n_train": len(train), "n_held_out": len(held_out),
         "train_names": [ex["name"] for ex in train], "held_out_names": [ex["name"] for ex in held_out],
+        "task": "synthetic function-family curriculum (fastdistill.demo.FAMILIES); held-out names and constants "
+                "are disjoint from training",
+        "train_styles": {k: sum(ex["style"] == k for ex in train) for k in STYLES},
         "teacher_note": "the teacher learned the reference tests of the training split by SFT before distillation",
         "students": results, "teacher": teacher_result,
         "seen_names": [ex["name"] for ex in seen], "seen_code": seen_results,
@@ -507,6 +640,7 @@ def run_demo(output_dir: str | os.PathLike, cfg: DemoConfig | None = None) -> di
         "timings_s": timings,
         "wall_time_s": round(time.perf_counter() - start, 1),
     }
+    torch.set_num_threads(old_threads)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     _plot(report, out / "pareto.png")
     (out / "report.md").write_text(_markdown(report), encoding="utf-8")
@@ -517,10 +651,12 @@ def run_demo(output_dir: str | os.PathLike, cfg: DemoConfig | None = None) -> di
 def summary_table(report: dict) -> str:
     """The headline table printed at the end of ``fastdistill demo``."""
     lines = ["held-out code (the evaluation):",
-             f"{'model':<12} {'kill rate':>9} {'pass rate':>9} {'runtime ms':>10} {'stable':>6}"]
+             f"{'model':<12} {'kill rate':>9} {'pass rate':>9} {'runtime ms':>10} {'stable':>6} {'tests/file':>10} "
+             f"{'asserts/file':>12}"]
     for name, r in {**report["students"], "teacher": report["teacher"]}.items():
         lines.append(f"{name:<12} {_fmt(r['kill_rate']):>9} {_fmt(r['pass_rate']):>9} "
-                     f"{_fmt(r['runtime_s'], '.3f', 1e3):>10} {_fmt(r['stable_rate'], '.2f'):>6}")
+                     f"{_fmt(r['runtime_s'], '.3f', 1e3):>10} {_fmt(r['stable_rate'], '.2f'):>6} "
+                     f"{_fmt(r.get('tests_per_file'), '.2f'):>10} {_fmt(r.get('asserts_per_file'), '.2f'):>12}")
     if report.get("seen_code"):
         lines += ["", f"seen training code ({len(report['seen_names'])} examples, for reference):"]
         for name, r in report["seen_code"].items():

@@ -92,3 +92,26 @@ def test_renaming_keeps_reference_tests_passing():
     assert all(f"def {n}(" in code for n in new)
     assert run_tests(code, tests).ok
     assert rename_public_names(ex["code"], ex["tests"], seed=3) == (code, tests)
+
+
+def test_family_split_is_disjoint_and_reference_tests_behave():
+    from fastdistill.demo import FAMILIES, STYLES, family_examples, family_test, shape_of_tests
+    from fastdistill.rewards import run_tests
+    from fastdistill.rewards.mutation import mutation_score
+
+    train, held_out = family_examples(seed=0, n_train=120, n_held_out=12)
+    assert (train, held_out) == family_examples(seed=0, n_train=120, n_held_out=12)
+    words = [{ex["name"].split("_")[1] for ex in rows} for rows in (train, held_out)]
+    consts = [{ex["name"].split("_")[2] for ex in rows} for rows in (train, held_out)]
+    assert not words[0] & words[1] and not consts[0] & consts[1]
+    assert {ex["family"] for ex in held_out} == set(FAMILIES) and {ex["style"] for ex in train} == set(STYLES)
+    for family in FAMILIES:
+        code = FAMILIES[family][0].format(n=f"{family}_zo", w="zo", c=42)
+        kills = {}
+        for style in STYLES:
+            tests = family_test(family, "zo", 42, style)
+            assert run_tests(code, tests).ok, (family, style)
+            kills[style] = mutation_score(code, tests, max_mutants=15).kill_rate
+        # strong checks kill every mutant; the weak check misses some; split = strong, one test each
+        assert kills["strong"] == kills["split"] == 1.0 and kills["weak"] < 1.0, (family, kills)
+        assert shape_of_tests(family_test(family, "zo", 42, "split"))[0] == 2
