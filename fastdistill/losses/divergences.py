@@ -599,6 +599,33 @@ def _partition_kl(student_lp: torch.Tensor, teacher_lp: torch.Tensor) -> torch.T
     return listed + s_rest_lp.exp() * (s_rest_lp - t_rest_lp)
 
 
+def _teacher_targets(leading, chosen_ids, teacher_logprobs, teacher_topk_ids, teacher_topk_logprobs, what: str):
+    """Validate the stored-teacher inputs of the chosen / top-k losses and flatten them.
+
+    Returns ``(ids, teacher_lp, default_mask)``: ``(N, K)`` token ids and teacher log-probs (``K = 1``
+    for chosen tokens) and the mask implied by ``chosen_ids == -100`` (``None`` for top-k).
+    """
+    if teacher_topk_ids is not None or teacher_topk_logprobs is not None:
+        if teacher_topk_ids is None or teacher_topk_logprobs is None:
+            raise ValueError("teacher_topk_ids and teacher_topk_logprobs must be given together")
+        if teacher_topk_ids.shape != teacher_topk_logprobs.shape or tuple(teacher_topk_ids.shape[:-1]) != tuple(leading):
+            raise ValueError(
+                f"teacher_topk_ids {tuple(teacher_topk_ids.shape)} and teacher_topk_logprobs "
+                f"{tuple(teacher_topk_logprobs.shape)} must both have shape {tuple(leading)} + (k,)"
+            )
+        k = teacher_topk_ids.shape[-1]
+        return teacher_topk_ids.reshape(-1, k), teacher_topk_logprobs.reshape(-1, k), None
+    if chosen_ids is None or teacher_logprobs is None:
+        raise ValueError("pass chosen_ids and teacher_logprobs, or teacher_topk_ids and teacher_topk_logprobs")
+    for name, tensor in (("chosen_ids", chosen_ids), ("teacher_logprobs", teacher_logprobs)):
+        if tuple(tensor.shape) != tuple(leading):
+            raise ValueError(
+                f"{name} has shape {tuple(tensor.shape)} but {what} has leading shape {tuple(leading)}; "
+                "teacher_logprobs must hold exactly one log-prob per completion token"
+            )
+    return chosen_ids.reshape(-1, 1), teacher_logprobs.reshape(-1, 1), chosen_ids != IGNORE_INDEX
+
+
 def reverse_kl_on_chosen(
     student_logits: torch.Tensor,
     chosen_ids: torch.Tensor | None = None,
@@ -644,30 +671,10 @@ def reverse_kl_on_chosen(
     _check_reduction(reduction)
     leading = student_logits.shape[:-1]
     vocab = student_logits.shape[-1]
-    use_topk = teacher_topk_ids is not None or teacher_topk_logprobs is not None
-    if use_topk:
-        if teacher_topk_ids is None or teacher_topk_logprobs is None:
-            raise ValueError("teacher_topk_ids and teacher_topk_logprobs must be given together")
-        if teacher_topk_ids.shape != teacher_topk_logprobs.shape or tuple(teacher_topk_ids.shape[:-1]) != tuple(leading):
-            raise ValueError(
-                f"teacher_topk_ids {tuple(teacher_topk_ids.shape)} and teacher_topk_logprobs "
-                f"{tuple(teacher_topk_logprobs.shape)} must both have shape {tuple(leading)} + (k,)"
-            )
-        ids = teacher_topk_ids.reshape(-1, teacher_topk_ids.shape[-1])
-        t_lp = teacher_topk_logprobs.reshape(-1, teacher_topk_logprobs.shape[-1])
-    else:
-        if chosen_ids is None or teacher_logprobs is None:
-            raise ValueError("pass chosen_ids and teacher_logprobs, or teacher_topk_ids and teacher_topk_logprobs")
-        for name, tensor in (("chosen_ids", chosen_ids), ("teacher_logprobs", teacher_logprobs)):
-            if tuple(tensor.shape) != tuple(leading):
-                raise ValueError(
-                    f"{name} has shape {tuple(tensor.shape)} but student_logits has leading shape {tuple(leading)}; "
-                    "teacher_logprobs must hold exactly one log-prob per completion token"
-                )
-        ids = chosen_ids.reshape(-1, 1)
-        t_lp = teacher_logprobs.reshape(-1, 1)
-        if mask is None:
-            mask = chosen_ids != IGNORE_INDEX
+    ids, t_lp, default_mask = _teacher_targets(leading, chosen_ids, teacher_logprobs, teacher_topk_ids,
+                                               teacher_topk_logprobs, "student_logits")
+    if mask is None:
+        mask = default_mask
     logits2d = student_logits.reshape(-1, vocab)
     valid = _valid_mask(mask, leading, logits2d.device)
     rows = valid.nonzero().squeeze(-1) if valid is not None else torch.arange(logits2d.shape[0], device=logits2d.device)

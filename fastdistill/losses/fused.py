@@ -40,12 +40,12 @@ from __future__ import annotations
 import torch
 
 from fastdistill.losses.divergences import (
-    IGNORE_INDEX,
     _jsd_chunk_inplace,
     _partition_kl,
     _reduce,
     _rows_kernel_failed,
     _run_rows_kernel,
+    _teacher_targets,
     _valid_mask,
     _Workspace,
     compiled_rows_kernel,
@@ -390,30 +390,8 @@ def fused_reverse_kl_on_chosen(
     _check_head("student", student_hidden, student_weight, student_bias)
     leading = student_hidden.shape[:-1]
     vocab = student_weight.shape[0]
-    use_topk = teacher_topk_ids is not None or teacher_topk_logprobs is not None
-    default_mask = None
-    if use_topk:
-        if teacher_topk_ids is None or teacher_topk_logprobs is None:
-            raise ValueError("teacher_topk_ids and teacher_topk_logprobs must be given together")
-        if teacher_topk_ids.shape != teacher_topk_logprobs.shape or tuple(teacher_topk_ids.shape[:-1]) != tuple(leading):
-            raise ValueError(
-                f"teacher_topk_ids {tuple(teacher_topk_ids.shape)} and teacher_topk_logprobs "
-                f"{tuple(teacher_topk_logprobs.shape)} must both have shape {tuple(leading)} + (k,)"
-            )
-        ids = teacher_topk_ids.reshape(-1, teacher_topk_ids.shape[-1])
-        t_lp = teacher_topk_logprobs.reshape(-1, teacher_topk_logprobs.shape[-1])
-    else:
-        if chosen_ids is None or teacher_logprobs is None:
-            raise ValueError("pass chosen_ids and teacher_logprobs, or teacher_topk_ids and teacher_topk_logprobs")
-        for name, tensor in (("chosen_ids", chosen_ids), ("teacher_logprobs", teacher_logprobs)):
-            if tuple(tensor.shape) != tuple(leading):
-                raise ValueError(
-                    f"{name} has shape {tuple(tensor.shape)} but student_hidden has leading shape {tuple(leading)}; "
-                    "teacher_logprobs must hold exactly one log-prob per completion token"
-                )
-        ids = chosen_ids.reshape(-1, 1)
-        t_lp = teacher_logprobs.reshape(-1, 1)
-        default_mask = chosen_ids != IGNORE_INDEX
+    ids, t_lp, default_mask = _teacher_targets(leading, chosen_ids, teacher_logprobs, teacher_topk_ids,
+                                               teacher_topk_logprobs, "student_hidden")
     device = student_hidden.device
     rows, scale = _rows_and_divisor(mask, leading, device, vocab, reduction, num_items_in_batch, default_mask)
     sel_ids = (ids if rows is None else ids[rows.to(ids.device)]).to(device).long()
