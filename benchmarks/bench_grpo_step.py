@@ -14,6 +14,9 @@ Variants (each: a fresh model from the same seed, 1 warm-up step, then ``--steps
   bundled reference test files (made distinct per generation with a trailing comment, so nothing
   is a cache hit) in place of the completions: a stand-in for a trained model whose completions
   are real test files. This is the realistic reward cost.
+* ``fastdistill, reference tests, per component``: the same, with the composite scoring its
+  components one after another (``fused=False``: a sandbox call per component, the robustness
+  base run apart from the kill run), as the reward did before it ran a batch in one call.
 
 The composite reward runs with its defaults (recorded under ``reward_config`` in the JSON): all
 components' sandbox work for a step in one call over warm workers, kill rate on up to 30 mutants,
@@ -48,6 +51,9 @@ from fastdistill.testing import tiny_causal_lm
 
 MODEL_KW = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                 num_key_value_heads=2)
+
+
+VARIANTS = ("trl", "fastdistill", "fastdistill_ref_tests", "fastdistill_ref_tests_per_component")
 
 
 class StepTimer(TrainerCallback):
@@ -104,8 +110,9 @@ def run_variant(kind, steps, max_completion_length):
             trainer = trl.GRPOTrainer(model=model, reward_funcs=[reward], args=trl.GRPOConfig(**common),
                                       train_dataset=data, processing_class=tok, callbacks=[timer])
         else:
-            reward = TimedReward(composite_reward(preset="mutant", code_column="code"),
-                                 substitute_tests=kind == "fastdistill_ref_tests")
+            reward = TimedReward(composite_reward(preset="mutant", code_column="code",
+                                                  fused=kind != "fastdistill_ref_tests_per_component"),
+                                 substitute_tests=kind.startswith("fastdistill_ref_tests"))
             args = GRPOConfig(**common, jsd_lambda=0.1, reward_preset="mutant")
             trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data,
                                   processing_class=tok, callbacks=[timer])
@@ -144,7 +151,7 @@ def main():
     torch.set_num_threads(1)
     load_start = os.getloadavg()
     results = [run_variant(kind, args.steps, args.max_completion_length)
-               for kind in ("trl", "fastdistill", "fastdistill_ref_tests")]
+               for kind in VARIANTS]
     base = results[0]["median_step_s"]
     for r in results:
         r["overhead_vs_trl"] = r["median_step_s"] / base
@@ -158,9 +165,9 @@ def main():
         "torch": torch.__version__, "trl": trl.__version__,
         "load_average_at_start": load_start, "load_average_at_end": os.getloadavg(),
     }
-    print(f"{'variant':28s} {'s/step':>8s} {'reward s':>9s} {'reward %':>9s} {'vs TRL':>7s} {'compl len':>10s}")
+    print(f"{'variant':36s} {'s/step':>8s} {'reward s':>9s} {'reward %':>9s} {'vs TRL':>7s} {'compl len':>10s}")
     for r in results:
-        print(f"{r['variant']:28s} {r['median_step_s']:8.2f} {r['median_reward_s']:9.3f} {100 * r['reward_fraction']:8.1f}% "
+        print(f"{r['variant']:36s} {r['median_step_s']:8.2f} {r['median_reward_s']:9.3f} {100 * r['reward_fraction']:8.1f}% "
               f"{r['overhead_vs_trl']:6.2f}x {r['mean_completion_length'] or 0:10.1f}")
     print(f"load {load_start[0]:.1f} -> {report['load_average_at_end'][0]:.1f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
