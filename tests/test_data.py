@@ -97,3 +97,15 @@ def test_truncation_keeps_teacher_columns_aligned(tok):
     row["teacher_logprobs"] = [-float(j) for j in range(len(completion))]
     out = tokenize_example(row, tok, max_length=len(prompt_ids) + 3)
     assert out["completion_ids"] == completion[:3] and out["teacher_logprobs"] == [0.0, -1.0, -2.0]
+
+
+@pytest.mark.parametrize("completion", ["\n\ndef test_f():\n    assert f() == 1", "def test_f():\n    assert f() == 1"])
+def test_chat_completion_tokens_cover_exactly_the_completion_text(tok, completion):
+    """A completion starting with newlines merges with the template's newline under BPE; it must still split."""
+    prompt = [{"role": "user", "content": "Write tests."}]
+    prompt_ids, completion_ids = completion_token_ids(tok, prompt, completion)
+    prompt_text = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    full_text = tok.apply_chat_template(prompt + [{"role": "assistant", "content": completion}], tokenize=False)
+    assert tok.decode(prompt_ids) == prompt_text
+    assert tok.decode(completion_ids) == full_text[len(prompt_text):]
+    assert completion in tok.decode(completion_ids)

@@ -37,12 +37,17 @@ def completion_token_ids(tokenizer, prompt, completion) -> tuple[list[int], list
         full_text = tokenizer.apply_chat_template(list(prompt) + list(completion_messages), tokenize=False)
         prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
         full_ids = tokenizer(full_text, add_special_tokens=False)["input_ids"]
-        if full_ids[: len(prompt_ids)] != prompt_ids:
+        if full_ids[: len(prompt_ids)] == prompt_ids:
+            return prompt_ids, full_ids[len(prompt_ids) :]
+        # A token merged across the boundary (e.g. the template's "\n" with a completion that starts with
+        # newlines). The text still splits cleanly, so tokenize the two sides separately: a valid, if not
+        # canonical, tokenization of the same text, and the same one for the teacher and the student.
+        if not full_text.startswith(prompt_text):
             raise ValueError(
-                "the chat template does not tokenize the prompt as a prefix of the whole conversation; "
+                "the chat template does not render the prompt as a prefix of the whole conversation; "
                 "cannot tell completion tokens apart"
             )
-        return prompt_ids, full_ids[len(prompt_ids) :]
+        return prompt_ids, tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
     if not isinstance(prompt, str) or not isinstance(completion, str):
         raise ValueError("prompt and completion must both be strings or chat messages")
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
