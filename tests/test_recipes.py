@@ -50,6 +50,14 @@ def recipe_env() -> dict:
     return env
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def run_recipe(name: str, *args: str, launcher: str | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``recipes/<name>.py`` with python, or with ``accelerate launch`` and ``recipes/accelerate/<launcher>.yaml``."""
     script = str(RECIPES / f"{name}.py")
@@ -57,7 +65,8 @@ def run_recipe(name: str, *args: str, launcher: str | None = None, timeout: int 
         cmd = [sys.executable, script]
     else:
         config = str(RECIPES / "accelerate" / f"{launcher}.yaml")
-        cmd = [str(BIN / "accelerate"), "launch", "--config_file", config, script]
+        # a free rendezvous port per launch: under pytest-xdist two launches may run at once (default 29500)
+        cmd = [str(BIN / "accelerate"), "launch", "--config_file", config, "--main_process_port", str(free_port()), script]
     cmd += ["--config", str(RECIPES / "configs" / f"{name}.yaml"), *TINY, *STAGE_TINY[name], *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=recipe_env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)}\nexit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
@@ -149,6 +158,33 @@ def test_recipes_chain_under_deepspeed_with_two_processes(tiny_models, tmp_path,
         assert info["resumed_from"].endswith("checkpoint-2")
     assert any("loss/jsd" in entry for entry in trainer_log(tmp_path / "gkd"))
     assert any("rewards/mutant_kill" in entry for entry in trainer_log(tmp_path / "grpo_mutant"))
+
+
+@pytest.mark.slow
+def test_gkd_fused_loss_under_zero3_matches_the_logits_path(tiny_models, tmp_path):
+    """Under ZeRO-3 the fused loss runs as the student head's forward (weights gathered by DeepSpeed once per
+    step): same losses and the same parameter update as the logits path, both with 2 processes."""
+    from safetensors.torch import load_file
+
+    student, teacher = tiny_models
+    logs, weights = {}, {}
+    for fused in ("true", "false"):
+        out = tmp_path / f"gkd_{fused}"
+        proc = run_recipe("gkd", "--model_name_or_path", student, "--teacher_model_name_or_path", teacher,
+                          "--output_dir", str(out), "--max_steps", "2", "--fused_loss", fused, "--lmbda", "0",
+                          "--ce_lambda", "0.5", "--rkl_lambda", "0.25", "--learning_rate", "1e-3", launcher="zero3")
+        info = assert_trained(out, steps=2, world_size=2, zero_stage=3)
+        assert info["fused_loss"] is (fused == "true") and "falling back" not in proc.stderr
+        logs[fused] = [{k: v for k, v in e.items() if k.startswith("loss")} for e in trainer_log(out)]
+        weights[fused] = load_file(str(out / "model.safetensors"))
+    assert len(logs["true"]) == 2 and set(logs["true"][0]) == {"loss", "loss/ce", "loss/jsd", "loss/rkl"}
+    for got, want in zip(logs["true"], logs["false"]):
+        assert got == pytest.approx(want, rel=1e-5)
+    initial = load_file(str(Path(student) / "model.safetensors"))
+    moved = (weights["true"]["lm_head.weight"] - initial["lm_head.weight"]).abs().max()
+    assert moved > 1e-4  # two real updates ...
+    for name, value in weights["true"].items():  # ... identical on both paths
+        assert (value - weights["false"][name]).abs().max() <= 1e-3 * moved, name
 
 
 # ------------------------------------------------------------------------------- launch helpers

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from fastdistill.data.collators import DistillationCollator, tokenize_example
 from fastdistill.losses import jsd_loss, reverse_kl_on_chosen, reverse_kl_on_logits
 from fastdistill.losses.fused import fused_chunk_size, fused_jsd_loss, fused_reverse_kl_on_chosen
-from fastdistill.trainers.utils import backbone, capture_hidden, output_head, unfusable_reason
+from fastdistill.trainers.utils import backbone, call_as_forward_of, capture_hidden, output_head, unfusable_reason
 
 with warnings.catch_warnings():  # TRL 1.16 keeps GKD under trl.experimental and warns on import
     warnings.simplefilter("ignore")
@@ -55,7 +55,9 @@ class GKDConfig(_TRLGKDConfig):
             :func:`~fastdistill.losses.fused_jsd_loss` / ``fused_reverse_kl_on_chosen``: neither model's
             ``[tokens, vocab]`` logits are ever materialised (the teacher's ``lm_head`` is never applied to
             the sequence). Falls back to the logits path, with one warning saying why, for heads it cannot
-            fuse (logit soft-capping or scaling, a head that is not a plain ``nn.Linear``, DeepSpeed ZeRO-3).
+            fuse (logit soft-capping or scaling, a head that is not a plain ``nn.Linear``). Under DeepSpeed
+            ZeRO-3 the losses run as the student head's forward, so DeepSpeed gathers the partitioned head
+            weights once per step (and once for its backward), not once per chunk.
     """
 
     ce_lambda: float = field(default=0.0, metadata={"help": "Weight of the token cross-entropy term."})
@@ -198,16 +200,19 @@ class GKDTrainer(_TRLGKDTrainer):
     # ------------------------------------------------------------------------------------------
     def _fusion_blocker(self) -> str | None:
         """Why the fused path cannot run for this trainer (``None`` if it can); decided once."""
-        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-
-        if self.is_deepspeed_enabled and is_deepspeed_zero3_enabled():
-            return "DeepSpeed ZeRO-3 partitions the lm_head weights the fused kernel reads directly"
         for name, model in (("student", self.model), ("teacher", self.teacher_model)):
             if model is not None:
                 reason = unfusable_reason(model)
                 if reason is not None:
                     return f"the {name} cannot be fused: {reason}"
         return None
+
+    @property
+    def _zero3(self) -> bool:
+        """DeepSpeed ZeRO-3: the heads' weights are partitioned and must be gathered to be read."""
+        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+        return bool(self.is_deepspeed_enabled and is_deepspeed_zero3_enabled())
 
     @property
     def use_fused_loss(self) -> bool:
@@ -315,42 +320,52 @@ class GKDTrainer(_TRLGKDTrainer):
         student_hidden, student_outputs = self._hidden_states(model, inputs)
         student_hidden = student_hidden[:, :-1]
         head = output_head(model)
-        terms: dict[str, torch.Tensor] = {}
-        if self.ce_lambda > 0:
-            terms["ce"] = self._normalise(_chunked_cross_entropy(student_hidden[mask], head, labels[mask]), mask,
-                                          num_items_in_batch)
+        teacher_hidden = teacher_head = None
         if self.teacher_model is not None:
             self.teacher_model.eval()
             with torch.no_grad():
                 teacher_hidden = self._hidden_states(self.teacher_model, inputs)[0][:, :-1]
             teacher_head = output_head(self.teacher_model)
-            fused = dict(mask=mask, student_bias=head.bias, teacher_bias=teacher_head.bias, reduction="batchmean",
-                         num_items_in_batch=num_items_in_batch)
-            if self.jsd_lambda > 0:
-                terms["jsd"] = fused_jsd_loss(student_hidden, head.weight, teacher_hidden, teacher_head.weight,
-                                              beta=self.beta, **fused)
-            if self.rkl_lambda > 0:
-                terms["rkl"] = fused_jsd_loss(student_hidden, head.weight, teacher_hidden, teacher_head.weight,
-                                              beta=1.0, **fused)
-        elif self.rkl_lambda > 0:
-            terms["rkl"] = fused_reverse_kl_on_chosen(
-                student_hidden, head.weight, labels, mask=mask, student_bias=head.bias, reduction="batchmean",
-                num_items_in_batch=num_items_in_batch, **self._offline_kwargs(inputs)
-            )
-        return terms, student_outputs
+
+        def head_terms(student_hidden):
+            terms: dict[str, torch.Tensor] = {}
+            if self.ce_lambda > 0:
+                ce = _chunked_cross_entropy(student_hidden[mask], head.weight, head.bias, labels[mask])
+                terms["ce"] = self._normalise(ce, mask, num_items_in_batch)
+            if teacher_head is not None:
+                fused = dict(mask=mask, student_bias=head.bias, teacher_bias=teacher_head.bias, reduction="batchmean",
+                             num_items_in_batch=num_items_in_batch)
+                if self.jsd_lambda > 0:
+                    terms["jsd"] = fused_jsd_loss(student_hidden, head.weight, teacher_hidden, teacher_head.weight,
+                                                  beta=self.beta, **fused)
+                if self.rkl_lambda > 0:
+                    terms["rkl"] = fused_jsd_loss(student_hidden, head.weight, teacher_hidden, teacher_head.weight,
+                                                  beta=1.0, **fused)
+            elif self.rkl_lambda > 0:
+                terms["rkl"] = fused_reverse_kl_on_chosen(
+                    student_hidden, head.weight, labels, mask=mask, student_bias=head.bias, reduction="batchmean",
+                    num_items_in_batch=num_items_in_batch, **self._offline_kwargs(inputs)
+                )
+            return terms
+
+        if self._zero3:  # partitioned heads: run the losses as the student head's forward (gathered once)
+            teacher_params = list(teacher_head.parameters()) if teacher_head is not None else []
+            return call_as_forward_of(head, head_terms, student_hidden, gathered=teacher_params), student_outputs
+        return head_terms(student_hidden), student_outputs
 
 
-def _chunked_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor) -> torch.Tensor:
-    """Summed token cross-entropy of ``head(hidden)`` without keeping more than one chunk of logits.
+def _chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                           labels: torch.Tensor) -> torch.Tensor:
+    """Summed token cross-entropy of ``hidden @ weight.T + bias`` without keeping more than one chunk of logits.
 
     Each chunk is recomputed in the backward (activation checkpointing), so memory is ``O(chunk x V)``.
     """
     from torch.utils.checkpoint import checkpoint
 
     def chunk_ce(h, y):
-        return F.cross_entropy(head(h).float(), y, reduction="sum")
+        return F.cross_entropy(F.linear(h, weight, bias).float(), y, reduction="sum")
 
-    chunk = fused_chunk_size(head.out_features)
+    chunk = fused_chunk_size(weight.shape[0])
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[0], chunk):
         total = total + checkpoint(chunk_ce, hidden[start : start + chunk], labels[start : start + chunk],

@@ -12,9 +12,9 @@ from transformers import TrainerCallback
 from trl import GRPOConfig as _TRLGRPOConfig
 from trl import GRPOTrainer as _TRLGRPOTrainer
 
-from fastdistill.losses import jsd_loss
 from fastdistill.losses.fused import fused_jsd_loss
 from fastdistill.trainers.utils import backbone as _backbone
+from fastdistill.trainers.utils import call_as_forward_of
 from fastdistill.trainers.utils import capture_hidden as _capture_hidden
 from fastdistill.trainers.utils import output_head as _head
 
@@ -97,9 +97,8 @@ class GRPOTrainer(_TRLGRPOTrainer):
       over completion tokens, logged as ``jsd``. The policy's hidden states are taken from the forward
       pass TRL already makes for the GRPO loss, the teacher's from the reference-model forward when TRL
       makes one; the divergence runs through :func:`fastdistill.losses.fused_jsd_loss`, so no
-      ``[tokens, vocab]`` logits are materialised. Under DeepSpeed ZeRO-3 the heads are called as modules
-      (so their partitioned weights are gathered by DeepSpeed) and :func:`~fastdistill.losses.jsd_loss`
-      is used on the completion logits.
+      ``[tokens, vocab]`` logits are materialised. Under DeepSpeed ZeRO-3 the loss runs as the policy
+      head's forward, so DeepSpeed gathers the partitioned head weights once per step (not per chunk).
     * With ``jsd_lambda = 0`` the trainer is TRL's.
     """
 
@@ -199,20 +198,23 @@ class GRPOTrainer(_TRLGRPOTrainer):
     def _jsd(self, model, student_hidden, teacher_hidden, mask) -> torch.Tensor:
         student_head = _head(model)
         teacher_head = _head(self.model if self._teacher_disables_adapter else self.teacher_model)
+
+        def head_jsd(student_hidden):
+            return {"jsd": fused_jsd_loss(
+                student_hidden,
+                student_head.weight,
+                teacher_hidden.to(student_hidden.dtype),
+                teacher_head.weight.detach(),
+                beta=self.jsd_beta,
+                mask=mask,
+                student_bias=student_head.bias,
+                teacher_bias=None if teacher_head.bias is None else teacher_head.bias.detach(),
+                reduction="mean",
+            )}
+
         if getattr(self, "_zero3", False):
-            # call the heads as modules so DeepSpeed gathers their partitioned weights
-            student_logits = student_head(student_hidden[mask])
-            with torch.no_grad():
-                teacher_logits = teacher_head(teacher_hidden[mask].to(student_logits.dtype))
-            return jsd_loss(student_logits, teacher_logits, beta=self.jsd_beta, reduction="batchmean")
-        return fused_jsd_loss(
-            student_hidden,
-            student_head.weight,
-            teacher_hidden.to(student_hidden.dtype),
-            teacher_head.weight.detach(),
-            beta=self.jsd_beta,
-            mask=mask,
-            student_bias=student_head.bias,
-            teacher_bias=None if teacher_head.bias is None else teacher_head.bias.detach(),
-            reduction="mean",
-        )
+            # partitioned heads: run the fused loss as the policy head's forward so DeepSpeed gathers its
+            # weights once (and the teacher head's, which needs no gradient, for the duration of the call)
+            teacher_params = [] if teacher_head is student_head else list(teacher_head.parameters())
+            return call_as_forward_of(student_head, head_jsd, student_hidden, gathered=teacher_params)["jsd"]
+        return head_jsd(student_hidden)["jsd"]

@@ -208,7 +208,8 @@ class RunInfoCallback(_trainer_callback_base()):
     Fields: ``world_size`` (from ``torch.distributed`` when initialised, so independent processes
     that each believe they are alone report 1), ``accelerate_num_processes``, ``distributed_type``,
     ``backend``, ``zero_stage`` (``None`` without DeepSpeed), ``device``, ``start_step`` (the global
-    step the run began at: >0 after a resume), ``global_step``, ``resumed_from`` and ``recipe``.
+    step the run began at: >0 after a resume), ``global_step``, ``resumed_from``, ``recipe`` and
+    ``fused_loss`` (GKD: whether the fused lm_head loss ran; ``None`` for other trainers).
     """
 
     def __init__(self, trainer, recipe: str | None = None, resumed_from: str | None = None):
@@ -234,6 +235,7 @@ class RunInfoCallback(_trainer_callback_base()):
             "start_step": self.start_step,
             "global_step": state.global_step,
             "resumed_from": self.resumed_from,
+            "fused_loss": getattr(self.trainer, "use_fused_loss", None),  # GKD: which loss path really ran
         }
         if state.is_world_process_zero:
             os.makedirs(args.output_dir, exist_ok=True)

@@ -98,3 +98,36 @@ def unfusable_reason(model: torch.nn.Module) -> str | None:
         if value not in (None, 1, 1.0):
             return f"its config sets {name}={value} (the logits are transformed after the lm_head)"
     return None
+
+
+def call_as_forward_of(module: torch.nn.Module, fn, *args, gathered=()):
+    """Run ``fn(*args)`` as ``module``'s forward, returning a dict of tensors.
+
+    Under DeepSpeed ZeRO-3 a module's partitioned parameters are gathered by hooks around its
+    forward and re-gathered for its backward. The fused losses read the ``lm_head`` weight directly,
+    so they run *as* the head's forward: the student head's weight is gathered once for the forward
+    (not once per chunk) and once for the backward, and its gradient is reduce-scattered by DeepSpeed
+    as usual. ``gathered`` parameters (the teacher's head, which needs no gradient) are gathered with
+    ``deepspeed.zero.GatheredParameters`` for the duration of the call. ``fn`` must return a dict of
+    tensors (module outputs pass through DeepSpeed's hooks as a tuple).
+    """
+    import deepspeed
+
+    names: list[str] = []
+
+    def forward(*inner_args):
+        out = fn(*inner_args)
+        names.extend(out)
+        return tuple(out.values())
+
+    previous = module.__dict__.get("forward")
+    module.forward = forward
+    try:
+        with deepspeed.zero.GatheredParameters([p for p in gathered if p is not None], modifier_rank=None):
+            values = module(*args)
+    finally:
+        if previous is None:
+            del module.__dict__["forward"]
+        else:
+            module.forward = previous
+    return dict(zip(names, values))
