@@ -161,9 +161,10 @@ def test_recipes_chain_under_deepspeed_with_two_processes(tiny_models, tmp_path,
 
 
 @pytest.mark.slow
-def test_gkd_fused_loss_under_zero3_matches_the_logits_path(tiny_models, tmp_path):
-    """Under ZeRO-3 the fused loss runs as the student head's forward (weights gathered by DeepSpeed once per
-    step): same losses and the same parameter update as the logits path, both with 2 processes."""
+@pytest.mark.parametrize("launcher, stage", [("ddp", None), ("zero3", 3)])
+def test_gkd_fused_loss_multi_process_matches_the_logits_path(tiny_models, tmp_path, launcher, stage):
+    """With 2 processes (DDP; ZeRO-3, where the fused loss runs as the student head's forward so DeepSpeed
+    gathers its weights once per step): same losses and the same parameter update as the logits path."""
     from safetensors.torch import load_file
 
     student, teacher = tiny_models
@@ -172,8 +173,8 @@ def test_gkd_fused_loss_under_zero3_matches_the_logits_path(tiny_models, tmp_pat
         out = tmp_path / f"gkd_{fused}"
         proc = run_recipe("gkd", "--model_name_or_path", student, "--teacher_model_name_or_path", teacher,
                           "--output_dir", str(out), "--max_steps", "2", "--fused_loss", fused, "--lmbda", "0",
-                          "--ce_lambda", "0.5", "--rkl_lambda", "0.25", "--learning_rate", "1e-3", launcher="zero3")
-        info = assert_trained(out, steps=2, world_size=2, zero_stage=3)
+                          "--ce_lambda", "0.5", "--rkl_lambda", "0.25", "--learning_rate", "1e-3", launcher=launcher)
+        info = assert_trained(out, steps=2, world_size=2, zero_stage=stage)
         assert info["fused_loss"] is (fused == "true") and "falling back" not in proc.stderr
         logs[fused] = [{k: v for k, v in e.items() if k.startswith("loss")} for e in trainer_log(out)]
         weights[fused] = load_file(str(out / "model.safetensors"))
