@@ -115,23 +115,27 @@ def family_test(family: str, word: str, const: int, style: str) -> str:
 
 
 def family_examples(seed: int = 0, n_train: int = 360, n_held_out: int = 24,
-                    styles: dict | None = None) -> tuple[list[dict], list[dict]]:
+                    styles: dict | None = None, n_extra: int = 0):
     """Generated (train, held_out) family instances: rows with name, family, style, code, tests.
 
     Words and constants (10..99) are split before anything is drawn: a held-out instance has a word
     no training instance uses and a constant no training instance uses. Training tests are drawn
     from ``styles`` (default :data:`STYLES`); held-out rows carry the strong reference tests, which
-    no model sees (evaluation only shows the code).
+    no model sees (evaluation only shows the code). With ``n_extra`` a third list is returned:
+    further instances drawn like the training ones (training-pool constants, fresh words that are
+    neither training nor held-out words), used as GRPO prompts the SFT data never showed.
     """
     rng = random.Random(seed)
     styles = styles or STYLES
-    words = family_words(n_train + n_held_out, seed)
+    words = family_words(n_train + n_held_out + n_extra, seed)
     consts = list(range(10, 100))
     rng.shuffle(consts)
     n_held_c = len(consts) // 5
-    splits = {"held_out": (words[:n_held_out], consts[:n_held_c]), "train": (words[n_held_out:], consts[n_held_c:])}
+    splits = {"held_out": (words[:n_held_out], consts[:n_held_c]),
+              "train": (words[n_held_out:n_held_out + n_train], consts[n_held_c:]),
+              "extra": (words[n_held_out + n_train:], consts[n_held_c:])}
     out = {}
-    for split, n in (("train", n_train), ("held_out", n_held_out)):
+    for split, n in (("train", n_train), ("held_out", n_held_out), ("extra", n_extra)):
         split_words, split_consts = splits[split]
         rows = []
         for i in range(n):
@@ -142,7 +146,7 @@ def family_examples(seed: int = 0, n_train: int = 360, n_held_out: int = 24,
                          "code": FAMILIES[family][0].format(n=f"{family}_{word}", w=word, c=const),
                          "tests": family_test(family, word, const, style)})
         out[split] = rows
-    return out["train"], out["held_out"]
+    return (out["train"], out["held_out"]) + ((out["extra"],) if n_extra else ())
 
 
 @dataclass
@@ -155,6 +159,7 @@ class DemoConfig:
     max_length: int = 256
     n_train: int = 360                    # generated training family instances
     n_held_out: int = 24                  # generated held-out family instances (unseen names and constants)
+    n_grpo: int = 100                     # fresh training-pool instances used as GRPO prompts (not in SFT data)
     n_seen_eval: int = 0                  # training instances also scored, reported apart as "seen code"
     teacher: dict = field(default_factory=lambda: dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2))
     student: dict = field(default_factory=lambda: dict(hidden_size=96, intermediate_size=192, num_hidden_layers=2))
@@ -165,9 +170,9 @@ class DemoConfig:
     lr: float = 5e-3
     batch_size: int = 16
     grpo_steps: int = 50
-    grpo_lr: float = 5e-3
-    grpo_generations: int = 4
-    grpo_prompts_per_step: int = 4
+    grpo_lr: float = 8e-3
+    grpo_generations: int = 8
+    grpo_prompts_per_step: int = 2
     mutant_temperature: float = 1.0
     mutant_max_tokens: int = 96
     speed_temperature: float = 0.6
@@ -185,7 +190,7 @@ class DemoConfig:
                    student=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1), teacher_steps=6,
                    sft_steps=3, gkd_steps=2, grpo_steps=1, mutant_max_tokens=24, speed_max_tokens=16,
                    eval_max_tokens=24, max_mutants=5, speed_repeats=2, n_train=12, n_held_out=3, vocab_size=512,
-                   batch_size=8)
+                   batch_size=8, n_grpo=8)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -449,6 +454,8 @@ def _markdown(report: dict) -> str:
         f"({', '.join(report['held_out_names'])}). Wall time {report['wall_time_s']:.0f} s.", "",
         "The teacher is a tiny random model that first **learned the reference tests of the training split by SFT** "
         f"({cfg['teacher_steps']} steps); the tiny models cannot learn to write tests from scratch in minutes. "
+        f"GRPO prompts: {len(report.get('grpo_prompt_names', []))} further instances drawn like the training ones "
+        "(fresh words, training constants) that the SFT data never showed. "
         "Evaluation uses held-out instances only, greedy decoding.", "",
         "| model | kill rate | pass rate | test runtime (ms) | runtime CV | stable | tests/file | asserts/file "
         "| max new tokens |",
@@ -471,7 +478,11 @@ def _markdown(report: dict) -> str:
     acc = report["acceptance"]
     lines += ["", "Kill rate and pass rate are means over the held-out examples (per-example rows in report.json); "
               "runtime is the mean pytest time (setup+call+teardown) over the test files that pass, "
-              f"{cfg['speed_repeats']} repeats each.", "",
+              f"{cfg['speed_repeats']} repeats each. tests/file and asserts/file describe the greedy completions "
+              "(weak reference style: 1 test, 1 assert; strong: 1 test, 2 asserts; split: 2 tests, 2 asserts); a "
+              "failing file usually has a mis-copied name or constant. Seeds are fixed; the GRPO rewards include "
+              "measured test runtimes, so GRPO updates (and the runtimes in this table) can differ slightly "
+              "between runs.", "",
               "## What the branches show", "", f"- {acc['kill_rate_statement']}", f"- {acc['speed_statement']}", ""]
     held = {**report["students"], "teacher": report["teacher"]}
     if all(not r["pass_rate"] for r in held.values()):
@@ -503,7 +514,12 @@ def _markdown(report: dict) -> str:
     for stage, info in report["training"].items():
         losses = info.get("losses") or info.get("rewards") or []
         what = "loss" if info.get("losses") else "reward"
-        if losses:
+        if losses and what == "reward":  # per-step rewards are noisy: means of the first and last tenth
+            k = max(1, len(losses) // 10)
+            lines.append(f"- {stage}: mean reward {_mean(losses[:k]):.3f} (first {k} steps) -> "
+                         f"{_mean(losses[-k:]):.3f} (last {k}); {info['steps']} steps, {info['time_s']:.0f} s, "
+                         f"temperature {info['temperature']}, max {info['max_completion_length']} tokens")
+        elif losses:
             lines.append(f"- {stage}: {what} {losses[0]} -> {losses[-1]} "
                          f"({info['steps']} steps, {info['time_s']:.0f} s)")
     lines += ["", "## Stage times (s)", ""] + [f"- {k}: {v:.1f}" for k, v in report["timings_s"].items()]
@@ -533,7 +549,7 @@ def run_demo(output_dir: str | os.PathLike, cfg: DemoConfig | None = None) -> di
         timings[stage] = round(time.perf_counter() - t0, 2)
         logger.info("demo: %s done in %.1fs", stage, timings[stage])
 
-    train, held_out = family_examples(cfg.seed, cfg.n_train, cfg.n_held_out)
+    train, held_out, grpo_pool = family_examples(cfg.seed, cfg.n_train, cfg.n_held_out, n_extra=cfg.n_grpo)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     old_threads = torch.get_num_threads()
@@ -594,7 +610,9 @@ def run_demo(output_dir: str | os.PathLike, cfg: DemoConfig | None = None) -> di
     mark("student_gkd", t0)
     training["student_gkd"] = {"losses": _losses(gkd), "steps": cfg.gkd_steps, "time_s": timings["student_gkd"]}
 
-    grpo_train = [{"name": ex["name"], "code": ex["code"], "tests": ex["tests"]} for ex in train]
+    # GRPO prompts: fresh instances of the training pool that the teacher and the SFT data never showed (on the
+    # memorised training prompts the SFT student samples its memorised answer and GRPO has nothing to compare)
+    grpo_train = [{"name": ex["name"], "code": ex["code"], "tests": ex["tests"]} for ex in grpo_pool]
     for branch in ("mutant", "speed"):
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed)
@@ -624,6 +642,7 @@ def run_demo(output_dir: str | os.PathLike, cfg: DemoConfig | None = None) -> di
         "config": asdict(cfg),
         "n_train": len(train), "n_held_out": len(held_out),
         "train_names": [ex["name"] for ex in train], "held_out_names": [ex["name"] for ex in held_out],
+        "grpo_prompt_names": [ex["name"] for ex in grpo_pool],
         "task": "synthetic function-family curriculum (fastdistill.demo.FAMILIES); held-out names and constants "
                 "are disjoint from training",
         "train_styles": {k: sum(ex["style"] == k for ex in train) for k in STYLES},

@@ -46,6 +46,7 @@ def test_headlines_are_means_of_held_out_rows(demo_dir):
     report = json.loads((demo_dir / "report.json").read_text())
     held_out = report["held_out_names"]
     assert held_out and not set(held_out) & set(report["train_names"])
+    assert report["grpo_prompt_names"] and not set(held_out) & set(report["grpo_prompt_names"])
     assert set(report["students"]) == set(STUDENTS)
     for name, res in {**report["students"], "teacher": report["teacher"]}.items():
         rows, speed_rows = res["mutation_rows"], res["speed_rows"]
@@ -101,9 +102,13 @@ def test_family_split_is_disjoint_and_reference_tests_behave():
 
     train, held_out = family_examples(seed=0, n_train=120, n_held_out=12)
     assert (train, held_out) == family_examples(seed=0, n_train=120, n_held_out=12)
+    extra = family_examples(seed=0, n_train=120, n_held_out=12, n_extra=10)
+    assert extra[:2] == (train, held_out) and len(extra[2]) == 10
     words = [{ex["name"].split("_")[1] for ex in rows} for rows in (train, held_out)]
     consts = [{ex["name"].split("_")[2] for ex in rows} for rows in (train, held_out)]
     assert not words[0] & words[1] and not consts[0] & consts[1]
+    extra_words = {ex["name"].split("_")[1] for ex in extra[2]}
+    assert not extra_words & (words[0] | words[1]) and not {ex["name"].split("_")[2] for ex in extra[2]} & consts[1]
     assert {ex["family"] for ex in held_out} == set(FAMILIES) and {ex["style"] for ex in train} == set(STYLES)
     for family in FAMILIES:
         code = FAMILIES[family][0].format(n=f"{family}_zo", w="zo", c=42)
