@@ -137,3 +137,31 @@ def test_default_rewards_run_the_generated_tests_and_log_components(tmp_path):
     for name in ("rewards/mutant_kill", "rewards/speed_stability", "rewards/robustness"):
         assert name in logged
     assert not any(w.owner_pid == os.getpid() for w in sandbox._IDLE)  # and they are stopped at train end
+
+
+def test_frozen_copy_of_an_accelerate_prepared_model_runs_its_own_weights():
+    """accelerate (mixed precision) binds an instance-level forward to the model; a deepcopy kept it bound to the
+    original, so the GRPO teacher copy of the initial policy silently followed the policy."""
+    import copy
+
+    from accelerate import Accelerator
+
+    from fastdistill.testing import tiny_causal_lm
+    from fastdistill.trainers.utils import frozen_copy
+
+    from accelerate.state import AcceleratorState
+
+    model, _ = tiny_causal_lm(hidden_size=16, intermediate_size=32, num_hidden_layers=1)
+    AcceleratorState._reset_state(reset_partial_state=True)  # an earlier trainer's state would ignore bf16
+    try:
+        Accelerator(mixed_precision="bf16", cpu=True).prepare_model(model)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)  # leave no bf16 state to later tests
+    assert "_original_forward" in model.__dict__  # accelerate wrapped the forward
+    ids = torch.tensor([[1, 2, 3, 4]])
+    frozen, naive = frozen_copy(model), copy.deepcopy(model)
+    before = frozen(input_ids=ids).logits.detach()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(3.0)  # the policy trains on
+    assert torch.equal(frozen(input_ids=ids).logits, before)
+    assert not torch.equal(naive(input_ids=ids).logits, before)  # the bug this guards against

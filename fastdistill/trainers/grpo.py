@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 from dataclasses import dataclass, field
 
@@ -16,6 +15,7 @@ from fastdistill.losses.fused import fused_jsd_loss
 from fastdistill.trainers.utils import backbone as _backbone
 from fastdistill.trainers.utils import call_as_forward_of
 from fastdistill.trainers.utils import capture_hidden as _capture_hidden
+from fastdistill.trainers.utils import frozen_copy
 from fastdistill.trainers.utils import output_head as _head
 
 logger = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class GRPOTrainer(_TRLGRPOTrainer):
             if hasattr(unwrapped, "disable_adapter"):  # PEFT: the base model is the reference
                 self.teacher_model, self._teacher_disables_adapter = self.model, True
                 return
-            teacher_model = copy.deepcopy(unwrapped)  # frozen copy of the initial policy
+            teacher_model = frozen_copy(unwrapped)  # frozen copy of the initial policy (own weights)
         if teacher_model.config.get_text_config().vocab_size != self.model.config.get_text_config().vocab_size:
             raise ValueError("the teacher and the policy must share a vocabulary for the JSD term")
         teacher_model.requires_grad_(False)

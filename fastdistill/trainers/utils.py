@@ -131,3 +131,21 @@ def call_as_forward_of(module: torch.nn.Module, fn, *args, gathered=()):
         else:
             module.forward = previous
     return dict(zip(names, values))
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``model`` that computes with its *own* weights.
+
+    accelerate's ``prepare_model`` (mixed precision) replaces ``model.forward`` with an instance-level
+    wrapper bound to that object and keeps the class's in ``_original_forward``; ``copy.deepcopy``
+    keeps the wrapper bound to the *original* model, so the copy would silently run the original's
+    weights (a "frozen" reference that follows the policy). The copy drops that wrapper (it only adds
+    autocast around the class's forward).
+    """
+    import copy
+
+    clone = copy.deepcopy(model)
+    if "_original_forward" in clone.__dict__:  # accelerate's mixed-precision wrapper (top-level model only)
+        clone.__dict__.pop("forward", None)
+        clone.__dict__.pop("_original_forward")
+    return clone
