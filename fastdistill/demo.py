@@ -170,12 +170,12 @@ class DemoConfig:
     lr: float = 5e-3
     batch_size: int = 16
     grpo_steps: int = 50
-    grpo_lr: float = 8e-3
+    grpo_lr: float = 1.5e-3
     grpo_generations: int = 8
     grpo_prompts_per_step: int = 2
-    mutant_temperature: float = 1.0
+    mutant_temperature: float = 0.8
     mutant_max_tokens: int = 96
-    speed_temperature: float = 0.6
+    speed_temperature: float = 0.5
     speed_max_tokens: int = 40
     eval_max_tokens: int = 96
     max_mutants: int = 15
