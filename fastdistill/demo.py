@@ -170,7 +170,7 @@ class DemoConfig:
     lr: float = 5e-3
     batch_size: int = 16
     grpo_steps: int = 50
-    grpo_lr: float = 1.5e-3
+    grpo_lr: float = 2e-4
     grpo_generations: int = 8
     grpo_prompts_per_step: int = 2
     mutant_temperature: float = 0.8
