@@ -262,20 +262,6 @@ def _common_args(cfg: DemoConfig, out: Path, name: str, steps: int, lr: float) -
                 disable_tqdm=False)
 
 
-def _snapshot(model):
-    """A deep copy of ``model`` that runs on its OWN weights.
-
-    After a Trainer ran, accelerate leaves an instance-level ``forward`` on the model (a bound
-    method); ``copy.deepcopy`` keeps it bound to the original object, so a plain deep copy would
-    compute with the original's weights (a trained copy would then still generate like the
-    original). The copy drops that attribute, which only wraps the class's forward.
-    """
-    clone = copy.deepcopy(model)
-    for attr in ("forward", "_original_forward"):
-        clone.__dict__.pop(attr, None)
-    return clone
-
-
 def _losses(trainer) -> list[float]:
     return [round(float(h["loss"]), 4) for h in trainer.state.log_history if "loss" in h]
 
@@ -552,6 +538,7 @@ def run_demo(output_dir: str | os.PathLike, cfg: DemoConfig | None = None) -> di
     from fastdistill import GKDConfig, GKDTrainer, SFTConfig, SFTTrainer
     from fastdistill.data import generate_tests_prompt
     from fastdistill.testing import tiny_causal_lm, tiny_tokenizer
+    from fastdistill.trainers.utils import frozen_copy
 
     cfg = cfg or DemoConfig()
     out = Path(output_dir)
@@ -610,7 +597,7 @@ def run_demo(output_dir: str | os.PathLike, cfg: DemoConfig | None = None) -> di
     sft = SFTTrainer(model=base, train_dataset=student_ds, processing_class=tokenizer,
                      args=SFTConfig(**_common_args(cfg, out, "sft", cfg.sft_steps, cfg.lr), max_length=cfg.max_length))
     sft.train()
-    students["sft"] = _snapshot(sft.model)
+    students["sft"] = frozen_copy(sft.model)
     mark("student_sft", t0)
     training["student_sft"] = {"losses": _losses(sft), "steps": cfg.sft_steps, "rows": len(student_rows),
                                "time_s": timings["student_sft"]}
@@ -620,7 +607,7 @@ def run_demo(output_dir: str | os.PathLike, cfg: DemoConfig | None = None) -> di
                      args=GKDConfig(**_common_args(cfg, out, "gkd", cfg.gkd_steps, cfg.lr), max_length=cfg.max_length,
                                     lmbda=0.0, ce_lambda=0.5, jsd_lambda=1.0, beta=0.5))
     gkd.train()
-    students["gkd"] = _snapshot(gkd.model)
+    students["gkd"] = frozen_copy(gkd.model)
     mark("student_gkd", t0)
     training["student_gkd"] = {"losses": _losses(gkd), "steps": cfg.gkd_steps, "time_s": timings["student_gkd"]}
 
@@ -630,7 +617,7 @@ def run_demo(output_dir: str | os.PathLike, cfg: DemoConfig | None = None) -> di
     for branch in ("mutant", "speed"):
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed)
-        model, info = _grpo(_snapshot(students["gkd"]), tokenizer, grpo_train, cfg, out, branch)
+        model, info = _grpo(frozen_copy(students["gkd"]), tokenizer, grpo_train, cfg, out, branch)
         students[f"grpo_{branch}"] = model
         mark(f"grpo_{branch}", t0)
         training[f"grpo_{branch}"] = {**info, "steps": cfg.grpo_steps, "time_s": timings[f"grpo_{branch}"]}

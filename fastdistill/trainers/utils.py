@@ -136,16 +136,16 @@ def call_as_forward_of(module: torch.nn.Module, fn, *args, gathered=()):
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A deep copy of ``model`` that computes with its *own* weights.
 
-    accelerate's ``prepare_model`` (mixed precision) replaces ``model.forward`` with an instance-level
-    wrapper bound to that object and keeps the class's in ``_original_forward``; ``copy.deepcopy``
-    keeps the wrapper bound to the *original* model, so the copy would silently run the original's
-    weights (a "frozen" reference that follows the policy). The copy drops that wrapper (it only adds
-    autocast around the class's forward).
+    After a Trainer (accelerate) prepared a model it carries an instance-level ``forward`` wrapper
+    (autocast / output conversion; the class's forward is kept in ``_original_forward`` under mixed
+    precision) that ``copy.deepcopy`` leaves tied to the *original* object, so the copy would silently
+    run the original's weights (a "frozen" reference that follows the policy). The copy drops those
+    wrappers and runs its class's forward; preparing it again (as the trainers do for a teacher)
+    re-applies whatever wrapping the run needs.
     """
     import copy
 
     clone = copy.deepcopy(model)
-    if "_original_forward" in clone.__dict__:  # accelerate's mixed-precision wrapper (top-level model only)
-        clone.__dict__.pop("forward", None)
-        clone.__dict__.pop("_original_forward")
+    for attr in ("forward", "_original_forward"):
+        clone.__dict__.pop(attr, None)
     return clone
