@@ -14,12 +14,10 @@ import math
 import os
 import re
 import statistics
-from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 from fastdistill.augment import robust_augment
-from fastdistill.rewards.mutation import mutation_scores, score_batch
-from fastdistill.rewards.sandbox import run_tests, run_tests_many
+from fastdistill.rewards.mutation import score_batch
 
 logger = logging.getLogger(__name__)
 
@@ -92,13 +90,6 @@ def _column(kwargs: dict, name: str, n: int) -> list:
     return list(values)
 
 
-def _parallel(fn, items, n_workers):
-    if n_workers <= 1 or len(items) <= 1:
-        return [fn(x) for x in items]
-    with ThreadPoolExecutor(max_workers=min(n_workers, len(items))) as pool:
-        return list(pool.map(fn, items))
-
-
 @lru_cache(maxsize=1024)
 def _augmented(code: str, seed: int) -> str:
     """:func:`robust_augment`, memoised (every generation of a prompt shares its CUT); raises like it."""
@@ -132,16 +123,16 @@ class _Reward:
         tests = [extract_test_code(c) for c in completions]
         return codes, tests
 
-    def _mutation(self, codes, tests):
-        idx = [i for i, t in enumerate(tests) if t is not None]
-        results = [None] * len(codes)
-        scored = mutation_scores([codes[i] for i in idx], [tests[i] for i in idx], n_workers=self.n_workers,
-                                 module_name=self.module_name, max_mutants=self.max_mutants,
-                                 timeout_s=self.timeout_s, memory_mb=self.memory_mb,
-                                 keep_warm=self.keep_warm) if idx else []
-        for i, res in zip(idx, scored):
-            results[i] = res
-        return results
+    def _batch(self, mutation_requests, test_requests):
+        """Run sandbox requests with this component's settings (see :func:`score_batch`)."""
+        return score_batch(mutation_requests, test_requests, n_workers=self.n_workers, module_name=self.module_name,
+                           timeout_s=self.timeout_s, memory_mb=self.memory_mb,
+                           test_timeout_s=min(self.timeout_s, 30.0), keep_warm=self.keep_warm)
+
+    def score(self, codes, tests):
+        """Values for ``(code, tests)`` pairs (``tests`` None: unparseable, scores 0): the component's plan, run."""
+        m_req, t_req, finish = self._plan(codes, tests)
+        return finish(*self._batch(m_req, t_req))
 
     def __call__(self, prompts=None, completions=None, **kwargs) -> list[float]:
         completions = completions or []
@@ -159,9 +150,6 @@ class MutantKillReward(_Reward):
     """Fraction of mutants of the CUT killed by the generated tests (0 if they fail on the CUT)."""
 
     __name__ = "mutant_kill_reward"
-
-    def score(self, codes, tests):
-        return [r.kill_rate if r is not None else 0.0 for r in self._mutation(codes, tests)]
 
     def _plan(self, codes, tests):
         idx = [i for i, t in enumerate(tests) if t is not None]
@@ -191,14 +179,6 @@ class SpeedStabilityReward(_Reward):
         self.repeats = repeats
         self.ref_s = ref_s
 
-    def score_one(self, pair):
-        code, tests = pair
-        if tests is None:
-            return 0.0
-        run = run_tests(code, tests, repeats=self.repeats, timeout_s=min(self.timeout_s, 30.0),
-                        memory_mb=self.memory_mb, module_name=self.module_name)
-        return self._value(run)
-
     def _value(self, run):
         if not run.ok or run.flaky or len(run.repeat_durations_s) != self.repeats:
             return 0.0
@@ -206,17 +186,6 @@ class SpeedStabilityReward(_Reward):
         mean = statistics.fmean(durations)
         cv = statistics.pstdev(durations) / mean if mean > 0 else 0.0
         return (self.ref_s / (self.ref_s + mean)) / (1.0 + cv)
-
-    def score(self, codes, tests):
-        idx = [i for i, t in enumerate(tests) if t is not None]
-        runs = run_tests_many([codes[i] for i in idx], [tests[i] for i in idx], repeats=self.repeats,
-                              timeout_s=min(self.timeout_s, 30.0), memory_mb=self.memory_mb,
-                              module_name=self.module_name, n_workers=self.n_workers,
-                              keep_warm=self.keep_warm) if idx else []
-        values = [0.0] * len(codes)
-        for i, run in zip(idx, runs):
-            values[i] = self._value(run)
-        return values
 
     def _plan(self, codes, tests):
         idx = [i for i, t in enumerate(tests) if t is not None]
@@ -247,27 +216,6 @@ class RobustnessReward(_Reward):
     def __init__(self, n_variants: int = 2, max_mutants: int | None = 15, **kwargs):
         super().__init__(max_mutants=max_mutants, **kwargs)
         self.n_variants = n_variants
-
-    def score(self, codes, tests):
-        base = self._mutation(codes, tests)
-        var_codes, var_tests, owners = [], [], []
-        for i, (code, test) in enumerate(zip(codes, tests)):
-            if base[i] is None or not base[i].baseline_ok or base[i].kill_rate <= 0:
-                continue
-            for seed in range(self.n_variants):
-                try:
-                    variant = _augmented(code, seed)
-                except (SyntaxError, ValueError, RecursionError):
-                    continue
-                var_codes.append(variant)
-                var_tests.append(test)
-                owners.append(i)
-        results = self._mutation(var_codes, var_tests) if var_codes else []
-        per = {}
-        for owner, res in zip(owners, results):
-            value = 0.0 if (res is None or not res.baseline_ok) else min(1.0, res.kill_rate / base[owner].kill_rate)
-            per.setdefault(owner, []).append(value)
-        return [statistics.fmean(per[i]) if i in per else 0.0 for i in range(len(codes))]
 
     def _plan(self, codes, tests):
         """Base runs and the rewrites' runs as one set of requests; a rewrite runs only if the base passes."""
@@ -354,12 +302,8 @@ class CompositeReward(_Reward):
             m_all += [(c, t, mm, None if needs is None else needs + offset) for c, t, mm, needs in m_req]
             parts.append((name, finish, offset, len(m_req), len(t_all), len(t_req)))
             t_all += t_req
-        c = next(iter(self.components.values()))
-        test_timeout = min((x.timeout_s for x in self.components.values() if isinstance(x, SpeedStabilityReward)),
-                           default=c.timeout_s)
-        m_res, t_res = score_batch(m_all, t_all, n_workers=c.n_workers, module_name=c.module_name,
-                                   timeout_s=c.timeout_s, memory_mb=c.memory_mb, test_timeout_s=min(test_timeout, 30.0),
-                                   keep_warm=c.keep_warm)
+        # _fusable(): every component has the same sandbox settings, so any of them can run the batch
+        m_res, t_res = next(iter(self.components.values()))._batch(m_all, t_all)
         values = {}
         for name, finish, m0, mn, t0, tn in parts:
             try:
