@@ -209,13 +209,12 @@ def test_low_precision_inputs_accumulate_in_fp32(dtype):
 @pytest.mark.parametrize("scale", [1.0, 30.0, 1000.0])
 def test_inplace_chunk_kernel_matches_reference_kernel(beta, scale):
     """The allocation-free chunk kernel equals divergences._jsd_chunk, also where probabilities underflow."""
-    from fastdistill.losses.divergences import _jsd_chunk
+    from fastdistill.losses.divergences import _jsd_chunk, _jsd_chunk_inplace, _Workspace
 
     g = _gen(13)
     zs, zt = torch.randn(6, 300, generator=g) * scale, torch.randn(6, 300, generator=g) * scale
     loss, grad, _ = _jsd_chunk(zs, zt, beta, 1.3, True, False)
-    loss2, buf, coef = fused_mod._jsd_chunk_inplace(zs.clone(), zt.clone(), beta, 1.3, True,
-                                                    fused_mod._Workspace(2, 6, 300, "cpu"))
+    loss2, buf, coef = _jsd_chunk_inplace(zs.clone(), zt.clone(), beta, 1.3, True, _Workspace(2, 6, 300, "cpu"))
     assert torch.isfinite(loss2).all() and torch.isfinite(buf).all()
     torch.testing.assert_close(loss2, loss, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(coef * buf, grad, atol=1e-6 * scale, rtol=1e-4)

@@ -286,39 +286,50 @@ def _run_rows_kernel(kernel, *args):
         return None
 
 
-def _compiled_jsd_into(student_logits, teacher_logits, valid_rows, beta, temperature, chunk_size, scale,
-                       grad_s, per_token, total, need_s) -> bool:
-    """The chunk loop of :class:`_ChunkedJSD` on the compiled row kernel; ``False`` if it is not used."""
-    kernel = compiled_rows_kernel(student_logits.device)
-    if kernel is None:
-        return False
-    n = student_logits.shape[0]
-    n_rows = n if valid_rows is None else int(valid_rows.numel())
-    scale_t = torch.tensor(scale, dtype=torch.float32, device=student_logits.device)
-    out_dtype = grad_s.dtype if need_s else student_logits.dtype
-    for start in range(0, n_rows, chunk_size):
-        end = min(start + chunk_size, n_rows)
-        if valid_rows is None:
-            zs, zt = student_logits[start:end], teacher_logits[start:end]
-        else:
-            idx = valid_rows[start:end]
-            zs, zt = student_logits.index_select(0, idx), teacher_logits.index_select(0, idx)
-        out = _run_rows_kernel(kernel, zs, zt, scale_t, beta, temperature, out_dtype)
-        if out is None:
-            if start > 0:  # cannot happen after a successful first chunk, but never return half a result
-                raise RuntimeError("the compiled divergence kernel failed after its first chunk")
-            return False
-        loss, g = out
-        total += loss.sum()
-        if valid_rows is None:
-            per_token[start:end] = loss
-            if need_s:
-                grad_s[start:end] = g
-        else:
-            per_token.index_copy_(0, idx, loss)
-            if need_s:
-                grad_s.index_copy_(0, idx, g)
-    return True
+class _StudentJSDChunks:
+    """Per-chunk generalized JSD and its gradient wrt the student logits, already multiplied by ``scale``.
+
+    Shared by :func:`jsd_loss` and :func:`~fastdistill.losses.fused_jsd_loss`: the compiled row kernel
+    where it is enabled (CUDA by default, see :func:`compiled_rows_kernel`), else (or once compiling
+    has failed) the allocation-free in-place kernel on fp32 buffers reused by every chunk.
+    ``grad_dtype`` is the dtype the compiled kernel writes the gradient in (the eager one writes fp32).
+    """
+
+    def __init__(self, beta: float, temperature: float, scale: float, rows: int, vocab: int, device,
+                 grad_dtype: torch.dtype):
+        self.beta, self.temperature, self.scale, self.grad_dtype = beta, temperature, scale, grad_dtype
+        self.rows, self.vocab, self.device = max(1, rows), vocab, device
+        self.kernel = compiled_rows_kernel(device)
+        self.scale_t = torch.tensor(scale, dtype=torch.float32, device=device) if self.kernel is not None else None
+        self.workspace = self.copies = None  # eager buffers, made on first use
+
+    def __call__(self, zs, zt, need_grad: bool, select=None):
+        """``(loss per row, scaled gradient or None)`` for one chunk.
+
+        Without ``select``, ``zs``/``zt`` are the chunk's fp32 logit buffers, which the eager kernel may
+        overwrite. With it, they are the full logits and ``select(t)`` takes the chunk's rows; the eager
+        path copies them into reused buffers one at a time (one gathered temporary alive at once).
+        """
+        if self.kernel is not None and not _COMPILE_FAILED:
+            s_rows, t_rows = (zs, zt) if select is None else (select(zs), select(zt))
+            out = _run_rows_kernel(self.kernel, s_rows, t_rows, self.scale_t, self.beta, self.temperature,
+                                   self.grad_dtype)
+            if out is not None:
+                return out[0], (out[1] if need_grad else None)
+        if self.workspace is None:
+            self.workspace = _Workspace(2, self.rows, self.vocab, self.device)
+        if select is not None:
+            if self.copies is None:
+                self.copies = _Workspace(2, self.rows, self.vocab, self.device)
+            first = select(zs)
+            s_buf, t_buf = self.copies.take(first.shape[0])
+            zs = s_buf.copy_(first)
+            del first
+            zt = t_buf.copy_(select(zt))
+        loss, g, coef = _jsd_chunk_inplace(zs, zt, self.beta, self.temperature, need_grad, self.workspace)
+        if g is not None and coef * self.scale != 1.0:
+            g.mul_(coef * self.scale)
+        return loss, g
 
 
 class _ChunkedJSD(torch.autograd.Function):
@@ -349,36 +360,26 @@ class _ChunkedJSD(torch.autograd.Function):
                 if need_s:
                     grad_s[rows] = (gs * scale).to(grad_s.dtype)
                 grad_t[rows] = (gt * scale).to(grad_t.dtype)
-        elif _compiled_jsd_into(student_logits, teacher_logits, valid_rows, beta, temperature, chunk_size, scale,
-                                grad_s, per_token, total, need_s):
-            pass  # CUDA: fused compiled kernel did the whole loop
         else:
-            # the common case: the allocation-free in-place kernel on two reused fp32 chunk buffers
+            # the common case (student gradient only): the shared chunk kernels, compiled or in place
             rows_per_chunk = max(1, min(chunk_size, n_rows))
-            s_buf = torch.empty((rows_per_chunk, vocab), dtype=torch.float32, device=device)
-            t_buf = torch.empty((rows_per_chunk, vocab), dtype=torch.float32, device=device)
-            workspace = _Workspace(2, rows_per_chunk, vocab, device)
+            chunks = _StudentJSDChunks(beta, temperature, scale, rows_per_chunk, vocab, device,
+                                       grad_s.dtype if need_s else student_logits.dtype)
             for start in range(0, n_rows, rows_per_chunk):
                 end = min(start + rows_per_chunk, n_rows)
-                zs, zt = s_buf[: end - start], t_buf[: end - start]
                 if valid_rows is None:
-                    zs.copy_(student_logits[start:end])
-                    zt.copy_(teacher_logits[start:end])
+                    loss, g = chunks(student_logits, teacher_logits, need_s, select=lambda t: t[start:end])
                 else:
                     idx = valid_rows[start:end]
-                    zs.copy_(student_logits.index_select(0, idx))
-                    zt.copy_(teacher_logits.index_select(0, idx))
-                loss, g, coef = _jsd_chunk_inplace(zs, zt, beta, temperature, need_s, workspace)
+                    loss, g = chunks(student_logits, teacher_logits, need_s, select=lambda t: t.index_select(0, idx))
                 total += loss.sum()
                 if valid_rows is None:
                     per_token[start:end] = loss
+                    if need_s:
+                        grad_s[start:end].copy_(g)
                 else:
                     per_token.index_copy_(0, idx, loss)
-                if need_s:
-                    g.mul_(coef * scale)
-                    if valid_rows is None:
-                        grad_s[start:end].copy_(g)
-                    else:
+                    if need_s:
                         grad_s.index_copy_(0, idx, g.to(grad_s.dtype))
         ctx.save_for_backward(grad_s if need_s else None, grad_t if need_t else None)
         ctx.mark_non_differentiable(per_token)

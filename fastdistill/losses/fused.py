@@ -40,15 +40,11 @@ from __future__ import annotations
 import torch
 
 from fastdistill.losses.divergences import (
-    _jsd_chunk_inplace,
     _partition_kl,
     _reduce,
-    _rows_kernel_failed,
-    _run_rows_kernel,
+    _StudentJSDChunks,
     _teacher_targets,
     _valid_mask,
-    _Workspace,
-    compiled_rows_kernel,
 )
 
 __all__ = ["fused_jsd_loss", "fused_reverse_kl_on_chosen", "fused_chunk_size"]
@@ -337,22 +333,15 @@ def fused_jsd_loss(
     beta, temperature = float(beta), float(temperature)
 
     chunk = int(chunk_size or fused_chunk_size(vocab))
-    kernel = compiled_rows_kernel(student_hidden.device)
-    workspace = None if kernel is not None else _Workspace(2, min(chunk, max(h_s.shape[0], 1)), vocab,
-                                                             student_hidden.device)
-    # the compiled kernel (CUDA) writes the gradient already scaled, in the dtype the matmuls consume
+    # the chunks' logits are fresh fp32 buffers the kernel may overwrite; the compiled kernel (CUDA) writes the scaled
+    # gradient in the dtype the matmuls consume
     grad_dtype = student_weight.dtype if _cuda_low(student_weight) else torch.float32
-    scale_t = torch.tensor(float(scale), dtype=torch.float32, device=student_hidden.device)
+    chunks = _StudentJSDChunks(beta, temperature, scale, min(chunk, h_s.shape[0]), vocab, student_hidden.device,
+                               grad_dtype)
 
     def chunk_fn(s_logits, t_logits, _sl, need_grad):
-        nonlocal workspace
-        if kernel is not None and not _rows_kernel_failed():
-            out = _run_rows_kernel(kernel, s_logits, t_logits, scale_t, beta, temperature, grad_dtype)
-            if out is not None:
-                return out[0], (out[1] if need_grad else None), None
-        if workspace is None:
-            workspace = _Workspace(2, min(chunk, max(h_s.shape[0], 1)), vocab, student_hidden.device)
-        return _jsd_chunk_inplace(s_logits, t_logits, beta, temperature, need_grad, workspace)
+        loss, g = chunks(s_logits, t_logits, need_grad)
+        return loss, g, None  # None: g already carries the loss scale
 
     return _FusedLinearDivergence.apply(
         h_s, student_weight, student_bias, h_t.detach(), teacher_weight.detach(),
