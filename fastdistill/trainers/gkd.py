@@ -255,11 +255,10 @@ class GKDTrainer(_TRLGKDTrainer):
         collated = getattr(self, "_collated_labels", None)
         if num_items_in_batch is None or collated is None or inputs["labels"] is collated:
             return num_items_in_batch
-        collated_count = (collated[:, 1:] != -100).sum().clamp_min(1)
-        ratio = mask.sum().clamp_min(1).float() / collated_count.float()
-        scaled = num_items_in_batch * ratio.to(num_items_in_batch.device if isinstance(num_items_in_batch, torch.Tensor)
-                                              else ratio.device)
-        return scaled
+        ratio = mask.sum().clamp_min(1).float() / (collated[:, 1:] != -100).sum().clamp_min(1).float()
+        if isinstance(num_items_in_batch, torch.Tensor):
+            ratio = ratio.to(num_items_in_batch.device)
+        return num_items_in_batch * ratio
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"][:, 1:]  # logits at position i predict token i + 1; -100 on prompt and padding
