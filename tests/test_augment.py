@@ -35,6 +35,21 @@ def test_no_op_options_round_trip():
     assert ast.dump(ast.parse(out)) == ast.dump(ast.parse(CODE))
 
 
+def test_flip_docstrings_controls_how_many_docstrings_change():
+    code = 'def a(x):\n    """Doc a."""\n    return x\n\n\ndef b(x):\n    return x\n\n\nclass C:\n    """Doc C."""\n    y = 1\n'
+
+    def docs(source):
+        ns = {}
+        exec(source, ns)
+        return ns["a"].__doc__, ns["b"].__doc__, ns["C"].__doc__
+
+    for seed in range(5):
+        a, b, c = docs(robust_augment(code, seed=seed, flip_docstrings=1.0))
+        assert a is None and b is not None and c is None  # every docstring state flipped
+        assert docs(robust_augment(code, seed=seed, flip_docstrings=0.0)) == ("Doc a.", None, "Doc C.")
+    assert len({docs(robust_augment(code, seed=s)) for s in range(12)}) > 1  # default: seeded, some flipped
+
+
 def test_dynamic_scope_functions_left_alone():
     code = "def f():\n    a = 1\n    return locals()['a']\n"
     ns = {}

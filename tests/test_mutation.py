@@ -35,6 +35,48 @@ def test_operators_covered_and_deterministic():
         compile(m.source, "<m>", "exec")
 
 
+def _naive_mutants(code):
+    """Reference: a deep copy of the tree per mutation point, re-scanned, then unparsed (obviously correct, slow)."""
+    import ast
+    import copy
+
+    from fastdistill.rewards.mutation import _apply, _candidates
+
+    tree = ast.parse(code)
+    seen, out = {ast.unparse(tree)}, []
+    for index in range(len(_candidates(tree))):
+        copy_tree = copy.deepcopy(tree)
+        node, operator, description, payload = _candidates(copy_tree)[index]
+        replacement = _apply(node, operator, payload)
+        if replacement is not None:
+            class Replace(ast.NodeTransformer):
+                def visit(self, n):
+                    return replacement if n is node else self.generic_visit(n)
+
+            copy_tree = Replace().visit(copy_tree)
+        try:
+            source = ast.unparse(copy_tree)
+            compile(source, "<m>", "exec")
+        except (SyntaxError, ValueError, TypeError, RecursionError):
+            continue
+        if source not in seen:
+            seen.add(source)
+            out.append((operator, node.lineno, description, source))
+    return out
+
+
+def test_in_place_generation_equals_deep_copy_reference():
+    """generate_mutants mutates one tree in place and undoes each change; it must equal a fresh copy per mutant."""
+    from fastdistill.augment import robust_augment
+    from fastdistill.data.examples import load_examples
+
+    codes = [e["code"] for e in load_examples()]
+    codes += [robust_augment(c, seed=1) for c in codes[:10]]
+    for code in codes:
+        got = [(m.operator, m.line, m.description, m.source) for m in generate_mutants(code)]
+        assert got == _naive_mutants(code), code[:60]
+
+
 def test_docstrings_not_mutated():
     mutants = generate_mutants('def f():\n    """Doc."""\n    return 1\n')
     assert all('"""Doc."""' in m.source or "'Doc.'" in m.source for m in mutants)

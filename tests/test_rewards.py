@@ -69,6 +69,35 @@ def test_robustness_reward_penalises_source_dependent_tests():
     assert scores[1] < scores[0]
 
 
+def test_robustness_reward_is_paired_keep_killing_fraction():
+    """Tests that still pass on the rewrite but only assert while the docstring is there kill the
+    original's mutants and none of their rewrites: robustness 0, while a robust file scores exactly 1."""
+    gated = (
+        "from solution import clamp\n\n"
+        "def test_gated():\n    if clamp.__doc__:\n"
+        "        assert clamp(5, 0, 10) == 5 and clamp(-3, 0, 10) == 0 and clamp(42, 0, 10) == 10\n"
+    )
+    assert mutant_kill_reward(prompts=None, completions=[gated], code=[CODE])[0] > 0.3
+    scores = robustness_reward(prompts=None, completions=[TESTS, gated], code=[CODE, CODE])
+    assert scores == [1.0, 0.0]
+
+
+def test_robustness_reward_pairs_each_sampled_mutant_with_its_rewrite():
+    from fastdistill.rewards.functions import RobustnessReward, _paired_rewrites
+    from fastdistill.rewards.mutation import generate_mutants
+
+    reward = RobustnessReward()
+    codes, tests = [CODE], [TESTS]
+    requests, _, _ = reward._plan(codes, tests)
+    (base_code, _, cap, needs), (variant, _, paired, base_index) = requests
+    assert base_code == CODE and needs is None and base_index == 0 and variant != CODE
+    sample = generate_mutants(CODE, max_mutants=cap)
+    assert [j for j, _ in _paired_rewrites(CODE, 0, cap, 1.0)] == list(range(len(sample)))
+    for original, rewritten in zip(sample, paired):
+        assert rewritten.source != original.source and rewritten.description == original.description
+        assert '"""' not in rewritten.source and "'Limit" not in rewritten.source  # docstring flipped away
+
+
 def test_composite_combines_and_exposes_components():
     reward = composite_reward(weights={"mutant_kill": 1.0, "speed_stability": 1.0})
     assert reward.weights == {"mutant_kill": 0.5, "speed_stability": 0.5}

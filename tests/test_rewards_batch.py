@@ -72,3 +72,37 @@ def test_fused_composite_equals_component_by_component():
     # speed is a timing: the same completions pass (> 0) and fail (0) on both paths
     assert [v > 0 for v in ca["speed_stability"]] == [v > 0 for v in cb["speed_stability"]]
     assert len(a) == len(b) == len(completions) and a[-2:] == [0.0, 0.0] and min(a[:6]) > 0
+
+
+def test_paired_rewrites_run_only_where_the_original_mutant_was_killed(monkeypatch):
+    """Explicit paired mutants: a rewrite runs iff the mutant it rewrites was killed; where it runs,
+    its outcome equals running it unpaired."""
+    import dataclasses
+
+    from fastdistill.rewards import mutation
+    from fastdistill.rewards.functions import _paired_rewrites
+
+    statuses = []
+    execute = mutation.execute_pairs
+
+    def recording(specs, **kwargs):
+        raws = execute(specs, **kwargs)
+        statuses.append([job["status"] for raw in raws for job in sorted(raw["jobs"], key=lambda j: j["i"])])
+        return raws
+
+    monkeypatch.setattr(mutation, "execute_pairs", recording)
+    code = EX["clamp"]["code"]
+    weak = "from solution import clamp\n\ndef test_one():\n    assert clamp(5, 0, 10) == 5\n"
+    variant = robust_augment(code, seed=0, flip_docstrings=1.0)
+    paired = [m for _, m in _paired_rewrites(code, 0, None, 1.0)]
+    unpaired = tuple(dataclasses.replace(m, pairs_with=None) for m in paired)
+    clear_cache()
+    (base, gated), _ = score_batch([(code, weak, None, None), (variant, weak, tuple(paired), 0)], n_workers=2,
+                                   use_cache=False)
+    (_, full), _ = score_batch([(code, weak, None, None), (variant, weak, unpaired, 0)], n_workers=2, use_cache=False)
+    killed = [m.killed for m in base.mutants]
+    assert 0 < sum(killed) < len(killed)  # a weak test: some mutants survive
+    for was_killed, g, f in zip(killed, gated.mutants, full.mutants):
+        assert g.killed == (f.killed if was_killed else False)
+    assert statuses[0].count("skipped") == len(killed) - sum(killed)  # the survivors' rewrites did not run
+    assert "skipped" not in statuses[1]

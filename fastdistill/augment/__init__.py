@@ -112,16 +112,16 @@ def _rename(tree: ast.Module, rng: random.Random) -> None:
             _Renamer(mapping).visit(func)
 
 
-def _docstrings(tree: ast.Module, rng: random.Random) -> None:
+def _docstrings(tree: ast.Module, rng: random.Random, rate: float) -> None:
     for node in ast.walk(tree):
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             continue
         body = node.body
         has_doc = body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
             and isinstance(body[0].value.value, str)
-        if has_doc and len(body) > 1 and rng.random() < 0.5:
+        if has_doc and len(body) > 1 and rng.random() < rate:
             del body[0]
-        elif not has_doc and rng.random() < 0.5:
+        elif not has_doc and rng.random() < rate:
             body.insert(0, ast.Expr(ast.Constant(f"{node.name}: implementation detail.")))
 
 
@@ -140,19 +140,23 @@ def _insert_comments(source: str, rng: random.Random) -> str:
     return "\n".join(out) + "\n"
 
 
-def robust_augment(code: str, *, seed: int, rename: bool = True, comments: bool = True) -> str:
+def robust_augment(code: str, *, seed: int, rename: bool = True, comments: bool = True,
+                   flip_docstrings: float = 0.5) -> str:
     """Return a semantics-preserving rewrite of ``code`` (deterministic for a given ``seed``).
 
     Public names (module-level functions, classes, assignments), parameters and attributes are
     kept, so tests that import from the module still work; see the module docstring for the exact
-    rules. Raises ``SyntaxError`` if ``code`` does not parse.
+    rules. With ``comments``, each function's or class's docstring is flipped with probability
+    ``flip_docstrings`` (an existing one removed unless it is the whole body, a missing one added);
+    ``1.0`` flips every one, which is what a robustness check wants. Raises ``SyntaxError`` if
+    ``code`` does not parse.
     """
     rng = random.Random(seed)
     tree = ast.parse(code)
     if rename:
         _rename(tree, rng)
     if comments:
-        _docstrings(tree, rng)
+        _docstrings(tree, rng, flip_docstrings)
     ast.fix_missing_locations(tree)
     source = ast.unparse(tree) + "\n"
     if comments:

@@ -555,13 +555,18 @@ class _Server:
         # ``"base": True`` is its group's baseline (by default job 0, group 0), whose wall and CPU time
         # set the budgets of the group's mutants (``timeout_s`` None); with a gate, a job is skipped
         # when the baseline of any group in its ``needs`` (by default ``[0]`` after job 0) did not pass.
-        baselines, failed = {}, set()
+        # A job with ``needs_killed`` (a rewrite of another job's mutant) runs only if that mutant was killed.
+        baselines, failed, killed = {}, set(), set()
         for index, job in enumerate(spec["jobs"]):
             group = job.get("group", 0)
             is_base = job.get("base", index == 0)
             needs = job.get("needs", [] if index == 0 else [0])
             if gate and any(g in failed for g in needs):
                 continue  # tests that fail on the (original) code are not run against its mutants
+            if job.get("needs_killed") is not None and job["needs_killed"] not in killed:
+                emit({"t": "job", "i": index, "status": "skipped", "tests": [], "collect_errors": [],
+                      "duration_s": 0.0, "exit": ""})
+                continue
             wall, cpu_budget = job.get("timeout_s"), None
             if wall is None:  # mutants: multiples of the baseline's wall and CPU time (hot loops end early)
                 baseline_s, baseline_cpu_s = baselines[group]
@@ -575,11 +580,19 @@ class _Server:
                                        cpu_budget, errors)
             result.update({"t": "job", "i": index})
             emit(result)
+            if job.get("stop_first") and self._killed(result):
+                killed.add(index)
             if is_base:
                 baselines[group] = (result["duration_s"], result.get("cpu_s") or result["duration_s"])
                 if gate and not self._all_passed(result):
                     failed.add(group)
         emit({"t": "end"})
+
+    @staticmethod
+    def _killed(result):
+        """A mutant job's outcome as :func:`fastdistill.rewards.mutation` scores it."""
+        return (result["status"] in ("timeout", "crash") or bool(result["collect_errors"])
+                or any(t[1] in ("failed", "error") for t in result["tests"]))
 
     @staticmethod
     def _all_passed(result):

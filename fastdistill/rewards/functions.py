@@ -17,7 +17,7 @@ import statistics
 from functools import lru_cache
 
 from fastdistill.augment import robust_augment
-from fastdistill.rewards.mutation import score_batch
+from fastdistill.rewards.mutation import Mutant, _mutants_of, score_batch
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +91,9 @@ def _column(kwargs: dict, name: str, n: int) -> list:
 
 
 @lru_cache(maxsize=1024)
-def _augmented(code: str, seed: int) -> str:
+def _augmented(code: str, seed: int, flip_docstrings: float = 0.5) -> str:
     """:func:`robust_augment`, memoised (every generation of a prompt shares its CUT); raises like it."""
-    return robust_augment(code, seed=seed)
+    return robust_augment(code, seed=seed, flip_docstrings=flip_docstrings)
 
 
 class _Reward:
@@ -199,27 +199,49 @@ class SpeedStabilityReward(_Reward):
         return [], [(codes[i], tests[i], self.repeats) for i in idx], finish
 
 
-class RobustnessReward(_Reward):
-    """Do the tests keep passing and killing when the CUT is rewritten by ``robust_augment``?
+@lru_cache(maxsize=1024)
+def _paired_rewrites(code: str, seed: int, max_mutants: int | None,
+                     flip_docstrings: float) -> tuple[tuple[int, Mutant], ...]:
+    """``(j, rewrite of mutant j)`` for the seeded mutant sample of ``code``: the same
+    :func:`robust_augment` applied to each mutant, so mutant j of the rewritten CUT makes the same
+    change as mutant j of the original (mutants the rewrite cannot handle are left out)."""
+    paired = []
+    for j, mutant in enumerate(_mutants_of(code, max_mutants, 0)):
+        try:
+            source = robust_augment(mutant.source, seed=seed, flip_docstrings=flip_docstrings)
+        except (SyntaxError, ValueError, RecursionError):
+            continue
+        paired.append((j, Mutant(mutant.operator, mutant.line, mutant.description, source, pairs_with=mutant.source)))
+    return tuple(paired)
 
-    For each of ``n_variants`` seeded rewrites: 0 if the tests fail on it, else
-    ``min(1, kill_rate(variant) / kill_rate(original))``; the reward is the mean (0 when the tests
-    fail on the original or kill nothing there). Kill rates use a seeded sample of at most
-    ``max_mutants`` mutants per CUT version. Cost: one mutation run per rewrite per completion
-    (about half of the composite's sandbox work with the defaults); ``n_variants=1`` halves it but
-    then only seed 0's rewrite is checked (for some CUTs it keeps the docstring, so tests that read
-    the source are no longer caught).
+
+class RobustnessReward(_Reward):
+    """Do the tests keep passing and keep killing when the CUT is rewritten by ``robust_augment``?
+
+    The CUT's seeded sample of at most ``max_mutants`` mutants is run as usual; for each of
+    ``n_variants`` seeded rewrites (local names renamed, comments inserted, and each docstring
+    flipped with probability ``flip_docstrings``: by default every one, so a single rewrite
+    changes everything a rewrite may change), the tests run on the rewritten CUT and on the same
+    rewrite of each sampled mutant (a *paired* design: mutant j of the rewrite makes the same change
+    as mutant j of the original). A rewrite scores 0 if the tests fail on it, else the fraction of
+    the originally killed mutants whose rewrites are killed too; the reward is the mean over
+    rewrites (0 when the tests fail on the original or kill nothing there). Tests that do not read
+    the source score exactly 1 (no sampling noise between two independent samples); tests that
+    depend on docstrings, local names or layout fail or stop killing on the rewrite. The original's
+    sample is nested in the kill-rate component's (see :func:`generate_mutants`), so in the
+    composite only the rewrites cost extra runs: ``n_variants * (1 + max_mutants)`` per completion.
     """
 
     __name__ = "robustness_reward"
 
-    def __init__(self, n_variants: int = 2, max_mutants: int | None = 15, **kwargs):
+    def __init__(self, n_variants: int = 1, max_mutants: int | None = 5, flip_docstrings: float = 1.0, **kwargs):
         super().__init__(max_mutants=max_mutants, **kwargs)
         self.n_variants = n_variants
+        self.flip_docstrings = flip_docstrings
 
     def _plan(self, codes, tests):
         """Base runs and the rewrites' runs as one set of requests; a rewrite runs only if the base passes."""
-        requests, owners = [], []  # owners[k] = (completion index, None for its base or the variant seed)
+        requests, owners = [], []  # owners[k] = (completion index, None for its base, or the rewrite's pairing)
         for i, (code, test) in enumerate(zip(codes, tests)):
             if test is None:
                 continue
@@ -228,22 +250,28 @@ class RobustnessReward(_Reward):
             owners.append((i, None))
             for seed in range(self.n_variants):
                 try:
-                    variant = _augmented(code, seed)
+                    variant = _augmented(code, seed, self.flip_docstrings)
+                    paired = _paired_rewrites(code, seed, self.max_mutants, self.flip_docstrings)
                 except (SyntaxError, ValueError, RecursionError):
                     continue
-                requests.append((variant, test, self.max_mutants, base))
-                owners.append((i, seed))
+                requests.append((variant, test, tuple(m for _, m in paired), base))
+                owners.append((i, tuple(j for j, _ in paired)))
 
         def finish(results, _runs):
             base, per = {}, {}
-            for (i, seed), res in zip(owners, results):
-                if seed is None:
+            for (i, pairing), res in zip(owners, results):
+                if pairing is None:
                     base[i] = res
-            for (i, seed), res in zip(owners, results):
+            for (i, pairing), res in zip(owners, results):
                 b = base[i]
-                if seed is None or b is None or not b.baseline_ok or b.kill_rate <= 0:
+                if pairing is None or b is None or not b.baseline_ok or b.killed <= 0:
                     continue
-                value = 0.0 if (res is None or not res.baseline_ok) else min(1.0, res.kill_rate / b.kill_rate)
+                killed = [b.mutants[j].killed for j in pairing]
+                if res is None or not res.baseline_ok or not any(killed):
+                    value = 0.0
+                else:
+                    kept = sum(1 for k, m in zip(killed, res.mutants) if k and m.killed)
+                    value = kept / sum(killed)
                 per.setdefault(i, []).append(value)
             return [statistics.fmean(per[i]) if i in per else 0.0 for i in range(len(codes))]
 

@@ -39,12 +39,18 @@ OPERATORS = ("arithmetic", "comparison", "boolean", "unary", "constant", "off_by
 
 @dataclass
 class Mutant:
-    """One mutated version of the code: ``operator`` applied at ``line``; ``source`` is runnable."""
+    """One mutated version of the code: ``operator`` applied at ``line``; ``source`` is runnable.
+
+    ``pairs_with`` (explicit mutants of a rewritten CUT, see :func:`score_batch`): the source of the
+    original CUT's mutant this one rewrites; it then runs only if that mutant was killed, and is
+    reported as not killed without running otherwise (robustness only looks at killed pairs).
+    """
 
     operator: str
     line: int
     description: str
     source: str
+    pairs_with: str | None = None
 
 
 @dataclass
@@ -147,7 +153,7 @@ def _candidates(tree: ast.AST) -> list[tuple[ast.AST, str, str, object]]:
 
 
 def _apply(node: ast.AST, operator: str, payload) -> ast.AST | None:
-    """Mutate ``node`` (a node of a private copy of the tree); return a replacement node or None."""
+    """Mutate ``node`` in place; return a node that replaces it in its parent, or None."""
     if operator == "arithmetic":
         node.op = _ARITH[type(node.op)]()
     elif operator == "comparison":
@@ -174,35 +180,61 @@ def _apply(node: ast.AST, operator: str, payload) -> ast.AST | None:
     return None
 
 
-class _Replace(ast.NodeTransformer):
-    def __init__(self, target, replacement):
-        self.target, self.replacement = target, replacement
+def _slots(tree: ast.AST) -> dict[int, tuple[ast.AST, str, int | None]]:
+    """``id(node) -> (parent, field, index in the field's list or None)`` for every node below ``tree``."""
+    slots = {}
+    for parent in ast.walk(tree):
+        for name, value in ast.iter_fields(parent):
+            if isinstance(value, list):
+                for i, child in enumerate(value):
+                    if isinstance(child, ast.AST):
+                        slots[id(child)] = (parent, name, i)
+            elif isinstance(value, ast.AST):
+                slots[id(value)] = (parent, name, None)
+    return slots
 
-    def visit(self, node):
-        if node is self.target:
-            return self.replacement
-        return self.generic_visit(node)
+
+def _mutated_source(tree, slots, node, operator, payload) -> str:
+    """``ast.unparse`` of ``tree`` with one mutation applied, leaving ``tree`` as it was.
+
+    The mutation is applied in place and undone afterwards (the node's fields, and its slot in its
+    parent for replacing operators), instead of deep-copying the tree for every mutant.
+    """
+    saved = {name: list(value) if isinstance(value, list) else value for name, value in ast.iter_fields(node)}
+    parent, field_name, index = slots[id(node)]
+    replacement = _apply(node, operator, payload)
+    if replacement is not None:  # (locations are not needed: only the unparsed source is kept)
+        if index is None:
+            setattr(parent, field_name, replacement)
+        else:
+            getattr(parent, field_name)[index] = replacement
+    try:
+        return ast.unparse(tree)
+    finally:
+        if replacement is not None:
+            if index is None:
+                setattr(parent, field_name, node)
+            else:
+                getattr(parent, field_name)[index] = node
+        for name, value in saved.items():
+            setattr(node, name, value)
 
 
 def generate_mutants(code: str, *, max_mutants: int | None = None, seed: int = 0) -> list[Mutant]:
     """Return the distinct, compilable mutants of ``code`` (AST-based, deterministic for a seed).
 
     Operators: see :data:`OPERATORS`. With ``max_mutants`` a seeded random subset is kept, in the
-    original order. Raises ``SyntaxError`` if ``code`` does not parse.
+    original order; samples are nested (for one seed, the subset kept under a smaller cap is part
+    of the subset kept under a larger one), so requests with different caps share their runs.
+    Raises ``SyntaxError`` if ``code`` does not parse.
     """
     tree = ast.parse(code)
     original = ast.unparse(tree)
-    n_points = len(_candidates(tree))
+    slots = _slots(tree)
     mutants, seen = [], {original}
-    for index in range(n_points):
-        copy_tree = copy.deepcopy(tree)
-        node, operator, description, payload = _candidates(copy_tree)[index]
-        replacement = _apply(node, operator, payload)
-        if replacement is not None:
-            copy_tree = _Replace(node, ast.copy_location(replacement, node)).visit(copy_tree)
-        ast.fix_missing_locations(copy_tree)
+    for node, operator, description, payload in _candidates(tree):
         try:
-            source = ast.unparse(copy_tree)
+            source = _mutated_source(tree, slots, node, operator, payload)
             compile(source, "<mutant>", "exec")
         except (SyntaxError, ValueError, TypeError, RecursionError):
             continue
@@ -212,7 +244,9 @@ def generate_mutants(code: str, *, max_mutants: int | None = None, seed: int = 0
         mutants.append(Mutant(operator=operator, line=getattr(node, "lineno", 0), description=description,
                               source=source))
     if max_mutants is not None and len(mutants) > max_mutants:
-        keep = sorted(random.Random(seed).sample(range(len(mutants)), max_mutants))
+        order = list(range(len(mutants)))
+        random.Random(seed).shuffle(order)  # a prefix of one seeded permutation: nested samples
+        keep = sorted(order[:max_mutants])
         mutants = [mutants[i] for i in keep]
     return mutants
 
@@ -230,14 +264,21 @@ def clear_cache() -> None:
         _MUTANTS.clear()
 
 
+def _mutants_key(max_mutants):
+    """The cache-key part for a request's ``max_mutants`` (a cap, or explicit mutants by source)."""
+    if isinstance(max_mutants, (list, tuple)):
+        return ["explicit", [m.source for m in max_mutants]]
+    return max_mutants
+
+
 def _cache_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 def mutation_score(code: str, tests: str, *, module_name: str = "solution", max_mutants: int | None = 40,
                    seed: int = 0, timeout_s: float = 60.0, memory_mb: int = 1024, baseline_timeout_s: float = 10.0,
-                   mutant_timeout_factor: float = 10.0, mutant_timeout_min_s: float = 0.3,
-                   mutant_cpu_min_s: float = 0.05, use_cache: bool = True) -> MutationResult:
+                   mutant_timeout_factor: float = 3.0, mutant_timeout_min_s: float = 0.3,
+                   mutant_cpu_min_s: float = 0.02, use_cache: bool = True) -> MutationResult:
     """Mutation score of the pytest file ``tests`` against ``code``, run in the sandbox.
 
     The tests first run on the original code; if any fails (or none is collected) the result has
@@ -267,8 +308,13 @@ _MUTANTS_SIZE = 1024
 _MUTANTS_LOCK = threading.Lock()
 
 
-def _mutants_of(code: str, max_mutants: int | None, seed: int) -> list[Mutant]:
-    """:func:`generate_mutants`, memoised: in a GRPO batch every generation of a prompt shares its CUT."""
+def _mutants_of(code: str, max_mutants, seed: int) -> list[Mutant]:
+    """:func:`generate_mutants`, memoised: in a GRPO batch every generation of a prompt shares its CUT.
+
+    ``max_mutants`` may also be an explicit sequence of :class:`Mutant` (returned as a list).
+    """
+    if isinstance(max_mutants, (list, tuple)):
+        return list(max_mutants)
     key = (code, max_mutants, seed)
     with _MUTANTS_LOCK:
         hit = _MUTANTS.get(key)
@@ -332,6 +378,8 @@ def _finish(mutants, raw) -> MutationResult:
         job = by_index.get(index)
         if job is None:
             outcome = MutantOutcome(mutant.operator, mutant.line, mutant.description, killed=False)
+        elif job["status"] == "skipped":  # a paired rewrite whose original survived: not run
+            outcome = MutantOutcome(mutant.operator, mutant.line, mutant.description, killed=False)
         else:
             timed_out = job["status"] == "timeout"
             killed = (timed_out or job["status"] == "crash" or bool(job["collect_errors"])
@@ -354,8 +402,8 @@ def _finish(mutants, raw) -> MutationResult:
 
 def mutation_scores(codes: list[str], tests: list[str], *, n_workers: int | None = None, module_name: str = "solution",
                     max_mutants: int | None = 40, seed: int = 0, timeout_s: float = 60.0, memory_mb: int = 1024,
-                    baseline_timeout_s: float = 10.0, mutant_timeout_factor: float = 10.0,
-                    mutant_timeout_min_s: float = 0.3, mutant_cpu_min_s: float = 0.05,
+                    baseline_timeout_s: float = 10.0, mutant_timeout_factor: float = 3.0,
+                    mutant_timeout_min_s: float = 0.3, mutant_cpu_min_s: float = 0.02,
                     use_cache: bool = True, keep_warm: bool = False) -> list[MutationResult]:
     """Score many (code, tests) pairs; parameters as in :func:`mutation_score`.
 
@@ -411,14 +459,15 @@ def mutation_scores(codes: list[str], tests: list[str], *, n_workers: int | None
 
 def score_batch(mutation_requests: list[tuple], test_requests: list[tuple] = (), *, n_workers: int | None = None,
                 module_name: str = "solution", seed: int = 0, timeout_s: float = 60.0, memory_mb: int = 1024,
-                baseline_timeout_s: float = 10.0, mutant_timeout_factor: float = 10.0,
-                mutant_timeout_min_s: float = 0.3, mutant_cpu_min_s: float = 0.05, test_timeout_s: float = 10.0,
+                baseline_timeout_s: float = 10.0, mutant_timeout_factor: float = 3.0,
+                mutant_timeout_min_s: float = 0.3, mutant_cpu_min_s: float = 0.02, test_timeout_s: float = 10.0,
                 use_cache: bool = True, keep_warm: bool = False) -> tuple[list, list]:
     """Mutation scores and repeated test runs for a whole batch in one sandbox call, one pair per test file.
 
     ``mutation_requests``: ``(code, tests, max_mutants, needs)`` tuples, scored exactly as
     :func:`mutation_scores` scores ``(code, tests)`` with that ``max_mutants`` (and sharing its
-    cache); ``needs`` is ``None`` or the index of another request with the same ``tests`` that must
+    cache), or, when ``max_mutants`` is a sequence of :class:`Mutant`, against exactly those
+    mutants, in that order (robustness pairs each sampled mutant with its rewrite); ``needs`` is ``None`` or the index of another request with the same ``tests`` that must
     pass on its code first; when it does not, this request is not run and its result is ``None``
     (robustness: a rewrite of the CUT only matters when the tests pass on the CUT itself).
     ``test_requests``: ``(code, tests, repeats)`` tuples, answered with a
@@ -437,7 +486,7 @@ def score_batch(mutation_requests: list[tuple], test_requests: list[tuple] = (),
     factor, min_s, cpu_min_s = mutant_timeout_factor, mutant_timeout_min_s, mutant_cpu_min_s
     mutation_requests, test_requests = list(mutation_requests), list(test_requests)
     m_results: list = [None] * len(mutation_requests)
-    keys = [_cache_key("v2", c, t, module_name, mm, seed, memory_mb, factor, min_s, cpu_min_s)
+    keys = [_cache_key("v2", c, t, module_name, _mutants_key(mm), seed, memory_mb, factor, min_s, cpu_min_s)
             for c, t, mm, _ in mutation_requests]
     # 1. cache hits, unparseable input, dependencies that are already decided
     first: dict[str, int] = {}
@@ -495,7 +544,7 @@ def score_batch(mutation_requests: list[tuple], test_requests: list[tuple] = (),
 
     def group_of(plan, code):
         return plan["groups"].setdefault(code, {"index": len(plan["groups"]), "base": None, "mutants": {},
-                                                "deps": [], "unconditional": False, "repeats": {}})
+                                                "pairs": {}, "deps": [], "unconditional": False, "repeats": {}})
 
     plan_of = {}
     for i, mutants in pending.items():
@@ -505,6 +554,8 @@ def score_batch(mutation_requests: list[tuple], test_requests: list[tuple] = (),
         group["base"] = True
         for m in mutants:
             group["mutants"].setdefault(m.source, None)
+            if m.pairs_with is not None:
+                group["pairs"][m.source] = m.pairs_with
         if needs_of[i] is not None:
             group["deps"].append(group_of(plan, mutation_requests[needs_of[i]][0])["index"])
         else:
@@ -523,10 +574,15 @@ def score_batch(mutation_requests: list[tuple], test_requests: list[tuple] = (),
                 group["base"] = len(jobs)
                 jobs.append({"source": code, "stop_first": False, "timeout_s": baseline_timeout_s, "group": g,
                              "base": True, "needs": deps})
+                root = plan["groups"][plan["code"]]
                 for source in group["mutants"]:
                     group["mutants"][source] = len(jobs)
-                    jobs.append({"source": source, "stop_first": True, "timeout_s": None, "group": g, "base": False,
-                                 "needs": [g, *deps]})
+                    job = {"source": source, "stop_first": True, "timeout_s": None, "group": g, "base": False,
+                           "needs": [g, *deps]}
+                    original = root["mutants"].get(group["pairs"].get(source)) if group is not root else None
+                    if original is not None:  # a paired rewrite: only worth running if its original was killed
+                        job["needs_killed"] = original
+                    jobs.append(job)
             else:
                 group["base"] = None
             for repeats in group["repeats"]:
