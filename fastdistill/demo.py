@@ -7,8 +7,8 @@ copying the function name and the constant from the prompt into boundary checks.
 named ``<family>_<made-up word>`` with a constant in 10..99; the held-out instances use words and
 constants that no training instance uses, so evaluation is on unseen code. The training
 reference tests come in three styles: *weak* (one check that misses boundary mutants), *strong*
-(boundary checks in one test function) and *split* (the strong checks, one test function each:
-the same kill rate, more pytest items, so slower). (The bundled hand-written examples are not used:
+(boundary checks) and *loop* (an exhaustive loop over ~100k inputs against the code's own
+expression: the same kill rate as strong, several times slower). (The bundled hand-written examples are not used:
 38 of them are too few for a tiny model to learn to test arbitrary unseen functions.)
 
 1. **Teacher.** A tiny random model cannot write tests, so the teacher first *learns the
@@ -26,8 +26,10 @@ the same kill rate, more pytest items, so slower). (The bundled hand-written exa
    per-example rows whose means are the headline numbers, ``report.md`` the table, ``pareto.png``
    the plot.
 
-Seeds are fixed: two runs produce the same models and completions; test runtimes are
-measurements and vary slightly.
+Seeds are fixed: two runs produce the same teacher, SFT and GKD models and completions. The GRPO
+rewards include measured test runtimes, so the GRPO students (and every runtime) can differ
+slightly between runs; the two comparisons the demo exists for are built to hold by a wide margin
+(see the README for two runs side by side).
 """
 
 from __future__ import annotations
@@ -78,39 +80,48 @@ def family_words(n: int, seed: int = 0) -> list[str]:
     return words
 
 
-# name prefix, code template, strong asserts, weak asserts ({n}: function name, {w}: word, {c}: constant).
-# Constants in tests are written as expressions of the constant in the code ({c} + 1), so a test is
-# written by copying tokens from the prompt, without arithmetic.
+# name prefix: code template, strong asserts, weak asserts, the check of the exhaustive loop ({n}:
+# function name, {w}: word, {c}: constant, {v}: the loop variable). Constants in tests are written as
+# expressions of the constant in the code ({c} + 1), so a test is written by copying tokens from the
+# prompt, without arithmetic.
 FAMILIES = {
     "above": ("def {n}(x):\n    return x > {c}\n",
-              ["assert {n}({c} + 1)", "assert not {n}({c})"], ["assert {n}({c} + 1)"]),
+              ["assert {n}({c} + 1)", "assert not {n}({c})"], ["assert {n}({c} + 1)"],
+              "assert {n}(v) == (v > {c})"),
     "below": ("def {n}(x):\n    return x < {c}\n",
-              ["assert {n}({c} - 1)", "assert not {n}({c})"], ["assert {n}({c} - 1)"]),
+              ["assert {n}({c} - 1)", "assert not {n}({c})"], ["assert {n}({c} - 1)"],
+              "assert {n}(v) == (v < {c})"),
     "add": ("def {n}(x):\n    return x + {c}\n",
-            ["assert {n}(0) == {c}", "assert {n}({c}) == {c} + {c}"], ["assert {n}(0) > 0"]),
+            ["assert {n}(0) == {c}", "assert {n}({c}) == {c} + {c}"], ["assert {n}(0) > 0"],
+            "assert {n}(v) == v + {c}"),
     "clamp": ("def {n}(x):\n    return min(x, {c})\n",
-              ["assert {n}({c} + 1) == {c}", "assert {n}({c}) == {c}"], ["assert {n}(0) == 0"]),
+              ["assert {n}({c} + 1) == {c}", "assert {n}({c}) == {c}"], ["assert {n}(0) == 0"],
+              "assert {n}(v) == min(v, {c})"),
     "starts": ("def {n}(text):\n    return text.startswith(\"{w}\")\n",
-               ["assert {n}(\"{w}\")", "assert not {n}(\"\")"], ["assert {n}(\"{w}\")"]),
+               ["assert {n}(\"{w}\")", "assert not {n}(\"\")"], ["assert {n}(\"{w}\")"],
+               "assert {n}(\"{w}\" + str(v)) and not {n}(str(v))"),
     "has": ("def {n}(items):\n    return {c} in items\n",
-            ["assert {n}([{c}])", "assert not {n}([{c} + 1])"], ["assert not {n}([])"]),
+            ["assert {n}([{c}])", "assert not {n}([{c} + 1])"], ["assert not {n}([])"],
+            "assert {n}([v]) == (v == {c})"),
 }
-# reference-test styles of the training corpus: weak (one function, a check that misses boundary
-# mutants), strong (one function, boundary checks) and split (the strong checks, one test function
-# each: as strong, but more pytest items, so slower)
-STYLES = {"weak": 0.4, "strong": 0.3, "split": 0.3}
-SPLIT_SUFFIXES = ("", "_edge", "_more")
+# reference-test styles of the training corpus: weak (one check that misses boundary mutants),
+# strong (boundary checks) and loop (an exhaustive check of LOOP_RANGE inputs against the code's own
+# expression: kills as much as strong, but runs ~100k calls, several times slower). The loop style
+# is what gives the two GRPO branches something to trade: the mutant reward is indifferent between
+# loop and strong, the speed reward is not.
+STYLES = {"weak": 0.45, "strong": 0.1, "loop": 0.45}
+LOOP_RANGE = 99999
 
 
 def family_test(family: str, word: str, const: int, style: str) -> str:
-    """The reference pytest file of one family instance in one style."""
-    _, _, strong, weak = (None, *FAMILIES[family])
+    """The reference pytest file of one family instance in one style (``weak``, ``strong`` or ``loop``)."""
+    _, strong, weak, loop = FAMILIES[family]
     name = f"{family}_{word}"
-    asserts = [a.format(n=name, w=word, c=const) for a in (weak if style == "weak" else strong)]
     head = f"from solution import {name}\n\n\n"
-    if style == "split":
-        return head + "\n\n".join(f"def test_{name}{SPLIT_SUFFIXES[i]}():\n    {a}\n"
-                                   for i, a in enumerate(asserts))
+    if style == "loop":
+        check = loop.format(n=name, w=word, c=const)
+        return head + f"def test_{name}():\n    for v in range({LOOP_RANGE}):\n        {check}\n"
+    asserts = [a.format(n=name, w=word, c=const) for a in (weak if style == "weak" else strong)]
     return head + f"def test_{name}():\n" + "".join(f"    {a}\n" for a in asserts)
 
 
@@ -352,6 +363,16 @@ def shape_of_tests(completion: str) -> tuple[int, int]:
             sum(isinstance(n, ast.Assert) for n in ast.walk(tree)))
 
 
+def _has_loop(completion: str) -> bool:
+    """Whether the pytest file in a completion loops (the exhaustive, slow style)."""
+    import ast
+
+    from fastdistill.rewards.functions import extract_test_code
+
+    tests = extract_test_code(completion)
+    return tests is not None and any(isinstance(n, (ast.For, ast.While)) for n in ast.walk(ast.parse(tests)))
+
+
 def _evaluate(name, model, tokenizer, held_out, cfg, out, max_new_tokens):
     from fastdistill.evaluation import generate, score_mutation, score_speed
 
@@ -366,6 +387,7 @@ def _evaluate(name, model, tokenizer, held_out, cfg, out, max_new_tokens):
             "n": mut["n"], "n_timed": spd["n_timed"], "max_new_tokens": max_new_tokens,
             "tests_per_file": _mean([shape_of_tests(g["completion"])[0] for g in gens]),
             "asserts_per_file": _mean([shape_of_tests(g["completion"])[1] for g in gens]),
+            "loops_per_file": _mean([float(_has_loop(g["completion"])) for g in gens]),
             "completions": [g["completion"] for g in gens], "mutation_rows": mut["rows"], "speed_rows": spd["rows"]}
 
 
@@ -448,7 +470,8 @@ def _markdown(report: dict) -> str:
         "**Task:** a generated curriculum of function families (threshold above/below, add a constant, clamp, "
         "prefix check, list membership); a good test copies the function name and the constant from the prompt "
         "into boundary checks. Training reference tests are weak (one check that misses boundary mutants), strong "
-        "(boundary checks) or split (the strong checks, one test function each: slower). "
+        "(boundary checks) or loop (an exhaustive loop over 99,999 inputs against the code's own expression: kills "
+        "like strong, several times slower; about as common as weak, so the students start out writing both). "
         f"Training instances: {report['n_train']} ({report.get('train_styles', {})}); held-out instances: "
         f"{report['n_held_out']}, with names (made-up words) and constants no training instance uses "
         f"({', '.join(report['held_out_names'])}). Wall time {report['wall_time_s']:.0f} s.", "",
@@ -458,14 +481,15 @@ def _markdown(report: dict) -> str:
         "(fresh words, training constants) that the SFT data never showed. "
         "Evaluation uses held-out instances only, greedy decoding.", "",
         "| model | kill rate | pass rate | test runtime (ms) | runtime CV | stable | tests/file | asserts/file "
-        "| max new tokens |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| loops/file | max new tokens |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in {**report["students"], "teacher": report["teacher"]}.items():
         lines.append(f"| {name} | {_fmt(r['kill_rate'])} | {_fmt(r['pass_rate'])} | "
                      f"{_fmt(r['runtime_s'], '.3f', 1e3)} | {_fmt(r['runtime_cv'], '.2f')} | "
                      f"{_fmt(r['stable_rate'], '.2f')} | {_fmt(r.get('tests_per_file'), '.2f')} | "
-                     f"{_fmt(r.get('asserts_per_file'), '.2f')} | {r['max_new_tokens']} |")
+                     f"{_fmt(r.get('asserts_per_file'), '.2f')} | {_fmt(r.get('loops_per_file'), '.2f')} | "
+                     f"{r['max_new_tokens']} |")
     if report.get("seen_code"):
         lines += ["", f"Same students on {len(report['seen_names'])} **training** examples they were trained on "
                   "(seen code; not the evaluation, shown to make what each stage learned visible):", "",
@@ -479,7 +503,8 @@ def _markdown(report: dict) -> str:
     lines += ["", "Kill rate and pass rate are means over the held-out examples (per-example rows in report.json); "
               "runtime is the mean pytest time (setup+call+teardown) over the test files that pass, "
               f"{cfg['speed_repeats']} repeats each. tests/file and asserts/file describe the greedy completions "
-              "(weak reference style: 1 test, 1 assert; strong: 1 test, 2 asserts; split: 2 tests, 2 asserts); a "
+              "(weak reference style: 1 test, 1 assert; strong: 1 test, 2 asserts; loop: 1 test, 1 assert in a loop), "
+              "loops/file the share of completions with a loop; a "
               "failing file usually has a mis-copied name or constant. Seeds are fixed; the GRPO rewards include "
               "measured test runtimes, so GRPO updates (and the runtimes in this table) can differ slightly "
               "between runs.", "",
@@ -672,11 +697,12 @@ def summary_table(report: dict) -> str:
     """The headline table printed at the end of ``fastdistill demo``."""
     lines = ["held-out code (the evaluation):",
              f"{'model':<12} {'kill rate':>9} {'pass rate':>9} {'runtime ms':>10} {'stable':>6} {'tests/file':>10} "
-             f"{'asserts/file':>12}"]
+             f"{'asserts/file':>12} {'loops/file':>10}"]
     for name, r in {**report["students"], "teacher": report["teacher"]}.items():
         lines.append(f"{name:<12} {_fmt(r['kill_rate']):>9} {_fmt(r['pass_rate']):>9} "
                      f"{_fmt(r['runtime_s'], '.3f', 1e3):>10} {_fmt(r['stable_rate'], '.2f'):>6} "
-                     f"{_fmt(r.get('tests_per_file'), '.2f'):>10} {_fmt(r.get('asserts_per_file'), '.2f'):>12}")
+                     f"{_fmt(r.get('tests_per_file'), '.2f'):>10} {_fmt(r.get('asserts_per_file'), '.2f'):>12} "
+                     f"{_fmt(r.get('loops_per_file'), '.2f'):>10}")
     if report.get("seen_code"):
         lines += ["", f"seen training code ({len(report['seen_names'])} examples, for reference):"]
         for name, r in report["seen_code"].items():

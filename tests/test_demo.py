@@ -96,7 +96,7 @@ def test_renaming_keeps_reference_tests_passing():
 
 
 def test_family_split_is_disjoint_and_reference_tests_behave():
-    from fastdistill.demo import FAMILIES, STYLES, family_examples, family_test, shape_of_tests
+    from fastdistill.demo import FAMILIES, LOOP_RANGE, STYLES, family_examples, family_test, shape_of_tests
     from fastdistill.rewards import run_tests
     from fastdistill.rewards.mutation import mutation_score
 
@@ -117,6 +117,7 @@ def test_family_split_is_disjoint_and_reference_tests_behave():
             tests = family_test(family, "zo", 42, style)
             assert run_tests(code, tests).ok, (family, style)
             kills[style] = mutation_score(code, tests, max_mutants=15).kill_rate
-        # strong checks kill every mutant; the weak check misses some; split = strong, one test each
-        assert kills["strong"] == kills["split"] == 1.0 and kills["weak"] < 1.0, (family, kills)
-        assert shape_of_tests(family_test(family, "zo", 42, "split"))[0] == 2
+        # strong checks kill every mutant; the weak check misses some; the exhaustive loop kills like strong
+        assert kills["strong"] == kills["loop"] == 1.0 and kills["weak"] < 1.0, (family, kills)
+        loop = family_test(family, "zo", 42, "loop")
+        assert shape_of_tests(loop) == (1, 1) and f"for v in range({LOOP_RANGE}):" in loop
