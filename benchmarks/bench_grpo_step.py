@@ -14,13 +14,19 @@ Variants (each: a fresh model from the same seed, 1 warm-up step, then ``--steps
   bundled reference test files (made distinct per generation with a trailing comment, so nothing
   is a cache hit) in place of the completions: a stand-in for a trained model whose completions
   are real test files. This is the realistic reward cost.
+* ``fastdistill, reference tests, overlapped teacher``: the same, with ``overlap_teacher_forward=True``
+  (the teacher forward for the JSD term runs on a background thread beside the reward; the default
+  does so only when the teacher is on a GPU): on 2 CPU cores the two compete for the cores, and the
+  reward's wall time includes that.
 * ``fastdistill, reference tests, per component``: the same, with the composite scoring its
   components one after another (``fused=False``: a sandbox call per component, the robustness
   base run apart from the kill run), as the reward did before it ran a batch in one call.
 
 The composite reward runs with its defaults (recorded under ``reward_config`` in the JSON): all
 components' sandbox work for a step in one call over warm workers, kill rate on up to 30 mutants,
-robustness on two rewrites with up to 15 mutants each, speed over 3 repeats.
+robustness on one rewrite (every docstring flipped, locals renamed) paired with 5 of those mutants
+(their rewrites, run only where the original was killed), speed over 3 repeats. The teacher forward
+for the JSD term runs each distinct prompt once (the 4 generations of a prompt share its KV cache).
 
 Step time = wall time between ``on_step_begin`` and ``on_step_end`` (median over the timed steps);
 reward fraction = total reward-function wall time / total step time over the timed steps. Prints a table, writes
@@ -53,7 +59,8 @@ MODEL_KW = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num
                 num_key_value_heads=2)
 
 
-VARIANTS = ("trl", "fastdistill", "fastdistill_ref_tests", "fastdistill_ref_tests_per_component")
+VARIANTS = ("trl", "fastdistill", "fastdistill_ref_tests", "fastdistill_ref_tests_overlapped_teacher",
+            "fastdistill_ref_tests_per_component")
 
 
 class StepTimer(TrainerCallback):
@@ -113,7 +120,8 @@ def run_variant(kind, steps, max_completion_length):
             reward = TimedReward(composite_reward(preset="mutant", code_column="code",
                                                   fused=kind != "fastdistill_ref_tests_per_component"),
                                  substitute_tests=kind.startswith("fastdistill_ref_tests"))
-            args = GRPOConfig(**common, jsd_lambda=0.1, reward_preset="mutant")
+            args = GRPOConfig(**common, jsd_lambda=0.1, reward_preset="mutant",
+                              overlap_teacher_forward=True if kind.endswith("overlapped_teacher") else None)
             trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=data,
                                   processing_class=tok, callbacks=[timer])
         clear_cache()
@@ -134,7 +142,7 @@ def reward_config():
     config = {"fused_single_sandbox_call": reward._fusable(), "keep_warm": reward.keep_warm,
               "n_workers": reward.n_workers}
     for name, component in reward.components.items():
-        keys = ("repeats",) if name == "speed_stability" else ("max_mutants", "n_variants")
+        keys = ("repeats",) if name == "speed_stability" else ("max_mutants", "n_variants", "flip_docstrings")
         config[name] = {key: getattr(component, key) for key in keys if hasattr(component, key)}
     return config
 

@@ -89,6 +89,80 @@ def test_training_with_default_teacher_logs_jsd(tmp_path):
     assert len(jsd) == 3 and jsd[0] == pytest.approx(0.0, abs=1e-6) and jsd[-1] > 0  # policy drifts from its copy
 
 
+def test_teacher_forward_overlaps_the_rewards_and_gives_the_same_batch(tmp_path):
+    import threading
+
+    def make(overlap):
+        model, tok = tiny_causal_lm(seed=0)
+        teacher, _ = tiny_causal_lm(seed=1, tokenizer=tok)
+        args = config(tmp_path, jsd_lambda=0.5, overlap_teacher_forward=overlap)
+        trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, teacher_model=teacher,
+                              train_dataset=prompts_dataset(), processing_class=tok)
+        return trainer, teacher
+
+    ran = threading.Event()
+    seen = []
+
+    def reward(prompts, completions, **kwargs):  # returns only once the teacher forward ran meanwhile
+        seen.append(ran.wait(timeout=30))
+        return [1.0] * len(completions)
+
+    trainer, teacher = make(True)
+    threads = []
+    def hook(*args):
+        threads.append(threading.current_thread().name)
+        ran.set()
+
+    teacher.model.register_forward_hook(hook)
+    overlapped = generation_batch(trainer)
+    assert seen == [True] and threads and threads[0].startswith("fastdistill-teacher")
+
+    ran.set()  # the reference run does not wait
+    plain, plain_teacher = make(False)
+    assert plain._teacher_pool is None
+    reference = generation_batch(plain)
+    assert torch.equal(overlapped["completion_ids"], reference["completion_ids"])
+    assert torch.equal(overlapped["teacher_hidden"], reference["teacher_hidden"])
+    assert torch.equal(trainer._compute_loss(trainer.model, overlapped), plain._compute_loss(plain.model, reference))
+
+
+def test_teacher_runs_each_prompt_once_and_matches_the_full_forward():
+    from fastdistill.trainers.grpo import _shared_prefix_forward
+
+    model, tok = tiny_causal_lm(seed=1)
+    backbone = model.model.eval()
+    torch.manual_seed(0)
+    pad = tok.pad_token_id
+    prompts = [torch.randint(5, 100, (n,)) for n in (7, 11)]  # left-padded to 11, 4 generations each
+    rows, masks = [], []
+    for p in prompts:
+        for _ in range(4):
+            c = torch.randint(5, 100, (int(torch.randint(2, 6, ())),))
+            ids = torch.cat([torch.full((11 - len(p),), pad), p, c, torch.full((5 - len(c),), pad)])
+            mask = torch.cat([torch.zeros(11 - len(p)), torch.ones(len(p) + len(c)), torch.zeros(5 - len(c))])
+            rows.append(ids)
+            masks.append(mask.long())
+    input_ids, attention_mask = torch.stack(rows), torch.stack(masks)
+    seen = []
+    handle = backbone.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs["input_ids"].shape),
+                                                with_kwargs=True)
+    with torch.no_grad():
+        shared = _shared_prefix_forward(backbone, input_ids, attention_mask, prompt_len=11)
+    handle.remove()
+    with torch.no_grad():
+        full = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    assert seen == [torch.Size([2, 11]), torch.Size([8, 5])]  # each distinct prompt once, then the completions
+    keep = attention_mask.bool()
+    torch.testing.assert_close(shared[keep], full[keep], atol=1e-5, rtol=1e-5)
+
+
+def test_overlap_defaults_to_off_on_cpu(tmp_path):
+    model, tok = tiny_causal_lm(seed=0)
+    trainer = GRPOTrainer(model=model, reward_funcs=[constant_reward], args=config(tmp_path, jsd_lambda=0.5),
+                          train_dataset=prompts_dataset(), processing_class=tok)
+    assert trainer.args.overlap_teacher_forward is None and trainer._teacher_pool is None
+
+
 def test_reference_model_forward_is_reused(tmp_path):
     path = save_tiny_causal_lm(tmp_path / "policy")
     args = config(tmp_path, jsd_lambda=0.5, beta=0.04)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -47,6 +48,14 @@ class GRPOConfig(_TRLGRPOConfig):
             their sampling settings.
         code_column (`str`, defaults to `"code"`):
             Dataset column with the code under test, passed to the reward functions.
+        overlap_teacher_forward (`bool`, *optional*):
+            Run the teacher's forward pass for the JSD term on a background thread while the reward
+            functions score the batch, instead of after them. The result is checked against the batch TRL
+            builds and recomputed if it differs, so losses are identical either way. ``None`` (default):
+            on when the teacher runs on an accelerator (its forward then uses the GPU while the test
+            sandbox uses the CPU cores), off on CPU, where both would compete for the same cores. Never
+            used under DeepSpeed ZeRO-3 (the teacher's forward gathers weights collectively) or when the
+            teacher is the policy with adapters off.
     """
 
     jsd_lambda: float = field(default=0.0, metadata={"help": "Weight of the online JSD-to-teacher term."})
@@ -59,6 +68,10 @@ class GRPOConfig(_TRLGRPOConfig):
     )
     reward_preset: str = field(default="mutant", metadata={"help": "Composite reward preset: 'mutant' or 'speed'."})
     code_column: str = field(default="code", metadata={"help": "Dataset column holding the code under test."})
+    overlap_teacher_forward: bool | None = field(
+        default=None, metadata={"help": "Run the teacher forward for the JSD term while the rewards are computed "
+                                        "(default: when the teacher is on an accelerator)."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -75,6 +88,32 @@ def default_reward_funcs(preset: str, code_column: str = "code") -> list:
     from fastdistill.rewards import composite_reward
 
     return [composite_reward(preset=preset, code_column=code_column)]
+
+
+def _shared_prefix_forward(backbone, input_ids, attention_mask, prompt_len: int) -> torch.Tensor:
+    """``backbone(input_ids, attention_mask).last_hidden_state``, running each distinct prompt (the first
+    ``prompt_len`` columns, ids and mask) once and the rest of every row on top of its prompt's KV cache.
+
+    Equal to the plain forward up to floating-point rounding (position ids are ``arange`` in both, the
+    causal mask covers the cached prefix). Falls back to the plain forward when no prompt repeats or
+    the model's cache cannot be re-indexed.
+    """
+    batch = input_ids.size(0)
+    if 0 < prompt_len < input_ids.size(1) and batch > 1:
+        prefix = torch.cat([input_ids[:, :prompt_len], attention_mask[:, :prompt_len].to(input_ids.dtype)], dim=1)
+        unique, inverse = torch.unique(prefix, dim=0, return_inverse=True)
+        if unique.size(0) < batch:
+            try:
+                head = backbone(input_ids=unique[:, :prompt_len], attention_mask=unique[:, prompt_len:],
+                                use_cache=True)
+                cache = head.past_key_values
+                cache.batch_select_indices(inverse)
+                tail = backbone(input_ids=input_ids[:, prompt_len:], attention_mask=attention_mask,
+                                past_key_values=cache, use_cache=False)
+                return torch.cat([head.last_hidden_state[inverse], tail.last_hidden_state], dim=1)
+            except (AttributeError, NotImplementedError, TypeError, ValueError):  # a cache we cannot share
+                logger.debug("shared-prefix teacher forward not possible; running the full batch", exc_info=True)
+    return backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
 class _CloseSandboxWorkers(TrainerCallback):
@@ -115,8 +154,16 @@ class GRPOTrainer(_TRLGRPOTrainer):
         self.teacher_model = None
         self._teacher_is_ref = False
         self._teacher_disables_adapter = False
+        self._teacher_pool = None  # background thread for the teacher forward (overlap_teacher_forward)
+        self._generated = None  # the last _generate's (prompt_ids, completion_ids) lists, for that forward
+        self._teacher_future = None
         if self.jsd_lambda > 0:
             self._setup_teacher(teacher_model, args)
+            overlap = getattr(args, "overlap_teacher_forward", None)
+            if overlap is None:
+                overlap = next(self.teacher_model.parameters()).device.type != "cpu"
+            if overlap and not self._zero3 and not self._teacher_is_ref and not self._teacher_disables_adapter:
+                self._teacher_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastdistill-teacher")
 
     # -------------------------------------------------------------------------------------------
     def _setup_teacher(self, teacher_model, args):
@@ -151,29 +198,87 @@ class GRPOTrainer(_TRLGRPOTrainer):
             self.teacher_model = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
 
     @torch.no_grad()
-    def _teacher_hidden_states(self, input_ids, attention_mask) -> torch.Tensor:
-        """Hidden states of the teacher over a prompt+completion batch (own forward, no logits)."""
+    def _teacher_hidden_states(self, input_ids, attention_mask, prompt_len: int = 0) -> torch.Tensor:
+        """Hidden states of the teacher over a prompt+completion batch (own forward, no logits).
+
+        GRPO samples ``num_generations`` completions per prompt, so the batch repeats each prompt; with
+        ``prompt_len`` the teacher runs each distinct prompt once (its KV cache is then shared by the
+        rows of that prompt) and only the completions on top, instead of every prompt G times.
+        """
         if self._teacher_disables_adapter:
             unwrapped = self.accelerator.unwrap_model(self.model)
             with unwrapped.disable_adapter():
-                return _backbone(self.model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+                return _shared_prefix_forward(_backbone(self.model), input_ids, attention_mask, prompt_len)
         self.teacher_model.eval()
-        return _backbone(self.teacher_model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return _shared_prefix_forward(_backbone(self.teacher_model), input_ids, attention_mask, prompt_len)
+
+    # -- overlap of the teacher forward with the reward functions ---------------------------------
+    def _generate(self, prompts):
+        out = super()._generate(prompts)
+        if self._teacher_pool is not None:
+            self._generated = (out[0], out[1])
+        return out
+
+    def _padded_batch(self, prompt_ids_list, completion_ids_list):
+        """Prompt+completion ids, attention mask and padded prompt length, as TRL's
+        ``_generate_and_score_completions`` pads them."""
+        from trl.trainer.utils import pad
+
+        device, multiple = self.accelerator.device, self.pad_to_multiple_of
+        pad_id = self._tokenizer.pad_token_id
+        prompts = [torch.tensor(ids) for ids in prompt_ids_list]
+        completions = [torch.tensor(ids) for ids in completion_ids_list]
+        prompt_ids = pad(prompts, padding_value=pad_id, padding_side="left", pad_to_multiple_of=multiple)
+        prompt_mask = pad([torch.ones_like(t, dtype=torch.long) for t in prompts], padding_value=0,
+                          padding_side="left", pad_to_multiple_of=multiple)
+        completion_ids = pad(completions, padding_value=pad_id, padding_side="right", pad_to_multiple_of=multiple)
+        completion_mask = pad([torch.ones_like(t, dtype=torch.long) for t in completions], padding_value=0,
+                              padding_side="right", pad_to_multiple_of=multiple)
+        if self.mask_truncated_completions:
+            eos_and_pad = [*self.eos_token_ids, pad_id]
+            truncated = torch.tensor([ids[-1] not in eos_and_pad for ids in completion_ids_list])
+            completion_mask = completion_mask * (~truncated).unsqueeze(1).int()
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1).to(device)
+        return input_ids, torch.cat([prompt_mask, completion_mask], dim=1).to(device), prompt_ids.size(1)
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        generated, self._generated = self._generated, None
+        if self._teacher_pool is not None and generated is not None:
+            try:
+                input_ids, attention_mask, prompt_len = self._padded_batch(*generated)
+            except Exception:  # noqa: BLE001 - an unusual batch: the teacher forward runs afterwards instead
+                logger.debug("teacher forward not overlapped", exc_info=True)
+            else:
+                self._teacher_future = (input_ids, attention_mask, self._teacher_pool.submit(
+                    self._teacher_hidden_states, input_ids, attention_mask, prompt_len))
+        return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
 
     def _generate_and_score_completions(self, inputs):
         if self.jsd_lambda == 0:
             return super()._generate_and_score_completions(inputs)
         captured: list[torch.Tensor] = []
         reuse_ref = self._teacher_is_ref and self.beta != 0.0
-        with _capture_hidden(_backbone(self.teacher_model), captured) if reuse_ref else contextlib.nullcontext():
-            output = super()._generate_and_score_completions(inputs)
+        self._teacher_future = None
+        try:
+            with _capture_hidden(_backbone(self.teacher_model), captured) if reuse_ref else contextlib.nullcontext():
+                output = super()._generate_and_score_completions(inputs)
+        finally:  # the background forward is never left running
+            pending, self._teacher_future, early = self._teacher_future, None, None
+            if pending is not None:
+                try:
+                    early = pending[2].result()
+                except Exception:  # noqa: BLE001 - recomputed below on the main thread
+                    logger.warning("background teacher forward failed; recomputing it", exc_info=True)
         completion_len = output["completion_ids"].size(1)
         if captured:  # TRL's reference forward ran (in chunks of the batch): reuse it
             hidden = torch.cat([h.detach() for h in captured], dim=0)
         else:
             input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
             attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
-            hidden = self._teacher_hidden_states(input_ids, attention_mask)
+            if early is not None and torch.equal(pending[0], input_ids) and torch.equal(pending[1], attention_mask):
+                hidden = early  # computed while the rewards ran, on exactly this batch
+            else:
+                hidden = self._teacher_hidden_states(input_ids, attention_mask, output["prompt_ids"].size(1))
         # position i predicts token i + 1: the completion is predicted from positions [L-K-1, L-1)
         output["teacher_hidden"] = hidden[:, -completion_len - 1 : -1].contiguous()
         return output
