@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,7 +40,8 @@ class GRPOConfig(_TRLGRPOConfig):
         teacher_model_name_or_path (`str`, *optional*):
             Teacher for the JSD term. ``None`` uses the reference model: TRL's own ``ref_model`` when
             ``beta > 0`` (its forward pass is reused), the base model with adapters disabled under PEFT, or
-            a frozen copy of the initial policy otherwise.
+            a frozen copy of the initial policy otherwise (under DeepSpeed ZeRO-3, whose parameters are
+            partitioned, the policy reloaded from its checkpoint, as TRL builds its reference model).
         teacher_model_init_kwargs (`dict`, *optional*):
             Keyword arguments for ``AutoModelForCausalLM.from_pretrained`` of the teacher.
         reward_preset (`str`, defaults to `"mutant"`):
@@ -104,12 +106,15 @@ def _shared_prefix_forward(backbone, input_ids, attention_mask, prompt_len: int)
         unique, inverse = torch.unique(prefix, dim=0, return_inverse=True)
         if unique.size(0) < batch:
             try:
+                # transformers >= 5.24 names the cache argument and output `cache` (was `past_key_values`)
+                name = "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
                 head = backbone(input_ids=unique[:, :prompt_len], attention_mask=unique[:, prompt_len:],
                                 use_cache=True)
-                cache = head.past_key_values
+                cache = getattr(head, name, None)
+                cache = head.past_key_values if cache is None else cache
                 cache.batch_select_indices(inverse)
                 tail = backbone(input_ids=input_ids[:, prompt_len:], attention_mask=attention_mask,
-                                past_key_values=cache, use_cache=False)
+                                use_cache=False, **{name: cache})
                 return torch.cat([head.last_hidden_state[inverse], tail.last_hidden_state], dim=1)
             except (AttributeError, NotImplementedError, TypeError, ValueError):  # a cache we cannot share
                 logger.debug("shared-prefix teacher forward not possible; running the full batch", exc_info=True)
@@ -186,7 +191,10 @@ class GRPOTrainer(_TRLGRPOTrainer):
             if hasattr(unwrapped, "disable_adapter"):  # PEFT: the base model is the reference
                 self.teacher_model, self._teacher_disables_adapter = self.model, True
                 return
-            teacher_model = frozen_copy(unwrapped)  # frozen copy of the initial policy (own weights)
+            if self._zero3:  # partitioned parameters cannot be copied: reload, as TRL builds its reference model
+                teacher_model = self._initial_policy_from_checkpoint(args)
+            else:
+                teacher_model = frozen_copy(unwrapped)  # frozen copy of the initial policy (own weights)
         if teacher_model.config.get_text_config().vocab_size != self.model.config.get_text_config().vocab_size:
             raise ValueError("the teacher and the policy must share a vocabulary for the JSD term")
         teacher_model.requires_grad_(False)
@@ -196,6 +204,22 @@ class GRPOTrainer(_TRLGRPOTrainer):
             self.teacher_model = prepare_deepspeed(teacher_model, self.accelerator)
         else:
             self.teacher_model = self.accelerator.prepare_model(teacher_model, evaluation_mode=True)
+
+    def _initial_policy_from_checkpoint(self, args):
+        """The policy reloaded from its checkpoint, with the keyword arguments TRL uses for its reference model."""
+        from trl.trainer.utils import create_model_from_path, get_config_model_id
+
+        path = get_config_model_id(self.model.config)
+        if not path:
+            raise ValueError("under DeepSpeed ZeRO-3 the default JSD teacher is the policy reloaded from its checkpoint, "
+                             "but the policy has no name_or_path: pass `teacher_model` or "
+                             "`teacher_model_name_or_path`")
+        kwargs = dict(args.model_init_kwargs or {})
+        kwargs["device_map"] = None
+        kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+        kwargs.setdefault("dtype", self.model.dtype)
+        kwargs.setdefault("attn_implementation", self.model.config._attn_implementation)
+        return create_model_from_path(path, **kwargs)
 
     @torch.no_grad()
     def _teacher_hidden_states(self, input_ids, attention_mask, prompt_len: int = 0) -> torch.Tensor:
