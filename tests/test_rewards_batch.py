@@ -106,3 +106,32 @@ def test_paired_rewrites_run_only_where_the_original_mutant_was_killed(monkeypat
         assert g.killed == (f.killed if was_killed else False)
     assert statuses[0].count("skipped") == len(killed) - sum(killed)  # the survivors' rewrites did not run
     assert "skipped" not in statuses[1]
+
+
+def test_pairs_are_sharded_over_idle_workers_with_the_same_results(monkeypatch):
+    """Fewer test files than workers: a pair's mutants are split over several workers (each shard
+    repeats the baselines); outcomes, paired-rewrite gating and repeats equal the unsplit run."""
+    from fastdistill.rewards import mutation
+    from fastdistill.rewards.functions import _paired_rewrites
+
+    code, tests = EX["to_roman"]["code"], EX["to_roman"]["tests"]
+    weak = tests.split("\ndef test_")[0] + "\ndef test_" + tests.split("\ndef test_")[1]  # the first test only
+    variant = robust_augment(code, seed=0, flip_docstrings=1.0)
+    paired = tuple(m for _, m in _paired_rewrites(code, 0, None, 1.0))
+    requests = [(code, weak, None, None), (variant, weak, paired, 0)]
+    run_specs = []
+    execute = mutation.execute_pairs
+
+    def recording(specs, **kwargs):
+        run_specs.append(len(specs))
+        return execute(specs, **kwargs)
+
+    monkeypatch.setattr(mutation, "execute_pairs", recording)
+    clear_cache()
+    (base1, var1), runs1 = score_batch(requests, [(code, weak, 3)], n_workers=1, use_cache=False)
+    (base3, var3), runs3 = score_batch(requests, [(code, weak, 3)], n_workers=3, use_cache=False)
+    assert run_specs == [1, 3]  # the second call ran the one pair as three shards
+    assert base1.total > 3 * 8 and 0 < base1.killed < base1.total
+    assert _outcomes(base3) == _outcomes(base1) and _outcomes(var3) == _outcomes(var1)
+    assert (base3.kill_rate, var3.kill_rate) == (base1.kill_rate, var1.kill_rate)
+    assert runs3[0].ok and len(runs3[0].repeat_durations_s) == 3

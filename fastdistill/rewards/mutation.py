@@ -457,6 +457,76 @@ def mutation_scores(codes: list[str], tests: list[str], *, n_workers: int | None
     return [results[unique[pair]] for pair in zip(codes, tests)]
 
 
+_MIN_MUTANTS_PER_SHARD = 8  # a shard repeats its pair's collection and baselines (~30-40 ms): not for a few mutants
+
+
+def _shard_specs(specs: list[dict], n_workers: int) -> tuple[list[dict], list[tuple[int, list[int]]]]:
+    """Split pairs into shards when there are more workers than pairs, so every worker has work.
+
+    A shard of a pair gets every baseline job (they set the mutants' budgets and gate them), a
+    share of the mutants (round robin; a paired rewrite goes where the mutant it rewrites went) and,
+    in the first shard, the repeats. Returns the specs to run and, per run spec, ``(pair index,
+    local job index -> pair job index)``. With as many pairs as workers nothing is split.
+    """
+    shards_of = [1] * len(specs)
+    if 0 < len(specs) < n_workers:
+        per_pair = n_workers // len(specs)
+        for k, spec in enumerate(specs):
+            n_mut = sum(1 for job in spec["jobs"] if job.get("stop_first") and job.get("needs_killed") is None)
+            shards_of[k] = max(1, min(per_pair, n_mut // _MIN_MUTANTS_PER_SHARD))
+    run_specs, shards = [], []
+    for k, spec in enumerate(specs):
+        n = shards_of[k]
+        if n == 1:
+            run_specs.append(spec)
+            shards.append((k, list(range(len(spec["jobs"])))))
+            continue
+        owner, turn = {}, 0
+        for i, job in enumerate(spec["jobs"]):
+            if job.get("base"):
+                owner[i] = None  # every shard
+            elif job.get("needs_killed") is not None:
+                owner[i] = owner[job["needs_killed"]]
+            elif job.get("stop_first"):
+                owner[i], turn = turn % n, turn + 1
+            else:
+                owner[i] = 0  # repeats stay together
+        for shard in range(n):
+            members = [i for i, o in owner.items() if o is None or o == shard]
+            local = {i: pos for pos, i in enumerate(members)}
+            jobs = []
+            for i in members:
+                job = dict(spec["jobs"][i])
+                if job.get("needs_killed") is not None:
+                    job["needs_killed"] = local[job["needs_killed"]]
+                jobs.append(job)
+            run_specs.append(dict(spec, jobs=jobs))
+            shards.append((k, members))
+    return run_specs, shards
+
+
+def _merge_shards(raws: list[dict], shards: list[tuple[int, list[int]]], n_pairs: int) -> list[dict]:
+    """One raw result per pair from its shards' results (job indices mapped back; a baseline from the
+    pair's first shard; completed only if every shard completed)."""
+    merged: list = [None] * n_pairs
+    for raw, (k, members) in zip(raws, shards):
+        jobs = [dict(job, i=members[job["i"]]) for job in raw["jobs"]]
+        if merged[k] is None:
+            merged[k] = dict(raw, jobs=jobs)
+            continue
+        have = {job["i"] for job in merged[k]["jobs"]}
+        out = merged[k]
+        out["jobs"] = sorted(out["jobs"] + [job for job in jobs if job["i"] not in have], key=lambda j: j["i"])
+        out["completed"] = out["completed"] and raw["completed"]
+        out["timed_out"] = out["timed_out"] or raw["timed_out"]
+        out["duration_s"] = max(out["duration_s"], raw["duration_s"])
+        out["output"] = out["output"] + raw["output"]
+        out["reason"] = "; ".join(r for r in (out["reason"], raw["reason"]) if r)
+        out["exit"] = out["exit"] or raw["exit"]
+        out["returncode"] = out["returncode"] if out["returncode"] is not None else raw["returncode"]
+    return merged
+
+
 def score_batch(mutation_requests: list[tuple], test_requests: list[tuple] = (), *, n_workers: int | None = None,
                 module_name: str = "solution", seed: int = 0, timeout_s: float = 60.0, memory_mb: int = 1024,
                 baseline_timeout_s: float = 10.0, mutant_timeout_factor: float = 3.0,
@@ -597,7 +667,9 @@ def score_batch(mutation_requests: list[tuple], test_requests: list[tuple] = (),
         specs.append({"code": plan["code"], "tests": tests, "module_name": module_name, "write_module": False,
                       "jobs": jobs, "gate": gate,
                       "timeout_s": timeout_s * plan["n_mut"] + (float(test_timeout_s) if plan["n_test"] else 0.0)})
-    raws = execute_pairs(specs, memory_mb=memory_mb, n_workers=n_workers, keep_warm=keep_warm) if specs else []
+    run_specs, shards = _shard_specs(specs, n_workers)
+    raws = _merge_shards(execute_pairs(run_specs, memory_mb=memory_mb, n_workers=n_workers, keep_warm=keep_warm),
+                         shards, len(specs)) if specs else []
     # 3. split each pair's jobs back into the requests' results
     t_results: list = [None] * len(test_requests)
 
