@@ -436,14 +436,16 @@ def _plot(report: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.4), dpi=110, squeeze=False)
     colors = {"grpo_mutant": "tab:red", "grpo_speed": "tab:green", "teacher": "tab:gray"}
     for ax, (title, results) in zip(axes[0], panels):
-        points = {}
-        for name, res in results.items():
-            if res["runtime_s"] is None:
-                continue
-            points[name] = (res["runtime_s"] * 1e3, res["kill_rate"])
-            ax.scatter(*points[name], s=60, zorder=3, color=colors.get(name, "tab:blue"))
-            ax.annotate(name, points[name], textcoords="offset points", xytext=(6, 4 + 11 * (len(points) - 1)),
-                        fontsize=8)
+        points = {name: (res["runtime_s"] * 1e3, res["kill_rate"]) for name, res in results.items()
+                  if res["runtime_s"] is not None}
+        span = max([x for x, _ in points.values()], default=1.0) - min([x for x, _ in points.values()], default=0.0)
+        placed = []
+        for name, (x, y) in points.items():
+            ax.scatter(x, y, s=60, zorder=3, color=colors.get(name, "tab:blue"))
+            # labels of points that (nearly) coincide are stacked; others sit next to their point
+            near = sum(abs(x - px) <= 0.06 * (span or 1.0) and abs(y - py) <= 0.05 for px, py in placed)
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 4 + 11 * near), fontsize=8)
+            placed.append((x, y))
         for branch in ("grpo_mutant", "grpo_speed"):
             if "gkd" in points and branch in points:
                 ax.annotate("", points[branch], points["gkd"],
