@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -251,17 +252,42 @@ def generate_mutants(code: str, *, max_mutants: int | None = None, seed: int = 0
     return mutants
 
 
-_CACHE: OrderedDict[str, MutationResult] = OrderedDict()
-_CACHE_SIZE = 4096
-_CACHE_LOCK = threading.Lock()
+class _ResultCache:
+    """Thread-safe LRU of finished results by content key; a hit is returned as a copy marked ``cached``."""
+
+    def __init__(self, size: int):
+        self.size, self._lock, self._items = size, threading.Lock(), OrderedDict()
+
+    def get(self, key: str) -> MutationResult | None:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is None:
+                return None
+            self._items.move_to_end(key)
+        return _cached_copy(hit)
+
+    def put(self, key: str, result: MutationResult) -> None:
+        """Keep ``result`` unless a timeout shaped it (a rerun may measure differently)."""
+        if result.cached or "timed out" in result.reason:
+            return
+        with self._lock:
+            self._items[key] = result
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+_CACHE = _ResultCache(4096)
 
 
 def clear_cache() -> None:
     """Forget every cached mutation result (and the memoised mutants)."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
-    with _MUTANTS_LOCK:
-        _MUTANTS.clear()
+    _CACHE.clear()
+    _memoised_mutants.cache_clear()
 
 
 def _mutants_key(max_mutants):
@@ -303,9 +329,9 @@ def _cached_copy(result: MutationResult) -> MutationResult:
     return clone
 
 
-_MUTANTS: OrderedDict[tuple, tuple] = OrderedDict()
-_MUTANTS_SIZE = 1024
-_MUTANTS_LOCK = threading.Lock()
+@functools.lru_cache(maxsize=1024)  # thread-safe; a code that does not parse raises and is not cached
+def _memoised_mutants(code: str, max_mutants: int | None, seed: int) -> tuple[Mutant, ...]:
+    return tuple(generate_mutants(code, max_mutants=max_mutants, seed=seed))
 
 
 def _mutants_of(code: str, max_mutants, seed: int) -> list[Mutant]:
@@ -315,18 +341,7 @@ def _mutants_of(code: str, max_mutants, seed: int) -> list[Mutant]:
     """
     if isinstance(max_mutants, (list, tuple)):
         return list(max_mutants)
-    key = (code, max_mutants, seed)
-    with _MUTANTS_LOCK:
-        hit = _MUTANTS.get(key)
-        if hit is not None:
-            _MUTANTS.move_to_end(key)
-            return list(hit)
-    mutants = generate_mutants(code, max_mutants=max_mutants, seed=seed)
-    with _MUTANTS_LOCK:
-        _MUTANTS[key] = tuple(mutants)
-        while len(_MUTANTS) > _MUTANTS_SIZE:
-            _MUTANTS.popitem(last=False)
-    return mutants
+    return list(_memoised_mutants(code, max_mutants, seed))
 
 
 def _prepare(code, tests, *, module_name, max_mutants, seed, timeout_s, baseline_timeout_s, factor, min_s, cpu_min_s):
@@ -376,9 +391,7 @@ def _finish(mutants, raw) -> MutationResult:
     result.baseline_ok = True
     for index, mutant in enumerate(mutants, start=1):
         job = by_index.get(index)
-        if job is None:
-            outcome = MutantOutcome(mutant.operator, mutant.line, mutant.description, killed=False)
-        elif job["status"] == "skipped":  # a paired rewrite whose original survived: not run
+        if job is None or job["status"] == "skipped":  # not reached, or a paired rewrite whose original survived
             outcome = MutantOutcome(mutant.operator, mutant.line, mutant.description, killed=False)
         else:
             timed_out = job["status"] == "timeout"
@@ -425,13 +438,10 @@ def mutation_scores(codes: list[str], tests: list[str], *, n_workers: int | None
                        mutant_timeout_min_s, mutant_cpu_min_s) for c, t in pairs]
     pending = []
     for index, ((code, test), key) in enumerate(zip(pairs, keys)):
-        if use_cache:
-            with _CACHE_LOCK:
-                hit = _CACHE.get(key)
-                if hit is not None:
-                    _CACHE.move_to_end(key)
-                    results[index] = _cached_copy(hit)
-                    continue
+        hit = _CACHE.get(key) if use_cache else None
+        if hit is not None:
+            results[index] = hit
+            continue
         mutants, spec, early = _prepare(code, test, module_name=module_name, max_mutants=max_mutants, seed=seed,
                                         timeout_s=timeout_s, baseline_timeout_s=baseline_timeout_s,
                                         factor=mutant_timeout_factor, min_s=mutant_timeout_min_s,
@@ -446,14 +456,8 @@ def mutation_scores(codes: list[str], tests: list[str], *, n_workers: int | None
         for (index, mutants, _), raw in zip(pending, raws):
             results[index] = _finish(mutants, raw)
     if use_cache:
-        with _CACHE_LOCK:
-            for index, key in enumerate(keys):
-                result = results[index]
-                if not result.cached and "timed out" not in result.reason:
-                    _CACHE[key] = result
-                    _CACHE.move_to_end(key)
-            while len(_CACHE) > _CACHE_SIZE:
-                _CACHE.popitem(last=False)
+        for result, key in zip(results, keys):
+            _CACHE.put(key, result)
     return [results[unique[pair]] for pair in zip(codes, tests)]
 
 
@@ -537,8 +541,8 @@ def score_batch(mutation_requests: list[tuple], test_requests: list[tuple] = (),
     ``mutation_requests``: ``(code, tests, max_mutants, needs)`` tuples, scored exactly as
     :func:`mutation_scores` scores ``(code, tests)`` with that ``max_mutants`` (and sharing its
     cache), or, when ``max_mutants`` is a sequence of :class:`Mutant`, against exactly those
-    mutants, in that order (robustness pairs each sampled mutant with its rewrite); ``needs`` is ``None`` or the index of another request with the same ``tests`` that must
-    pass on its code first; when it does not, this request is not run and its result is ``None``
+    mutants, in that order (robustness pairs each sampled mutant with its rewrite); ``needs`` is
+    ``None`` or the index of another request with the same ``tests`` that must pass on its code first; when it does not, this request is not run and its result is ``None``
     (robustness: a rewrite of the CUT only matters when the tests pass on the CUT itself).
     ``test_requests``: ``(code, tests, repeats)`` tuples, answered with a
     :class:`~fastdistill.rewards.sandbox.TestRun` as :func:`~fastdistill.rewards.sandbox.run_tests`
@@ -569,13 +573,10 @@ def score_batch(mutation_requests: list[tuple], test_requests: list[tuple] = (),
                 needs_of[j] = None  # needed unconditionally by one of its duplicates
             continue
         first[keys[i]] = i
-        if use_cache:
-            with _CACHE_LOCK:
-                hit = _CACHE.get(keys[i])
-                if hit is not None:
-                    _CACHE.move_to_end(keys[i])
-                    m_results[i] = _cached_copy(hit)
-                    continue
+        hit = _CACHE.get(keys[i]) if use_cache else None
+        if hit is not None:
+            m_results[i] = hit
+            continue
         mutants, _, early = _prepare(code, tests, module_name=module_name, max_mutants=mm, seed=seed,
                                      timeout_s=timeout_s, baseline_timeout_s=baseline_timeout_s, factor=factor,
                                      min_s=min_s, cpu_min_s=cpu_min_s)
@@ -697,10 +698,6 @@ def score_batch(mutation_requests: list[tuple], test_requests: list[tuple] = (),
             continue  # what it needs failed, so it was not run: result None
         result = _finish(mutants, sub_raw(raw, [group["base"], *(group["mutants"][m.source] for m in mutants)]))
         m_results[i] = result
-        if use_cache and "timed out" not in result.reason:
-            with _CACHE_LOCK:
-                _CACHE[keys[i]] = result
-                _CACHE.move_to_end(keys[i])
-                while len(_CACHE) > _CACHE_SIZE:
-                    _CACHE.popitem(last=False)
+        if use_cache:
+            _CACHE.put(keys[i], result)
     return [m_results[first[keys[i]]] for i in range(len(mutation_requests))], t_results
