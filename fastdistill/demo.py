@@ -349,28 +349,24 @@ def _grpo(model, tokenizer, train: list[dict], cfg: DemoConfig, out: Path, branc
                            "preset": branch}
 
 
-def shape_of_tests(completion: str) -> tuple[int, int]:
-    """(test functions, assert statements) of the pytest file in a completion; (0, 0) if there is none."""
+def _test_shape(completion: str) -> tuple[int, int, int]:
+    """(test functions, assert statements, loops) of the pytest file in a completion; zeros if there is none."""
     import ast
 
     from fastdistill.rewards.functions import extract_test_code
 
     tests = extract_test_code(completion)
     if tests is None:
-        return 0, 0
-    tree = ast.parse(tests)
-    return (sum(isinstance(n, ast.FunctionDef) and n.name.startswith("test") for n in ast.walk(tree)),
-            sum(isinstance(n, ast.Assert) for n in ast.walk(tree)))
+        return 0, 0, 0
+    nodes = list(ast.walk(ast.parse(tests)))
+    return (sum(isinstance(n, ast.FunctionDef) and n.name.startswith("test") for n in nodes),
+            sum(isinstance(n, ast.Assert) for n in nodes),
+            sum(isinstance(n, (ast.For, ast.While)) for n in nodes))
 
 
-def _has_loop(completion: str) -> bool:
-    """Whether the pytest file in a completion loops (the exhaustive, slow style)."""
-    import ast
-
-    from fastdistill.rewards.functions import extract_test_code
-
-    tests = extract_test_code(completion)
-    return tests is not None and any(isinstance(n, (ast.For, ast.While)) for n in ast.walk(ast.parse(tests)))
+def shape_of_tests(completion: str) -> tuple[int, int]:
+    """(test functions, assert statements) of the pytest file in a completion; (0, 0) if there is none."""
+    return _test_shape(completion)[:2]
 
 
 def _evaluate(name, model, tokenizer, held_out, cfg, out, max_new_tokens):
@@ -382,12 +378,13 @@ def _evaluate(name, model, tokenizer, held_out, cfg, out, max_new_tokens):
                     max_new_tokens=max_new_tokens, batch_size=16, seed=cfg.seed)
     mut = score_mutation(gens, max_mutants=cfg.max_mutants, n_workers=cfg.workers)
     spd = score_speed(gens, repeats=cfg.speed_repeats, n_workers=cfg.workers)
+    shapes = [_test_shape(g["completion"]) for g in gens]  # each completion parsed once
     return {"kill_rate": mut["kill_rate"], "pass_rate": mut["pass_rate"], "extract_rate": mut["extract_rate"],
             "runtime_s": spd["runtime_s"], "runtime_cv": spd["cv"], "stable_rate": spd["stable_rate"],
             "n": mut["n"], "n_timed": spd["n_timed"], "max_new_tokens": max_new_tokens,
-            "tests_per_file": _mean([shape_of_tests(g["completion"])[0] for g in gens]),
-            "asserts_per_file": _mean([shape_of_tests(g["completion"])[1] for g in gens]),
-            "loops_per_file": _mean([float(_has_loop(g["completion"])) for g in gens]),
+            "tests_per_file": _mean([tests for tests, _, _ in shapes]),
+            "asserts_per_file": _mean([asserts for _, asserts, _ in shapes]),
+            "loops_per_file": _mean([float(loops > 0) for _, _, loops in shapes]),
             "completions": [g["completion"] for g in gens], "mutation_rows": mut["rows"], "speed_rows": spd["rows"]}
 
 
