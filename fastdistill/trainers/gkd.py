@@ -12,7 +12,14 @@ import torch.nn.functional as F
 from fastdistill.data.collators import DistillationCollator, tokenize_example
 from fastdistill.losses import jsd_loss, reverse_kl_on_chosen, reverse_kl_on_logits
 from fastdistill.losses.fused import fused_chunk_size, fused_jsd_loss, fused_reverse_kl_on_chosen
-from fastdistill.trainers.utils import backbone, call_as_forward_of, capture_hidden, output_head, unfusable_reason
+from fastdistill.trainers.utils import (
+    backbone,
+    call_as_forward_of,
+    capture_hidden,
+    output_head,
+    unfusable_reason,
+    zero3_enabled,
+)
 
 with warnings.catch_warnings():  # TRL 1.16 keeps GKD under trl.experimental and warns on import
     warnings.simplefilter("ignore")
@@ -210,9 +217,7 @@ class GKDTrainer(_TRLGKDTrainer):
     @property
     def _zero3(self) -> bool:
         """DeepSpeed ZeRO-3: the heads' weights are partitioned and must be gathered to be read."""
-        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-
-        return bool(self.is_deepspeed_enabled and is_deepspeed_zero3_enabled())
+        return zero3_enabled(self)
 
     @property
     def use_fused_loss(self) -> bool:

@@ -19,6 +19,7 @@ from fastdistill.trainers.utils import call_as_forward_of
 from fastdistill.trainers.utils import capture_hidden as _capture_hidden
 from fastdistill.trainers.utils import frozen_copy
 from fastdistill.trainers.utils import output_head as _head
+from fastdistill.trainers.utils import zero3_enabled
 
 logger = logging.getLogger(__name__)
 
@@ -164,21 +165,24 @@ class GRPOTrainer(_TRLGRPOTrainer):
         self._teacher_future = None
         if self.jsd_lambda > 0:
             self._setup_teacher(teacher_model, args)
-            overlap = getattr(args, "overlap_teacher_forward", None)
+            overlap = args.overlap_teacher_forward
             if overlap is None:
                 overlap = next(self.teacher_model.parameters()).device.type != "cpu"
             if overlap and not self._zero3 and not self._teacher_is_ref and not self._teacher_disables_adapter:
                 self._teacher_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastdistill-teacher")
 
+    @property
+    def _zero3(self) -> bool:
+        """DeepSpeed ZeRO-3: parameters are partitioned (the heads must be gathered, models cannot be copied)."""
+        return zero3_enabled(self)
+
     # -------------------------------------------------------------------------------------------
     def _setup_teacher(self, teacher_model, args):
         from transformers import AutoModelForCausalLM
-        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
         from trl.models import prepare_deepspeed
         from trl.trainer.utils import disable_dropout_in_model
 
-        self._zero3 = bool(self.is_deepspeed_enabled and is_deepspeed_zero3_enabled())
         if teacher_model is None and args.teacher_model_name_or_path:
             teacher_model = args.teacher_model_name_or_path
         if isinstance(teacher_model, str):
@@ -341,7 +345,7 @@ class GRPOTrainer(_TRLGRPOTrainer):
                 reduction="mean",
             )}
 
-        if getattr(self, "_zero3", False):
+        if self._zero3:
             # partitioned heads: run the fused loss as the policy head's forward so DeepSpeed gathers its
             # weights once (and the teacher head's, which needs no gradient, for the duration of the call)
             teacher_params = [] if teacher_head is student_head else list(teacher_head.parameters())

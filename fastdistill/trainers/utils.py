@@ -100,6 +100,13 @@ def unfusable_reason(model: torch.nn.Module) -> str | None:
     return None
 
 
+def zero3_enabled(trainer) -> bool:
+    """Whether ``trainer`` runs under DeepSpeed ZeRO-3 (parameters partitioned: gathered to be read)."""
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    return bool(trainer.is_deepspeed_enabled and is_deepspeed_zero3_enabled())
+
+
 def call_as_forward_of(module: torch.nn.Module, fn, *args, gathered=()):
     """Run ``fn(*args)`` as ``module``'s forward, returning a dict of tensors.
 
