@@ -314,7 +314,7 @@ def summarize(results: list[dict]) -> dict:
                 "fused_time_le_1.6x_floor": None if tf is None else bool(tf <= 1.6),
                 "fused_mem_le_trl_chunked": None if mc is None else bool(mc <= 1.0),
             }
-            print(f"\nissue #9 targets: {summary['issue9_targets']}")
+            print(f"\nfused-loss targets: {summary['issue9_targets']}")
     return summary
 
 
@@ -325,7 +325,7 @@ def main(argv=None):
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
     parser.add_argument("--only", default=None, help="comma-separated substrings of path names to run")
     parser.add_argument("--group", default=None, choices=["issue2", "issue9"])
-    parser.add_argument("--logit-shapes", default=None, help="issue #2 shapes, e.g. 2048x32000,4096x151936")
+    parser.add_argument("--logit-shapes", default=None, help="logits-path shapes, e.g. 2048x32000,4096x151936")
     parser.add_argument("--chunk-size", type=int, default=None, help="override our chunk size")
     parser.add_argument("--mem-limit-gb", type=float, default=None,
                         help="address-space cap per CPU case (default: 80%% of MemAvailable)")

@@ -1,4 +1,4 @@
-"""Throughput of local teacher-forced scoring (issue #7): completion tokens/s at two batch sizes.
+"""Throughput of local teacher-forced scoring: completion tokens/s at two batch sizes.
 
 The teacher is a tiny-but-not-trivial Qwen2 from ``fastdistill.testing.tiny_causal_lm`` (hidden
 256, 4 layers, 8 heads, vocab of the 512-token offline tokenizer) scoring rows of varied length

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fastdistill import GKDConfig, GKDTrainer
-from tests.helpers import ROWS, dataset, student_and_teacher, teacher_logprob_columns
+from helpers import ROWS, dataset, student_and_teacher, teacher_logprob_columns
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

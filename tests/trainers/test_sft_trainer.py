@@ -4,7 +4,7 @@ from peft import LoraConfig
 
 from fastdistill import SFTConfig, SFTTrainer
 from fastdistill.testing import tiny_causal_lm
-from tests.helpers import dataset
+from helpers import dataset
 
 
 def config(tmp_path, config_class=SFTConfig, **overrides):

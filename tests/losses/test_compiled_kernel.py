@@ -1,7 +1,7 @@
 """The torch.compile'd row kernel (the CUDA default) gives the eager kernel's losses and gradients.
 
 Run on CPU with FASTDISTILL_COMPILE=1 (TorchInductor's C++ backend) so CI checks the compiled math
-without a GPU; tests/test_cuda.py covers it on a GPU.
+without a GPU; tests/losses/test_cuda.py covers it on a GPU.
 """
 
 import pytest

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_recipes import recipe_env
+from test_recipes import recipe_env
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PIPELINE = ROOT / "recipes" / "pipeline.py"
 
 

@@ -99,7 +99,7 @@ def test_logit_losses_bf16_on_cuda_accumulate_in_fp32(loss_fn):
 
 def test_gkd_fused_training_on_cuda_in_bf16(tmp_path):
     from fastdistill import GKDConfig, GKDTrainer
-    from tests.helpers import dataset, student_and_teacher
+    from helpers import dataset, student_and_teacher
 
     def run(steps, **overrides):
         student, teacher, tok = student_and_teacher()

@@ -1,4 +1,4 @@
-"""Properties of the chunked divergences in ``fastdistill.losses`` (issue #2, item 3).
+"""Properties of the chunked divergences in ``fastdistill.losses``.
 
 Every check runs on tiny shapes in a few milliseconds; references are either TRL's own
 ``GKDTrainer.generalized_jsd_loss`` or naive full-vocabulary formulas evaluated in float64.
@@ -13,6 +13,8 @@ import torch.nn.functional as F
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 from fastdistill.losses import jsd_loss, reverse_kl_on_chosen, reverse_kl_on_logits  # noqa: E402
+from reference import naive_partition_kl as _naive_partition_kl  # noqa: E402
+from reference import naive_reverse_kl as _naive_reverse_kl  # noqa: E402
 
 B, T, V = 2, 5, 37
 
@@ -37,22 +39,6 @@ def trl_jsd():
     from trl.experimental.gkd import GKDTrainer
 
     return GKDTrainer.generalized_jsd_loss
-
-
-def _naive_reverse_kl(student_logits, teacher_logits, temperature=1.0):
-    """Per-position KL(student || teacher) over the whole vocabulary."""
-    s = F.log_softmax(student_logits / temperature, -1)
-    t = F.log_softmax(teacher_logits / temperature, -1)
-    return (s.exp() * (s - t)).sum(-1)
-
-
-def _naive_partition_kl(student_logits, ids, teacher_lp, temperature=1.0):
-    """Reverse KL between {listed tokens, rest} coarse-grainings, from a full log-softmax (no clamping)."""
-    s_lp = F.log_softmax(student_logits / temperature, -1).gather(-1, ids)
-    q, p = s_lp.exp(), teacher_lp.exp()
-    listed = (q * (s_lp - teacher_lp)).sum(-1)
-    q_rest, p_rest = 1 - q.sum(-1), 1 - p.sum(-1)
-    return listed + q_rest * (torch.log(q_rest) - torch.log(p_rest))
 
 
 # ---------------------------------------------------------------------------------------------

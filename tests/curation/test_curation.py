@@ -47,7 +47,7 @@ def test_whitespace_set_is_python_isspace():
 @pytest.mark.parametrize("opts", [{}, {"lowercase": True}, {"whitespace": "strip"}, {"whitespace": "keep"}])
 def test_arrow_path_equals_reference_bit_for_bit(columns, opts):
     """#10: the Arrow path gives the same canonical strings, hashes, kept rows and mark column as the
-    straightforward per-row reference (#5 semantics: Python canonicalize + sha256 + first-seen set)."""
+    straightforward per-row reference (Python canonicalize + sha256 + first-seen set)."""
     ds = _ds()
     ref_canon = ds.map(lambda b: C.canonicalize_rows(b, columns, **opts), batched=True, batch_size=4)["canonical"]
     ref_hash = ds.map(lambda b: C.hash_rows(b, columns, **opts), batched=True, batch_size=4)["hash"]
