@@ -61,6 +61,9 @@ class GRPOConfig(_TRLGRPOConfig):
             teacher is the policy with adapters off.
     """
 
+    # like TRL's own dict fields: a JSON string from the command line becomes a dict in __post_init__
+    _VALID_DICT_FIELDS = _TRLGRPOConfig._VALID_DICT_FIELDS + ["teacher_model_init_kwargs"]
+
     jsd_lambda: float = field(default=0.0, metadata={"help": "Weight of the online JSD-to-teacher term."})
     jsd_beta: float = field(default=0.5, metadata={"help": "Interpolation of the generalized JSD term."})
     teacher_model_name_or_path: str | None = field(
