@@ -19,14 +19,13 @@ def main(argv: list[str] | None = None, command: str = "demo") -> int:
     parser.add_argument("--quick", action="store_true", help="reduced size (a minute or two; used by the tests)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)")
+                        help=f"torch CPU threads for training and generation (default: {DemoConfig.threads}, which "
+                             "leaves a core to the test sandboxes; 0: torch's choice)")
     args = parser.parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     cfg = DemoConfig.quick() if args.quick else DemoConfig()
     cfg = replace(cfg, seed=args.seed)
+    if args.threads is not None:
+        cfg = replace(cfg, threads=args.threads)
     report = run_demo(args.output_dir, cfg)
     sys.stdout.write(summary_table(report) + f"\n\nwall time {report['wall_time_s']:.0f} s; report: "
                      f"{Path(args.output_dir) / 'report.md'}\n")

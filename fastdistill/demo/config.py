@@ -37,7 +37,7 @@ class DemoConfig:
     max_mutants: int = 15
     speed_repeats: int = 5
     workers: int = 2
-    threads: int | None = 1               # torch CPU threads (1 leaves a core to the test sandboxes)
+    threads: int | None = 1               # torch CPU threads (1 leaves a core to the sandboxes; 0: torch's choice)
 
     @classmethod
     def quick(cls) -> "DemoConfig":

@@ -130,7 +130,24 @@ def _evaluate(name, model, tokenizer, held_out, cfg, out, max_new_tokens):
 # ------------------------------------------------------------------------------------------------
 
 def run_demo(output_dir: str | os.PathLike, cfg: DemoConfig | None = None) -> dict:
-    """Run the whole demo into ``output_dir`` and return the report (also written as report.json/.md)."""
+    """Run the whole demo into ``output_dir`` and return the report (also written as report.json/.md).
+
+    Torch uses ``cfg.threads`` CPU threads during the run (torch's own choice when it is 0 or None);
+    the previous setting is restored afterwards, also when a stage fails.
+    """
+    import torch
+
+    cfg = cfg or DemoConfig()
+    old_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run_demo(Path(output_dir), cfg)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _run_demo(out: Path, cfg: DemoConfig) -> dict:
     import torch
 
     from fastdistill import GKDConfig, GKDTrainer, SFTConfig, SFTTrainer
@@ -138,8 +155,6 @@ def run_demo(output_dir: str | os.PathLike, cfg: DemoConfig | None = None) -> di
     from fastdistill.testing import tiny_causal_lm, tiny_tokenizer
     from fastdistill.trainers.utils import frozen_copy
 
-    cfg = cfg or DemoConfig()
-    out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -151,9 +166,6 @@ def run_demo(output_dir: str | os.PathLike, cfg: DemoConfig | None = None) -> di
     train, held_out, grpo_pool = family_examples(cfg.seed, cfg.n_train, cfg.n_held_out, n_extra=cfg.n_grpo)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    old_threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
 
     # tokenizer learned on the training split's code + tests with names and digits left out, plus the
     # syllables and the prompt wording: every syllable and every digit is one token, so a name or a
@@ -258,7 +270,6 @@ def run_demo(output_dir: str | os.PathLike, cfg: DemoConfig | None = None) -> di
         "timings_s": timings,
         "wall_time_s": round(time.perf_counter() - start, 1),
     }
-    torch.set_num_threads(old_threads)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     _plot(report, out / "pareto.png")
     (out / "report.md").write_text(_markdown(report), encoding="utf-8")
