@@ -16,7 +16,7 @@ COMMANDS = {
     "annotate": ("fastdistill.teacher.cli", "add teacher completions / log-probs to a dataset"),
     "eval": ("fastdistill.evaluation.cli", "evaluate a student: mutation kill rate, pass rate, speed"),
     "generate": ("fastdistill.evaluation.cli", "batch inference to JSONL"),
-    "demo": ("fastdistill.demo", "offline end-to-end demo: curate -> SFT -> GKD -> GRPO -> eval"),
+    "demo": ("fastdistill.demo.cli", "offline end-to-end demo: curate -> SFT -> GKD -> GRPO -> eval"),
 }
 
 
