@@ -33,7 +33,11 @@ class ConfigError(UserError, ValueError):
 
 def closest(name: Any, choices: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest of ``choices`` to ``name``, or ``""`` if none is close."""
-    match = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    choices = [str(c) for c in choices]
+    match = difflib.get_close_matches(str(name), choices, n=1, cutoff=0.6)
+    if not match:  # a shortened name ("speed" for "speed_stability") is too far for difflib's ratio
+        match = [c for c in choices if len(str(name)) >= 3 and (c.startswith(str(name)) or str(name) in c)][:2]
+        match = match if len(match) == 1 else []
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
