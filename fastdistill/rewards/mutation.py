@@ -301,6 +301,15 @@ def _cache_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+def strip_bom(source):
+    """``source`` without a leading UTF-8 byte-order mark (U+FEFF), which ``ast.parse`` refuses on a str.
+
+    A file saved with a BOM runs under pytest (Python decodes files as utf-8-sig), so it must also
+    parse for mutation; anything that is not a str is returned unchanged.
+    """
+    return source[1:] if isinstance(source, str) and source.startswith("\ufeff") else source
+
+
 def mutation_score(code: str, tests: str, *, module_name: str = "solution", max_mutants: int | None = 40,
                    seed: int = 0, timeout_s: float = 60.0, memory_mb: int = 1024, baseline_timeout_s: float = 10.0,
                    mutant_timeout_factor: float = 3.0, mutant_timeout_min_s: float = 0.3,
@@ -428,6 +437,7 @@ def mutation_scores(codes: list[str], tests: list[str], *, n_workers: int | None
     """
     if len(codes) != len(tests):
         raise ValueError("codes and tests must have the same length")
+    codes, tests = [strip_bom(c) for c in codes], [strip_bom(t) for t in tests]
     n_workers = n_workers or os.cpu_count() or 1
     unique: dict[tuple[str, str], int] = {}
     for pair in zip(codes, tests):
@@ -558,7 +568,8 @@ def score_batch(mutation_requests: list[tuple], test_requests: list[tuple] = (),
 
     n_workers = n_workers or os.cpu_count() or 1
     factor, min_s, cpu_min_s = mutant_timeout_factor, mutant_timeout_min_s, mutant_cpu_min_s
-    mutation_requests, test_requests = list(mutation_requests), list(test_requests)
+    mutation_requests = [(strip_bom(c), strip_bom(t), *rest) for c, t, *rest in mutation_requests]
+    test_requests = [(strip_bom(c), strip_bom(t), *rest) for c, t, *rest in test_requests]
     m_results: list = [None] * len(mutation_requests)
     keys = [_cache_key("v2", c, t, module_name, _mutants_key(mm), seed, memory_mb, factor, min_s, cpu_min_s)
             for c, t, mm, _ in mutation_requests]

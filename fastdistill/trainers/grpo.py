@@ -81,12 +81,14 @@ class GRPOConfig(_TRLGRPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.jsd_lambda < 0:
-            raise ValueError(f"jsd_lambda must be >= 0, got {self.jsd_lambda}")
-        if not 0.0 <= self.jsd_beta <= 1.0:
-            raise ValueError(f"jsd_beta must be in [0, 1], got {self.jsd_beta}")
-        if self.reward_preset not in REWARD_PRESETS:
-            raise ValueError(f"reward_preset must be one of {REWARD_PRESETS}, got {self.reward_preset!r}")
+        from fastdistill.validation import Problems
+
+        p = Problems("GRPOConfig")  # every problem of our fields at once; NaN / inf refused
+        p.number(self.jsd_lambda, "jsd_lambda", minimum=0.0)
+        p.number(self.jsd_beta, "jsd_beta", minimum=0.0, maximum=1.0)
+        p.choice(self.reward_preset, "reward_preset", REWARD_PRESETS)
+        p.type(self.code_column, "code_column", str)
+        p.raise_if_any()
 
 
 def default_reward_funcs(preset: str, code_column: str = "code") -> list:
