@@ -26,10 +26,14 @@ expression: the same kill rate as strong, several times slower). (The bundled ha
    per-example rows whose means are the headline numbers, ``report.md`` the table, ``pareto.png``
    the plot.
 
+Before step 1 the sandbox scores the reference tests of a few held-out instances. A stage that
+produces nothing usable (that check scores nothing, curation keeps no row, every kill rate in the
+report is 0) raises :class:`DemoFailed`, and ``fastdistill demo`` exits 1 with its message.
+
 Seeds are fixed: two runs produce the same teacher, SFT and GKD models and completions. The GRPO
 rewards include measured test runtimes, so the GRPO students (and every runtime) can differ
 slightly between runs; the two comparisons the demo exists for are built to hold by a wide margin
-(see the README for two runs side by side).
+(see docs/demo.md for two runs side by side).
 
 The package: :mod:`~fastdistill.demo.families` (the task: function families, instance generation,
 training rows), :mod:`~fastdistill.demo.config` (:class:`DemoConfig`), :mod:`~fastdistill.demo.run`
@@ -54,7 +58,7 @@ from fastdistill.demo.families import (
     rename_public_names,
 )
 from fastdistill.demo.report import STUDENTS, acceptance, shape_of_tests, summary_table
-from fastdistill.demo.run import run_demo
+from fastdistill.demo.run import DemoFailed, check_kill_rates, run_demo
 
 __all__ = [
     "FAMILIES",
@@ -64,7 +68,9 @@ __all__ = [
     "STYLES",
     "SYLLABLES",
     "DemoConfig",
+    "DemoFailed",
     "acceptance",
+    "check_kill_rates",
     "family_examples",
     "family_test",
     "family_words",

@@ -9,11 +9,12 @@ from pathlib import Path
 
 from fastdistill.demo.config import DemoConfig
 from fastdistill.demo.report import summary_table
-from fastdistill.demo.run import run_demo
+from fastdistill.demo.run import DemoFailed, run_demo
 
 
 def main(argv: list[str] | None = None, command: str = "demo") -> int:
-    """Entry point of ``fastdistill demo``."""
+    """Entry point of ``fastdistill demo``: 0 when the run produced a report, 1 (and why, on stderr) when a stage
+    produced nothing usable (:class:`~fastdistill.demo.run.DemoFailed`)."""
     parser = argparse.ArgumentParser(prog=f"fastdistill {command}", description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", default="fastdistill-demo", help="where the report, plot and data go")
     parser.add_argument("--quick", action="store_true", help="reduced size (a minute or two; used by the tests)")
@@ -26,7 +27,15 @@ def main(argv: list[str] | None = None, command: str = "demo") -> int:
     cfg = replace(cfg, seed=args.seed)
     if args.threads is not None:
         cfg = replace(cfg, threads=args.threads)
-    report = run_demo(args.output_dir, cfg)
+    try:
+        report = run_demo(args.output_dir, cfg)
+    except DemoFailed as err:
+        from fastdistill import cli
+
+        if cli.DEBUG:  # --debug: the traceback instead of the one-line message
+            raise
+        sys.stderr.write(f"fastdistill {command}: failed: {err}\n")
+        return 1
     sys.stdout.write(summary_table(report) + f"\n\nwall time {report['wall_time_s']:.0f} s; report: "
                      f"{Path(args.output_dir) / 'report.md'}\n")
     return 0

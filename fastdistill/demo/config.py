@@ -41,9 +41,15 @@ class DemoConfig:
 
     @classmethod
     def quick(cls) -> "DemoConfig":
-        """A reduced run (a minute or two on 2 cores) with the same stages and report."""
-        return cls(n_seen_eval=2, teacher=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=1),
-                   student=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1), teacher_steps=6,
-                   sft_steps=3, gkd_steps=2, grpo_steps=1, mutant_max_tokens=24, speed_max_tokens=16,
-                   eval_max_tokens=24, max_mutants=5, speed_repeats=2, n_train=12, n_held_out=3, vocab_size=512,
-                   batch_size=8, n_grpo=8)
+        """A reduced run (a minute or two on 2 cores) with the same stages and report.
+
+        The teacher is just large enough (two layers: copying a name from the prompt needs them) and
+        trained just long enough to learn its 6 training tests, and generations are long enough to hold
+        one, so curation keeps rows and the sandbox scores real kills; the students are too small and
+        too briefly trained to learn anything (their kill rates are 0).
+        """
+        return cls(n_seen_eval=2, teacher=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2),
+                   student=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1), teacher_steps=100,
+                   teacher_lr=1e-2, sft_steps=3, gkd_steps=2, grpo_steps=1, mutant_max_tokens=24,
+                   speed_max_tokens=16, eval_max_tokens=64, max_mutants=5, speed_repeats=2, n_train=6, n_held_out=3,
+                   vocab_size=512, batch_size=8, n_grpo=8)

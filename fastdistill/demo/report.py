@@ -201,6 +201,10 @@ def summary_table(report: dict) -> str:
     for where, counts in report.get("identical_to_sft", {}).items():
         lines.append(f"greedy completions identical to SFT's ({where.replace('_', ' ')}): "
                      + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    cur = report["curation"]
+    lines.append(f"curation kept {cur['rows_kept']} of {cur['rows_in']} teacher outputs on the training code "
+                 f"(pass rate {_fmt(cur['metrics'].get('tests_pass_rate'))}, "
+                 f"mean kill rate {_fmt(cur['metrics'].get('mean_kill_rate'))})")
     acc = report["acceptance"]
     lines += ["", acc["kill_rate_statement"], acc["speed_statement"]]
     return "\n".join(lines)

@@ -13,10 +13,20 @@ from dataclasses import asdict
 from pathlib import Path
 
 from fastdistill.demo.config import DemoConfig
-from fastdistill.demo.families import SYLLABLES, STYLES, _prompt, _sft_dataset, _with_renames, family_examples
-from fastdistill.demo.report import STUDENTS, _markdown, _mean, _plot, _test_shape, acceptance
+from fastdistill.demo.families import STYLES, SYLLABLES, _prompt, _sft_dataset, _with_renames, family_examples
+from fastdistill.demo.report import STUDENTS, _fmt, _markdown, _mean, _plot, _test_shape, acceptance
 
 logger = logging.getLogger(__name__)
+
+
+class DemoFailed(RuntimeError):
+    """A stage of the demo produced nothing usable: the sandbox scored nothing, curation kept no row, or every
+    kill rate in the report is 0.
+
+    Raised by the stage that found it, with what it found; ``fastdistill demo`` turns it into a non-zero exit
+    with this message, so a report that shows nothing never looks like a result. (Whether the two comparisons
+    the demo is about hold is a result, reported in the report, not a failure.)
+    """
 
 
 # ------------------------------------------------------------------------------------------------
@@ -32,6 +42,26 @@ def _common_args(cfg: DemoConfig, out: Path, name: str, steps: int, lr: float) -
 
 def _losses(trainer) -> list[float]:
     return [round(float(h["loss"]), 4) for h in trainer.state.log_history if "loss" in h]
+
+
+def _check_sandbox(held_out: list[dict], cfg: DemoConfig, n: int = 3) -> dict:
+    """Mutation-score the reference tests of ``n`` held-out instances before any training.
+
+    Those tests pass and kill every mutant, so a sandbox that cannot run them (pytest missing, workers that die
+    at start) shows here, in seconds, as :class:`DemoFailed` instead of as kill rates of 0 after the training.
+    """
+    from fastdistill.evaluation import score_mutation
+
+    rows = [{"name": ex["name"], "code": ex["code"], "completion": ex["tests"]} for ex in held_out[:n]]
+    res = score_mutation(rows, max_mutants=cfg.max_mutants, n_workers=cfg.workers, progress=False)
+    if not res["kill_rate"]:
+        reasons = sorted({str(r.get("reason") or "") for r in res["rows"]} - {""})
+        raise DemoFailed(
+            f"the test sandbox scored nothing: the reference tests of {len(rows)} held-out functions, which pass and "
+            f"kill every mutant, got pass rate {_fmt(res['pass_rate'])} and kill rate {_fmt(res['kill_rate'])} "
+            f"({'; '.join(reasons[:3]) or 'no reason given'}). Is pytest installed in this environment "
+            f"(`python -m pytest --version`)?")
+    return {"n": len(rows), "pass_rate": res["pass_rate"], "kill_rate": res["kill_rate"]}
 
 
 def _curate(teacher, tokenizer, train: list[dict], cfg: DemoConfig, out: Path) -> tuple[list[dict], dict]:
@@ -79,6 +109,14 @@ def _curate(teacher, tokenizer, train: list[dict], cfg: DemoConfig, out: Path) -
     summary = {"rows_in": len(gens), "rows_kept": len(kept), "metrics": quality["metrics"],
                "steps": [{k: s[k] for k in ("name", "rows_in", "rows_out")} | {"time_s": round(s["time_s"], 3)}
                          for s in steps], "total_time_s": round(timing["total_time_s"], 2)}
+    if not kept:
+        metrics = quality["metrics"]
+        per_step = ", ".join(f"{s['name']} {s['rows_out']}" for s in steps)
+        raise DemoFailed(
+            f"curation kept none of the {len(gens)} teacher outputs (tests pass rate "
+            f"{_fmt(metrics.get('tests_pass_rate'))}, mean kill rate {_fmt(metrics.get('mean_kill_rate'))}; rows "
+            f"after each step: {per_step}), so the student has nothing to learn from; the manifest and quality "
+            f"report are in {cur_dir}")
     return kept, summary
 
 
@@ -167,6 +205,11 @@ def _run_demo(out: Path, cfg: DemoConfig) -> dict:
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
+    # 0. the sandbox scores the reference tests (fails in seconds when it cannot run tests)
+    t0 = time.perf_counter()
+    sandbox = _check_sandbox(held_out, cfg)
+    mark("sandbox_check", t0)
+
     # tokenizer learned on the training split's code + tests with names and digits left out, plus the
     # syllables and the prompt wording: every syllable and every digit is one token, so a name or a
     # constant is copied token by token
@@ -193,10 +236,6 @@ def _run_demo(out: Path, cfg: DemoConfig) -> dict:
     t0 = time.perf_counter()
     kept, curation = _curate(teacher, tokenizer, train, cfg, out)
     mark("curation", t0)
-    if not kept:
-        logger.warning("curation kept no teacher output; the student learns from the reference tests instead")
-        kept = [{"name": ex["name"], "code": ex["code"], "tests": ex["tests"]} for ex in train]
-        curation["fallback"] = "no teacher output was kept; student SFT used the reference tests"
 
     # 3. student: base -> SFT -> GKD -> GRPO x2
     base, _ = tiny_causal_lm(seed=cfg.seed + 2, tokenizer=tokenizer, **shared, **cfg.student)
@@ -260,7 +299,7 @@ def _run_demo(out: Path, cfg: DemoConfig) -> dict:
         "teacher_note": "the teacher learned the reference tests of the training split by SFT before distillation",
         "students": results, "teacher": teacher_result,
         "seen_names": [ex["name"] for ex in seen], "seen_code": seen_results,
-        "curation": curation, "training": training,
+        "sandbox_check": sandbox, "curation": curation, "training": training,
         "acceptance": acceptance(results),
         "identical_to_sft": {where: {name: sum(a == b for a, b in zip(res[name]["completions"],
                                                                       res["sft"]["completions"]))
@@ -274,4 +313,21 @@ def _run_demo(out: Path, cfg: DemoConfig) -> dict:
     _plot(report, out / "pareto.png")
     (out / "report.md").write_text(_markdown(report), encoding="utf-8")
     logger.info("demo: report written to %s", out)
+    check_kill_rates(report, out)
     return report
+
+
+def check_kill_rates(report: dict, out: str | os.PathLike = "the output directory") -> None:
+    """Raise :class:`DemoFailed` when every kill rate in ``report`` is 0 or missing: a report that shows nothing.
+
+    The kill rates are those of the held-out evaluation (students and teacher), of the seen-code evaluation and
+    of the curated teacher outputs. Called once the report is written, so it can still be read.
+    """
+    held = {**report["students"], "teacher": report["teacher"]}
+    rates = {f"{name} (held-out)": r["kill_rate"] for name, r in held.items()}
+    rates |= {f"{name} (seen code)": r["kill_rate"] for name, r in (report.get("seen_code") or {}).items()}
+    rates["teacher outputs in curation"] = report["curation"]["metrics"].get("mean_kill_rate")
+    if not any(rates.values()):
+        raise DemoFailed(
+            f"every kill rate in the report is 0 or missing ({len(rates)} measured: {', '.join(rates)}): no test "
+            f"file any model wrote killed a single mutant, so the report in {out} shows nothing")

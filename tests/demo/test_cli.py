@@ -25,3 +25,52 @@ def test_threads_option_sets_torch_threads_during_the_run(monkeypatch, tmp_path)
         main(["--quick", "--threads", str(wanted), "--output-dir", str(tmp_path)])
     assert seen["threads"] == wanted
     assert torch.get_num_threads() == before  # restored, also when a stage fails
+
+
+def test_a_sandbox_that_scores_nothing_fails_the_demo_before_training(monkeypatch, tmp_path, capsys):
+    import fastdistill.evaluation
+
+    def dead_sandbox(rows, **kwargs):  # what scoring returns when no test could run
+        rows = [{"name": r["name"], "passed": False, "kill_rate": 0.0, "reason": "No module named 'pytest'"}
+                for r in rows]
+        return {"kill_rate": 0.0, "pass_rate": 0.0, "extract_rate": 1.0, "n": len(rows), "rows": rows}
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the demo went on to train with a sandbox that scores nothing")
+
+    monkeypatch.setattr(fastdistill.evaluation, "score_mutation", dead_sandbox)
+    monkeypatch.setattr(fastdistill.testing, "tiny_tokenizer", no_training)
+    assert main(["--quick", "--output-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "fastdistill demo: failed: the test sandbox scored nothing" in err
+    assert "kill rate 0.000" in err and "No module named 'pytest'" in err
+
+
+def test_curation_that_keeps_no_row_is_a_failure(monkeypatch, tmp_path):
+    import fastdistill.evaluation
+    from fastdistill.demo import DemoConfig, DemoFailed, family_examples
+    from fastdistill.demo.run import _curate
+
+    train, _ = family_examples(seed=0, n_train=2, n_held_out=1)
+
+    def teacher_writes_failing_tests(model, rows, path, **kwargs):  # every test file fails on its own code
+        return [{**row, "completion": "def test_it():\n    assert False\n"} for row in rows]
+
+    monkeypatch.setattr(fastdistill.evaluation, "generate", teacher_writes_failing_tests)
+    with pytest.raises(DemoFailed, match=r"curation kept none of the 2 teacher outputs \(tests pass rate 0\.000"):
+        _curate(None, None, train, DemoConfig.quick(), tmp_path)
+    assert (tmp_path / "curation" / "manifest.json").is_file()  # written before failing, for a look
+
+
+def _report(kill: float) -> dict:
+    row = {"kill_rate": 0.0}
+    return {"students": {"sft": row, "grpo_mutant": row}, "teacher": {"kill_rate": None},
+            "seen_code": {"sft": {"kill_rate": kill}}, "curation": {"metrics": {"mean_kill_rate": 0.0}}}
+
+
+def test_a_report_whose_kill_rates_are_all_zero_is_a_failure():
+    from fastdistill.demo import DemoFailed, check_kill_rates
+
+    with pytest.raises(DemoFailed, match=r"every kill rate in the report is 0 or missing \(5 measured: sft "):
+        check_kill_rates(_report(0.0), "out")
+    check_kill_rates(_report(0.4), "out")  # one model killed something: a result, whatever the comparisons say
