@@ -127,7 +127,8 @@ def run_variant(kind, steps, max_completion_length):
         clear_cache()
         trainer.train()
     step_s, reward_s = timer.steps[1:], reward.calls[1:]  # drop the warm-up step
-    comp_lengths = [h.get("completions/mean_length") for h in trainer.state.log_history if "completions/mean_length" in h]
+    comp_lengths = [h.get("completions/mean_length") for h in trainer.state.log_history
+                    if "completions/mean_length" in h]
     rewards = [h.get("reward") for h in trainer.state.log_history if "reward" in h]
     return {"variant": kind, "steps_timed": len(step_s), "step_s": step_s, "median_step_s": statistics.median(step_s),
             "reward_s": reward_s, "median_reward_s": statistics.median(reward_s),
@@ -175,8 +176,9 @@ def main():
     }
     print(f"{'variant':36s} {'s/step':>8s} {'reward s':>9s} {'reward %':>9s} {'vs TRL':>7s} {'compl len':>10s}")
     for r in results:
-        print(f"{r['variant']:36s} {r['median_step_s']:8.2f} {r['median_reward_s']:9.3f} {100 * r['reward_fraction']:8.1f}% "
-              f"{r['overhead_vs_trl']:6.2f}x {r['mean_completion_length'] or 0:10.1f}")
+        print(f"{r['variant']:36s} {r['median_step_s']:8.2f} {r['median_reward_s']:9.3f} "
+              f"{100 * r['reward_fraction']:8.1f}% {r['overhead_vs_trl']:6.2f}x "
+              f"{r['mean_completion_length'] or 0:10.1f}")
     print(f"load {load_start[0]:.1f} -> {report['load_average_at_end'][0]:.1f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))

@@ -52,7 +52,8 @@ def naive(examples, max_mutants, workers):
         base = list(pool.map(lambda e: naive_one(e["tests"], e["code"], 120), examples))
         jobs = []
         for e, (_, _, base_s) in zip(examples, base):
-            jobs += [(e["tests"], m.source, 3 * base_s + 1.0) for m in generate_mutants(e["code"], max_mutants=max_mutants)]
+            jobs += [(e["tests"], m.source, 3 * base_s + 1.0)
+                     for m in generate_mutants(e["code"], max_mutants=max_mutants)]
         runs = list(pool.map(lambda j: naive_one(*j), jobs))
     return {"mutants": len(jobs), "killed": sum(r[0] for r in runs), "timed_out": sum(r[1] for r in runs),
             "seconds": time.perf_counter() - start}
@@ -80,7 +81,8 @@ from fastdistill.data.examples import load_examples
 from fastdistill.rewards import mutation_scores
 ex = load_examples()
 t = time.perf_counter()
-rs = mutation_scores([e["code"] for e in ex], [e["tests"] for e in ex], n_workers=int(sys.argv[1]), max_mutants=int(sys.argv[2]))
+rs = mutation_scores([e["code"] for e in ex], [e["tests"] for e in ex], n_workers=int(sys.argv[1]),
+                     max_mutants=int(sys.argv[2]))
 s = time.perf_counter() - t
 print(json.dumps({"mutants": sum(r.total for r in rs), "killed": sum(r.killed for r in rs),
                   "timed_out": sum(r.timed_out for r in rs), "seconds": s,
@@ -110,7 +112,8 @@ def mutmut_run(example, workers, timeout):
         Path(d, "tests").mkdir()
         Path(d, "solution.py").write_text(example["code"])
         Path(d, "tests", "test_solution.py").write_text(example["tests"])
-        Path(d, "setup.cfg").write_text("[mutmut]\nsource_paths=solution.py\npytest_add_cli_args_test_selection=tests/\n")
+        Path(d, "setup.cfg").write_text(
+            "[mutmut]\nsource_paths=solution.py\npytest_add_cli_args_test_selection=tests/\n")
         start = time.perf_counter()
         try:
             done = subprocess.run([exe, "run", "--max-children", str(workers)], cwd=d, capture_output=True, text=True,
@@ -192,7 +195,8 @@ def main():
         "mutmut": mutmut, "python": sys.version.split()[0],
         "load_average_at_start": load_start, "load_average_at_end": os.getloadavg(),
     }
-    print(f"{'method':48s} {'ex':>4s} {'mutants':>8s} {'killed':>7s} {'t/o':>4s} {'sec':>8s} {'mut/s':>8s} {'compl/s':>8s}")
+    print(f"{'method':48s} {'ex':>4s} {'mutants':>8s} {'killed':>7s} {'t/o':>4s} {'sec':>8s} {'mut/s':>8s} "
+          f"{'compl/s':>8s}")
     for r in rows:
         print(f"{r['method']:48s} {r['examples']:4d} {r['mutants']:8d} {r['killed']:7d} {str(r['timed_out']):>4s} "
               f"{r['seconds']:8} {str(r['mutants_per_s']):>8s} {str(r['completions_per_s']):>8s}")
@@ -200,14 +204,16 @@ def main():
           f"vs previous engine: {report['speedup_vs_previous_engine']}   vs mutmut: {report['speedup_vs_mutmut']}   "
           f"load {load_start[0]:.1f} -> {report['load_average_at_end'][0]:.1f}")
     if same_outcomes:
-        print(f"per-mutant killed identical to previous engine: {same_outcomes['same_killed']}/{same_outcomes['mutants_compared']}")
+        print("per-mutant killed identical to previous engine: "
+              f"{same_outcomes['same_killed']}/{same_outcomes['mutants_compared']}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
 
 
 def _rate(m, n_examples):
-    return {"mutants": m["mutants"], "killed": m["killed"], "timed_out": m["timed_out"], "seconds": round(m["seconds"], 2),
-            "mutants_per_s": round(m["mutants"] / m["seconds"], 1), "completions_per_s": round(n_examples / m["seconds"], 3)}
+    return {"mutants": m["mutants"], "killed": m["killed"], "timed_out": m["timed_out"],
+            "seconds": round(m["seconds"], 2), "mutants_per_s": round(m["mutants"] / m["seconds"], 1),
+            "completions_per_s": round(n_examples / m["seconds"], 3)}
 
 
 def _mutmut_version():

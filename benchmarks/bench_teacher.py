@@ -58,7 +58,12 @@ def make_rows(n: int, seed: int = 0) -> list[dict]:
     for _ in range(n):
         code = "\n".join(rng.choice(CODE_LINES) for _ in range(rng.randint(4, 30)))
         tests = "\n".join(rng.choice(TEST_LINES) for _ in range(rng.randint(3, 35)))
-        rows.append({"prompt": f"Write pytest unit tests for the following Python code.\n\n{code}", "completion": "import pytest\n" + tests})
+        rows.append(
+            {
+                "prompt": f"Write pytest unit tests for the following Python code.\n\n{code}",
+                "completion": "import pytest\n" + tests,
+            }
+        )
     return rows
 
 
@@ -78,7 +83,9 @@ def main(argv=None) -> dict:
     from fastdistill.teacher import LocalTeacher, annotate
     from fastdistill.testing import tiny_causal_lm
 
-    config = dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4)
+    config = dict(
+        hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4
+    )
     model, tok = tiny_causal_lm(seed=0, **config)
     teacher = LocalTeacher(model, tok, device=args.device)
     ds = load_supervised_dataset(make_rows(args.rows))
@@ -93,7 +100,9 @@ def main(argv=None) -> dict:
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            annotate(ds, teacher, completion_column="completion", top_k=args.top_k, batch_size=batch_size, progress=False)
+            annotate(
+                ds, teacher, completion_column="completion", top_k=args.top_k, batch_size=batch_size, progress=False
+            )
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             if repeat > 0:  # the first run warms up
@@ -114,8 +123,8 @@ def main(argv=None) -> dict:
     lines = [header, "-" * len(header)]
     for r in results:
         lines.append(
-            f"{r['batch_size']:>5} {r['seconds']:>8.3f} {r['completion_tokens_per_s']:>12.0f} {r['all_tokens_per_s']:>10.0f} "
-            f"{r['rows_per_s']:>7.1f} {r['completion_tokens_per_s'] / base:>6.2f}x"
+            f"{r['batch_size']:>5} {r['seconds']:>8.3f} {r['completion_tokens_per_s']:>12.0f} "
+            f"{r['all_tokens_per_s']:>10.0f} {r['rows_per_s']:>7.1f} {r['completion_tokens_per_s'] / base:>6.2f}x"
         )
     print(
         f"local teacher-forced scoring: {len(ds)} rows, {completion_tokens} completion / {all_tokens} total tokens, "

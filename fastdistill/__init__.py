@@ -24,7 +24,8 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from fastdistill.trainers import GKDConfig, GKDTrainer, GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
+    # for type checkers; at run time __getattr__ imports them on first use
+    from fastdistill.trainers import GKDConfig, GKDTrainer, GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer  # noqa: F401
 
 
 def __getattr__(name: str):

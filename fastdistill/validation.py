@@ -112,11 +112,13 @@ class Problems:
         self.add(where, f"must be one of {choices}, got {value!r}{closest(value, [str(c) for c in choices])}")
         return False
 
-    def type(self, value: Any, where: str, types: type | tuple, *, optional: bool = False, what: str | None = None) -> bool:
+    def type(self, value: Any, where: str, types: type | tuple, *, optional: bool = False,
+             what: str | None = None) -> bool:
         """Check ``isinstance(value, types)`` (bools are not accepted as numbers)."""
         if value is None and optional:
             return True
-        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)))
+        accepted = types if isinstance(types, tuple) else (types,)
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in accepted)
         if not ok:
             name = what or " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
             self.add(where, f"expected {name}, got {value!r}")

@@ -2,7 +2,8 @@
 
     python recipes/grpo_mutant.py --config recipes/configs/grpo_mutant.yaml   # strongest tests
     python recipes/grpo_speed.py  --config recipes/configs/grpo_speed.yaml    # fast, stable tests
-    accelerate launch --config_file recipes/accelerate/zero2.yaml recipes/grpo_mutant.py --config recipes/configs/grpo_mutant.yaml
+    accelerate launch --config_file recipes/accelerate/zero2.yaml \\
+        recipes/grpo_mutant.py --config recipes/configs/grpo_mutant.yaml
 
 Both branches start from the same GKD checkpoint and differ only by their config (reward preset,
 sampling temperature, completion length). This module holds the shared code; the two scripts call

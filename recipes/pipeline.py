@@ -99,7 +99,8 @@ def run_stage(stage: str, args: argparse.Namespace, root: Path) -> str:
     started = time.time()
     proc = subprocess.run(cmd, cwd=HERE.parent)
     if proc.returncode != 0:
-        raise RuntimeError(f"[{stage}] failed with exit code {proc.returncode}; re-run to resume from its last checkpoint")
+        raise RuntimeError(f"[{stage}] failed with exit code {proc.returncode}; "
+                           "re-run to resume from its last checkpoint")
     info_path = output_dir / "run_info.json"
     marker = {
         "stage": stage,

@@ -23,7 +23,8 @@ TEST_COMMAND = 'pip install torch==2.13.0 && pip install -e ".[dev,quant,deepspe
 
 _LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 # a repo path written in prose or code: starts with a top-level folder, ends in "/" or a file extension
-_REPO_PATH = re.compile(r"(?<![\w./-])((?:fastdistill|recipes|benchmarks|docs|tests)/(?:[\w.-]+/)*(?:[\w-]+\.\w+)?)(?![\w/-])")
+_REPO_PATH = re.compile(
+    r"(?<![\w./-])((?:fastdistill|recipes|benchmarks|docs|tests)/(?:[\w.-]+/)*(?:[\w-]+\.\w+)?)(?![\w/-])")
 _TRACKER_REF = re.compile(r"\bissues?\s*#?\d+|(?<![\w&#/])#\d+\b", re.IGNORECASE)
 
 

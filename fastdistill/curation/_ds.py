@@ -92,7 +92,9 @@ def arrow_column(ds: datasets.Dataset, name: str) -> pa.ChunkedArray:
     """One column of ``ds`` as an Arrow ChunkedArray, honouring any indices mapping (select/filter)."""
     if name not in ds.column_names:
         raise KeyError(f"column {name!r} not in the dataset (columns: {ds.column_names})")
-    return ds.with_format("arrow", columns=[name])[:][name] if len(ds) else pa.chunked_array([], ds.data.schema.field(name).type)
+    if not len(ds):
+        return pa.chunked_array([], ds.data.schema.field(name).type)
+    return ds.with_format("arrow", columns=[name])[:][name]
 
 
 def select_rows(ds: datasets.Dataset, rows, *, desc: str, params: dict | None = None) -> datasets.Dataset:

@@ -96,7 +96,8 @@ def step_problems(params: dict, where: str, problems: Problems | None = None) ->
         _check(p, name, value, f"{where}.{name}" if where else name)
     if isinstance(params.get("min_len"), int) and isinstance(params.get("max_len"), int) \
             and params["min_len"] > params["max_len"]:
-        p.add(f"{where}.min_len" if where else "min_len", f"{params['min_len']} is greater than max_len {params['max_len']}")
+        p.add(f"{where}.min_len" if where else "min_len",
+              f"{params['min_len']} is greater than max_len {params['max_len']}")
     return p
 
 

@@ -23,9 +23,9 @@ whitespace to change go through the regex kernel, and the rare rows that need JS
 non-ASCII lower-casing are delegated to the reference functions, so both paths are equal by
 construction and a test compares them. (Only caveat: for characters assigned in a newer Unicode
 version than Python's ``unicodedata`` knows, Arrow's utf8proc may apply combining classes the
-reference does not; the Arrow result is the newer, correct NFC.) SHA-256 itself has no Arrow kernel; :func:`sha256_hex_arrow`
-feeds ``hashlib`` slices of the Arrow data buffer and writes the hex digests straight into a new
-Arrow buffer (no Python string per row).
+reference does not; the Arrow result is the newer, correct NFC.) SHA-256 itself has no Arrow kernel;
+:func:`sha256_hex_arrow` feeds ``hashlib`` slices of the Arrow data buffer and writes the hex digests
+straight into a new Arrow buffer (no Python string per row).
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def normalize_sql(sql: str) -> str:
 
     try:
         statements = sqlglot.transpile(sql, read="sqlite", write="sqlite")
-    except Exception:  # sqlglot raises several error types on bad input
+    except Exception:  # noqa: BLE001 - sqlglot raises several error types on bad input
         return sql
     return ";\n".join(statements) if statements else sql
 
@@ -265,8 +265,8 @@ def _canonical_text_arrow(arr: pa.Array, whitespace: str, lowercase: bool, sql: 
         # paths agree on every code point.
         non_ascii = pc.invert(pc.string_is_ascii(arr))
         lowered = pc.ascii_lower(arr)
-        arr = _patch_rows(lowered, non_ascii,
-                          lambda sub: pa.array([None if v is None else v.lower() for v in sub.to_pylist()], pa.string()))
+        arr = _patch_rows(lowered, non_ascii, lambda sub: pa.array(
+            [None if v is None else v.lower() for v in sub.to_pylist()], pa.string()))
     return arr
 
 

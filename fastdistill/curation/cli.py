@@ -141,7 +141,8 @@ def validate_config(config, source: str | None = None) -> list[tuple[str, dict]]
             continue
         steps.append((name, params))
         if name not in registry:
-            p.add(f"steps[{i}]", f"unknown step {name!r}{closest(name, registry)}; known steps: {', '.join(sorted(registry))}")
+            p.add(f"steps[{i}]",
+                  f"unknown step {name!r}{closest(name, registry)}; known steps: {', '.join(sorted(registry))}")
             continue
         signature = inspect.signature(registry[name]).parameters
         allowed = [q for q in signature if q != "ds"]
@@ -150,7 +151,8 @@ def validate_config(config, source: str | None = None) -> list[tuple[str, dict]]
                 p.add(f"steps[{i}].{q}", f"required by {name}")
         for q in params:
             if q not in allowed:
-                p.add(f"steps[{i}].{q}", f"unknown parameter of {name}{closest(q, allowed)}; valid: {', '.join(allowed)}")
+                p.add(f"steps[{i}].{q}",
+                      f"unknown parameter of {name}{closest(q, allowed)}; valid: {', '.join(allowed)}")
         if "predicate" in params:
             p.add(f"steps[{i}].predicate", "a Python callable cannot be given in YAML; use regex/parses_as, or call "
                                            "rule_filter from Python")

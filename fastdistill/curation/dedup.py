@@ -376,7 +376,8 @@ def _flat_shingle_hashes(chunk: pa.Array, ngram: int) -> tuple[np.ndarray, np.nd
     total = len(h)
     with np.errstate(over="ignore"):
         g = h.copy()
-        for k in range(1, min(ngram, total)):  # window hash at every position (windows crossing rows are discarded below; none is longer than the batch)
+        # window hash at every position (windows crossing rows are discarded below; none is longer than the batch)
+        for k in range(1, min(ngram, total)):
             g[:total - k] = g[:total - k] * _M1 + h[k:]
         short = np.flatnonzero((counts > 0) & (counts < ngram))
         if len(short):  # rows shorter than ngram: one hash over their own words only
@@ -535,7 +536,8 @@ def deduplicate(ds, column: str, *, method: str = "exact", threshold: float = 0.
     else:
         raise ValueError(f"method must be 'exact' or 'minhash', got {method!r}")
     n_dup = int(len(keep) - keep.sum())
-    logger.info("deduplicate(%s, method=%s via %s): %d of %d rows are duplicates", column, method, used, n_dup, len(keep))
+    logger.info("deduplicate(%s, method=%s via %s): %d of %d rows are duplicates", column, method, used, n_dup,
+                len(keep))
     if mode == "mark":
         out = ds.add_column(mark_column, pa.array(~keep))
         if cluster_column:

@@ -41,7 +41,7 @@ def parses_as_sql(text: str) -> bool:
         return False
     try:
         trees = sqlglot.parse(text, read="sqlite", error_level=ErrorLevel.RAISE)
-    except Exception:  # sqlglot raises ParseError/TokenError/others
+    except Exception:  # noqa: BLE001 - sqlglot raises ParseError/TokenError/others
         return False
     return any(t is not None for t in trees)
 
@@ -143,7 +143,8 @@ def rule_filter(ds, column: str, *, min_len: int | None = None, max_len: int | N
 # ----------------------------------------------------------------------------------------------
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n?(.*?)```", re.DOTALL)
-_SQL_START = re.compile(r"\b(WITH|SELECT|INSERT|UPDATE|DELETE|CREATE|DROP|ALTER|PRAGMA|REPLACE|VALUES)\b", re.IGNORECASE)
+_SQL_START = re.compile(r"\b(WITH|SELECT|INSERT|UPDATE|DELETE|CREATE|DROP|ALTER|PRAGMA|REPLACE|VALUES)\b",
+                        re.IGNORECASE)
 
 
 def _first_statement(sql: str) -> str:

@@ -131,7 +131,7 @@ def gold_is_ordered(gold_sql: str) -> bool:
 
         tree = sqlglot.parse_one(gold_sql, read="sqlite")
         return tree is not None and tree.args.get("order") is not None
-    except Exception:
+    except Exception:  # noqa: BLE001 - sqlglot raises several error types on bad input
         # Unparseable by sqlglot: fall back to an ORDER BY outside any parentheses.
         depth, top = 0, []
         for ch in gold_sql:

@@ -57,8 +57,9 @@ def eval_tests_one(code: str | None, tests: str | None, *, timeout_s: float = 10
     return out
 
 
-def tests_exec_eval_rows(batch: dict, *, code_column: str = "code", tests_column: str = "tests", timeout_s: float = 10.0,
-                         mutation: bool = True, max_mutants: int | None = 20, seed: int = 0) -> dict:
+def tests_exec_eval_rows(batch: dict, *, code_column: str = "code", tests_column: str = "tests",
+                         timeout_s: float = 10.0, mutation: bool = True, max_mutants: int | None = 20,
+                         seed: int = 0) -> dict:
     """Batched row function of :func:`tests_exec_eval`."""
     for c in (code_column, tests_column):
         if c not in batch:

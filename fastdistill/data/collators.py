@@ -32,7 +32,8 @@ def completion_token_ids(tokenizer, prompt, completion) -> tuple[list[int], list
     the whole conversation; the completion is what follows the prompt).
     """
     if _is_conversational(prompt):
-        completion_messages = completion if _is_conversational(completion) else [{"role": "assistant", "content": completion}]
+        completion_messages = (completion if _is_conversational(completion)
+                               else [{"role": "assistant", "content": completion}])
         prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
         full_text = tokenizer.apply_chat_template(list(prompt) + list(completion_messages), tokenize=False)
         prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
@@ -57,7 +58,8 @@ def completion_token_ids(tokenizer, prompt, completion) -> tuple[list[int], list
     return prompt_ids, completion_ids
 
 
-def tokenize_example(example: Mapping[str, Any], tokenizer, max_length: int | None = None, index: int | None = None) -> dict:
+def tokenize_example(example: Mapping[str, Any], tokenizer, max_length: int | None = None,
+                     index: int | None = None) -> dict:
     """Tokenize one prompt/completion row and align its teacher columns with the completion tokens.
 
     Truncation (to ``max_length`` tokens) removes completion tokens from the end, and the teacher
@@ -144,7 +146,8 @@ class DistillationCollator:
             if any(len(step) != k for r in rows for step in r["teacher_topk_ids"]):
                 raise ValueError("all rows must carry the same number k of teacher top-k entries per token")
             batch["teacher_topk_ids"] = _pad(
-                [[[0] * k] * len(r["prompt_ids"]) + list(r["teacher_topk_ids"]) for r in rows], [0] * k, "right", torch.long
+                [[[0] * k] * len(r["prompt_ids"]) + list(r["teacher_topk_ids"]) for r in rows],
+                [0] * k, "right", torch.long,
             )
             batch["teacher_topk_logprobs"] = _pad(
                 [[[0.0] * k] * len(r["prompt_ids"]) + list(r["teacher_topk_logprobs"]) for r in rows],

@@ -45,9 +45,11 @@ def _as_messages(value: Any, role: str, where: str) -> list[dict]:
         if not value.strip():
             raise ValueError(f"{where} is empty")
         return [{"role": role, "content": value}]
-    if isinstance(value, list) and value and all(isinstance(m, Mapping) and "role" in m and "content" in m for m in value):
+    if isinstance(value, list) and value and all(isinstance(m, Mapping) and "role" in m and "content" in m
+                                                 for m in value):
         return [{"role": m["role"], "content": m["content"]} for m in value]
-    raise ValueError(f"{where} must be a non-empty string or a list of {{'role', 'content'}} messages, got {value!r:.80}")
+    raise ValueError(f"{where} must be a non-empty string or a list of {{'role', 'content'}} messages, "
+                     f"got {value!r:.80}")
 
 
 def _check_logprobs(values: Any, where: str, nested: bool) -> None:
@@ -75,7 +77,8 @@ def _normalise_row(row: Mapping[str, Any], index: int) -> dict:
         field = next((f for f in COMPLETION_FIELDS if f in row), None)
         if field is None:
             raise ValueError(
-                f"row {index}: missing the answer; expected one of {list(COMPLETION_FIELDS)}, fields present: {sorted(row)}"
+                f"row {index}: missing the answer; expected one of {list(COMPLETION_FIELDS)}, "
+                f"fields present: {sorted(row)}"
             )
         out["prompt"] = _as_messages(row["prompt"], "user", f"row {index}, field 'prompt'")
         out["completion"] = _as_messages(row[field], "assistant", f"row {index}, field {field!r}")
@@ -144,7 +147,8 @@ def _first_bad_value(column) -> tuple[int, Any] | None:
     first = (int(null_rows[0]), None) if len(null_rows) else None
     rows = np.arange(len(arr))
     values = arr
-    while pa.types.is_list(values.type) or pa.types.is_large_list(values.type) or pa.types.is_fixed_size_list(values.type):
+    while (pa.types.is_list(values.type) or pa.types.is_large_list(values.type)
+           or pa.types.is_fixed_size_list(values.type)):
         parents = pc.list_parent_indices(values).to_numpy(zero_copy_only=False)
         rows = rows[parents]
         values = pc.list_flatten(values)

@@ -25,7 +25,8 @@ def generate_tests_prompt(code: str, module_name: str = "solution", system: bool
     return ([{"role": "system", "content": SYSTEM_PROMPT}] if system else []) + [{"role": "user", "content": user}]
 
 
-def fix_tests_prompt(code: str, tests: str, failure: str, module_name: str = "solution", system: bool = True) -> list[dict]:
+def fix_tests_prompt(code: str, tests: str, failure: str, module_name: str = "solution",
+                     system: bool = True) -> list[dict]:
     """Ask to repair a test file that fails on correct code, given the failure output."""
     user = (
         f"These pytest tests for module `{module_name}` fail although the module is correct. "

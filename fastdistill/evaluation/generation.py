@@ -75,13 +75,15 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise ValueError(f"{path}: line {line_no} is not valid UTF-8 ({err.reason} at byte {err.start})") from None
+                raise ValueError(
+                    f"{path}: line {line_no} is not valid UTF-8 ({err.reason} at byte {err.start})") from None
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}: line {line_no} is not valid JSON ({err.msg})") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{path}: line {line_no} is a JSON {type(row).__name__}, not an object (one row per line)")
+                raise ValueError(
+                    f"{path}: line {line_no} is a JSON {type(row).__name__}, not an object (one row per line)")
             rows.append(row)
     if not rows:
         raise ValueError(f"{path}: the file is empty (no rows)")

@@ -83,7 +83,8 @@ def _valid_mask(mask: torch.Tensor | None, leading_shape: torch.Size, device) ->
     return mask != IGNORE_INDEX
 
 
-def _reduce(total: torch.Tensor, n_valid: int, first_dim: int, vocab: int, reduction: str, num_items_in_batch, has_mask):
+def _reduce(total: torch.Tensor, n_valid: int, first_dim: int, vocab: int, reduction: str, num_items_in_batch,
+            has_mask):
     """Return the divisor matching TRL's ``generalized_jsd_loss`` reductions."""
     if num_items_in_batch is not None:
         denom = num_items_in_batch
@@ -279,7 +280,7 @@ def _run_rows_kernel(kernel, *args):
     global _COMPILE_FAILED
     try:
         return kernel(*args)
-    except Exception as exc:  # torch._dynamo / inductor / Triton errors have no common public base class
+    except Exception as exc:  # noqa: BLE001 - torch._dynamo / inductor / Triton errors share no public base
         _COMPILE_FAILED = True
         logger.warning("torch.compile of the divergence kernel failed (%s: %s); using the eager kernel",
                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
@@ -456,7 +457,8 @@ def jsd_loss(
         one = torch.ones((), dtype=torch.float32)
         denom = float(_reduce(one, n_valid, first_dim, s2d.shape[-1], reduction, num_items_in_batch, valid is not None))
     chunk = chunk_size or default_chunk_size(s2d.shape[-1], device=s2d.device, n_tokens=n_valid)
-    loss, per_token = _ChunkedJSD.apply(s2d, t2d, valid_rows, float(beta), float(temperature), int(chunk), denom)  # denom holds 1 / divisor
+    # denom holds 1 / divisor
+    loss, per_token = _ChunkedJSD.apply(s2d, t2d, valid_rows, float(beta), float(temperature), int(chunk), denom)
     if reduction == "none":
         return per_token.reshape(leading)
     return loss
@@ -609,7 +611,8 @@ def _teacher_targets(leading, chosen_ids, teacher_logprobs, teacher_topk_ids, te
     if teacher_topk_ids is not None or teacher_topk_logprobs is not None:
         if teacher_topk_ids is None or teacher_topk_logprobs is None:
             raise ValueError("teacher_topk_ids and teacher_topk_logprobs must be given together")
-        if teacher_topk_ids.shape != teacher_topk_logprobs.shape or tuple(teacher_topk_ids.shape[:-1]) != tuple(leading):
+        if (teacher_topk_ids.shape != teacher_topk_logprobs.shape
+                or tuple(teacher_topk_ids.shape[:-1]) != tuple(leading)):
             raise ValueError(
                 f"teacher_topk_ids {tuple(teacher_topk_ids.shape)} and teacher_topk_logprobs "
                 f"{tuple(teacher_topk_logprobs.shape)} must both have shape {tuple(leading)} + (k,)"

@@ -124,7 +124,7 @@ def _install_guards(workdir, guard_writes):
     def write_allowed(path):
         try:
             real = os.path.realpath(os.fsdecode(path))
-        except Exception:
+        except Exception:  # noqa: BLE001 - a path the hook cannot resolve is not writable
             return False
         return real == workdir or real.startswith(workdir + os.sep) or real in allowed_devices
 
@@ -345,7 +345,8 @@ class _Collected:
         parts = []
         for module, _ in self.modules:
             for key, value in module.__dict__.items():
-                if key == "pytestmark" or key.startswith(("test", "Test")) or hasattr(value, "_fixture_function_marker"):
+                if (key == "pytestmark" or key.startswith(("test", "Test"))
+                        or hasattr(value, "_fixture_function_marker")):
                     parts.append((key, repr(getattr(value, "pytestmark", None)),
                                   repr(getattr(value, "_fixture_function_marker", None)),
                                   repr(value) if key == "pytestmark" else ""))

@@ -41,7 +41,8 @@ def _completion_text(completion) -> str:
     if isinstance(completion, dict):
         return str(completion.get("content") or "")
     if isinstance(completion, (list, tuple)):
-        texts = [m.get("content") or "" for m in completion if isinstance(m, dict) and m.get("role", "assistant") == "assistant"]
+        texts = [m.get("content") or "" for m in completion
+                 if isinstance(m, dict) and m.get("role", "assistant") == "assistant"]
         return "\n".join(str(t) for t in texts)
     return ""
 
@@ -448,7 +449,8 @@ class CompositeReward(_Reward):
         self.last_components: dict[str, list[float]] = {}
 
     def _fusable(self) -> bool:
-        settings = {(c.module_name, c.memory_mb, c.timeout_s, c.n_workers, c.keep_warm) for c in self.components.values()}
+        settings = {(c.module_name, c.memory_mb, c.timeout_s, c.n_workers, c.keep_warm)
+                    for c in self.components.values()}
         return self.fused and len(settings) == 1
 
     def _score_fused(self, codes, tests):
@@ -505,7 +507,8 @@ class CompositeReward(_Reward):
         return rewards
 
 
-def composite_reward(weights: dict[str, float] | None = None, *, preset: str | None = None, **kwargs) -> CompositeReward:
+def composite_reward(weights: dict[str, float] | None = None, *, preset: str | None = None,
+                     **kwargs) -> CompositeReward:
     """Build a composite reward from ``weights`` (component -> weight) or a named ``preset``.
 
     Components: ``mutant_kill``, ``speed_stability``, ``robustness``. Presets (see ``PRESETS``):

@@ -145,7 +145,8 @@ def _candidates(tree: ast.AST) -> list[tuple[ast.AST, str, str, object]]:
             for bound in ("lower", "upper"):
                 if getattr(node, bound) is not None:
                     points.append((node, "slice_index", f"slice {bound} + 1", bound))
-        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and not isinstance(node.slice, (ast.Slice, ast.Constant, ast.Tuple)):
+        elif (isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load)
+              and not isinstance(node.slice, (ast.Slice, ast.Constant, ast.Tuple))):
             points.append((node, "slice_index", "index + 1", None))
         if isinstance(node, _DELETABLE) and id(node) in in_function and not (
                 isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
@@ -362,7 +363,8 @@ def _prepare(code, tests, *, module_name, max_mutants, seed, timeout_s, baseline
     try:
         ast.parse(tests)
     except (SyntaxError, ValueError, RecursionError) as exc:
-        return None, None, MutationResult(total=len(mutants), survived=len(mutants), reason=f"tests do not parse: {exc}")
+        return None, None, MutationResult(total=len(mutants), survived=len(mutants),
+                                          reason=f"tests do not parse: {exc}")
     jobs = [{"source": code, "stop_first": False, "timeout_s": baseline_timeout_s}]
     jobs += [{"source": m.source, "stop_first": True, "timeout_s": None} for m in mutants]
     spec = {"code": code, "tests": tests, "module_name": module_name, "write_module": False, "jobs": jobs,
@@ -406,7 +408,8 @@ def _finish(mutants, raw) -> MutationResult:
             timed_out = job["status"] == "timeout"
             killed = (timed_out or job["status"] == "crash" or bool(job["collect_errors"])
                       or any(t[1] in ("failed", "error") for t in job["tests"]))
-            outcome = MutantOutcome(mutant.operator, mutant.line, mutant.description, killed=killed, timed_out=timed_out)
+            outcome = MutantOutcome(mutant.operator, mutant.line, mutant.description, killed=killed,
+                                    timed_out=timed_out)
         result.mutants.append(outcome)
     result.killed = sum(m.killed for m in result.mutants)
     result.timed_out = sum(m.timed_out for m in result.mutants)
@@ -416,7 +419,8 @@ def _finish(mutants, raw) -> MutationResult:
     if not result.total:
         result.reason = "no mutants could be generated from the code"
     elif missing > 0:
-        result.reason = f"{raw['reason'] or 'run stopped early'}; {missing} mutant(s) not evaluated, counted as survived"
+        result.reason = (f"{raw['reason'] or 'run stopped early'}; {missing} mutant(s) not evaluated, "
+                         "counted as survived")
     else:
         result.reason = f"ok: {result.killed}/{result.total} mutants killed"
     return result
@@ -552,7 +556,8 @@ def score_batch(mutation_requests: list[tuple], test_requests: list[tuple] = (),
     :func:`mutation_scores` scores ``(code, tests)`` with that ``max_mutants`` (and sharing its
     cache), or, when ``max_mutants`` is a sequence of :class:`Mutant`, against exactly those
     mutants, in that order (robustness pairs each sampled mutant with its rewrite); ``needs`` is
-    ``None`` or the index of another request with the same ``tests`` that must pass on its code first; when it does not, this request is not run and its result is ``None``
+    ``None`` or the index of another request with the same ``tests`` that must pass on its code
+    first; when it does not, this request is not run and its result is ``None``
     (robustness: a rewrite of the CUT only matters when the tests pass on the CUT itself).
     ``test_requests``: ``(code, tests, repeats)`` tuples, answered with a
     :class:`~fastdistill.rewards.sandbox.TestRun` as :func:`~fastdistill.rewards.sandbox.run_tests`
@@ -648,7 +653,8 @@ def score_batch(mutation_requests: list[tuple], test_requests: list[tuple] = (),
     for (tests, _), plan in plans.items():
         jobs = plan["jobs"]
         # versions that depend on another come after it, so its baseline has run when they are reached
-        for code, group in sorted(plan["groups"].items(), key=lambda kv: bool(kv[1]["deps"]) and not kv[1]["unconditional"]):
+        groups = sorted(plan["groups"].items(), key=lambda kv: bool(kv[1]["deps"]) and not kv[1]["unconditional"])
+        for code, group in groups:
             g = group["index"]
             deps = [] if group["unconditional"] else sorted(set(group["deps"]))
             if group["base"]:

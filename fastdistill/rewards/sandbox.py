@@ -155,7 +155,8 @@ class _Worker:
         self._output = bytearray()
         token = secrets.token_hex(8)
         self.nonce = secrets.token_hex(16).encode()
-        self.workdir = tempfile.mkdtemp(prefix=f"fastdistill-sb-{os.getpid()}-")  # owner pid: leak checks can tell runs apart
+        # owner pid in the name: leak checks can tell runs apart
+        self.workdir = tempfile.mkdtemp(prefix=f"fastdistill-sb-{os.getpid()}-")
         try:
             os.chmod(self.workdir, 0o700)
             ini_file = os.path.join(self.workdir, "fastdistill_pytest.ini")
@@ -258,8 +259,8 @@ class _Worker:
         if out["timed_out"]:
             out["reason"] = f"timed out after {float(spec['timeout_s']):.1f}s (wall clock); process group killed"
         elif not out["completed"]:
-            out["reason"] = (f"sandbox worker died before reporting (return code {out['returncode']})"
-                             if status != "ok" else f"test process ended before reporting ({out['exit'] or 'no report'})")
+            out["reason"] = (f"sandbox worker died before reporting (return code {out['returncode']})" if status != "ok"
+                             else f"test process ended before reporting ({out['exit'] or 'no report'})")
         return out
 
     def close(self) -> None:

@@ -93,7 +93,9 @@ class AnnotationCache:
         raw = self.path.read_bytes()
         if raw and not raw.endswith(b"\n"):
             cut = raw.rfind(b"\n") + 1
-            logger.warning("%s: dropping a truncated last record (%d bytes) left by an interrupted run", self.path, len(raw) - cut)
+            logger.warning(
+                "%s: dropping a truncated last record (%d bytes) left by an interrupted run", self.path, len(raw) - cut
+            )
             raw = raw[:cut]
             with open(self.path, "r+b") as handle:
                 handle.truncate(cut)
@@ -106,7 +108,9 @@ class AnnotationCache:
                 record = json.loads(line)
                 self.data[record["key"]] = record["value"]
             except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise ValueError(f"{self.path}: line {line_no} is not a cache record ({err}); remove or fix it") from None
+                raise ValueError(
+                    f"{self.path}: line {line_no} is not a cache record ({err}); remove or fix it"
+                ) from None
         logger.info("%s: %d cached results", self.path, len(self.data))
 
     def __contains__(self, key: str) -> bool:
@@ -139,12 +143,16 @@ def _is_chat(value: Any) -> bool:
 
 
 def _hash(payload: dict) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")).hexdigest()
+    return hashlib.sha256(
+        json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
+    ).hexdigest()
 
 
 def _tokenizer_fingerprint(tokenizer) -> str:
     vocab = tokenizer.get_vocab()
-    blob = json.dumps([sorted(vocab.items()), tokenizer.eos_token, getattr(tokenizer, "chat_template", None)], default=str)
+    blob = json.dumps(
+        [sorted(vocab.items()), tokenizer.eos_token, getattr(tokenizer, "chat_template", None)], default=str
+    )
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
@@ -167,16 +175,19 @@ def _check_tokenizers(teacher_tok, student_tok, probes: list[tuple[int, Any, Any
         differing = sorted(set(s_vocab.items()) ^ set(t_vocab.items()))
         token = differing[0][0] if differing else "?"
         raise TokenizerMismatchError(
-            f"the student and teacher tokenizers differ (vocabularies of {len(s_vocab)} and {len(t_vocab)} tokens; e.g. "
-            f"{token!r} is id {s_vocab.get(token)} for the student and {t_vocab.get(token)} for the teacher). Teacher "
-            "log-probs are stored per student token, which needs both to share one tokenizer; annotate with a "
+            f"the student and teacher tokenizers differ (vocabularies of {len(s_vocab)} and {len(t_vocab)} tokens; "
+            f"e.g. {token!r} is id {s_vocab.get(token)} for the student and {t_vocab.get(token)} for the teacher). "
+            "Teacher log-probs are stored per student token, which needs both to share one tokenizer; annotate with a "
             "teacher of the student's family, or distill from sampled completions only"
         )
     for row, prompt, completion in probes:
-        if completion_token_ids(student_tok, prompt, completion) != completion_token_ids(teacher_tok, prompt, completion):
+        if completion_token_ids(student_tok, prompt, completion) != completion_token_ids(
+            teacher_tok, prompt, completion
+        ):
             raise TokenizerMismatchError(
                 f"row {row}: the student and teacher tokenizers share a vocabulary but tokenize this row differently "
-                "(different chat template or special tokens?); teacher log-probs would not align with the student's tokens"
+                "(different chat template or special tokens?); teacher log-probs would not align with the student's "
+                "tokens"
             )
 
 
@@ -190,7 +201,13 @@ def _check_result(result: Any, n: int, top_k: int) -> str | None:
         return "the teacher returned a log-prob that is NaN or > 0"
     if top_k:
         ids, lps = result.get("teacher_topk_ids"), result.get("teacher_topk_logprobs")
-        if ids is None or lps is None or len(ids) != n or len(lps) != n or any(len(a) != top_k or len(b) != top_k for a, b in zip(ids, lps)):
+        if (
+            ids is None
+            or lps is None
+            or len(ids) != n
+            or len(lps) != n
+            or any(len(a) != top_k or len(b) != top_k for a, b in zip(ids, lps))
+        ):
             return f"the teacher's top-k columns are not [{n}][{top_k}]"
     return None
 
@@ -281,7 +298,9 @@ def annotate(
     prompts = ds[prompt_column]
     for i, prompt in enumerate(prompts):
         if not (isinstance(prompt, str) and prompt) and not _is_chat(prompt):
-            raise ValueError(f"row {i}: {prompt_column!r} must be a non-empty string or chat messages, got {prompt!r:.80}")
+            raise ValueError(
+                f"row {i}: {prompt_column!r} must be a non-empty string or chat messages, got {prompt!r:.80}"
+            )
     cache = AnnotationCache(cache_dir)
     report = AnnotationReport(rows_in=len(ds))
     failed: dict[int, str] = {}
@@ -299,16 +318,33 @@ def annotate(
         if completion_column is not None:
             completions = ds[completion_column]
             items = [(i, None, completions[i], None) for i in range(len(ds))]
-            _check_tokenizers(teacher.tokenizer, student_tokenizer, [(i, prompts[i], completions[i]) for i in range(min(len(ds), 4))])
+            _check_tokenizers(
+                teacher.tokenizer, student_tokenizer, [(i, prompts[i], completions[i]) for i in range(min(len(ds), 4))]
+            )
         else:
-            _check_tokenizers(teacher.tokenizer, student_tokenizer, [(i, prompts[i], "x") for i in range(min(len(ds), 4))])
+            _check_tokenizers(
+                teacher.tokenizer, student_tokenizer, [(i, prompts[i], "x") for i in range(min(len(ds), 4))]
+            )
             samples = _sample_phase(
-                teacher, tok, prompts, cache, base_key, num_samples, max_new_tokens, temperature, batch_size, seed, fail, progress
+                teacher,
+                tok,
+                prompts,
+                cache,
+                base_key,
+                num_samples,
+                max_new_tokens,
+                temperature,
+                batch_size,
+                seed,
+                fail,
+                progress,
             )
             items = []
             for i in range(len(ds)):
                 for s, sample in enumerate(samples.get(i, [])):
-                    completion = [{"role": "assistant", "content": sample["text"]}] if _is_chat(prompts[i]) else sample["text"]
+                    completion = (
+                        [{"role": "assistant", "content": sample["text"]}] if _is_chat(prompts[i]) else sample["text"]
+                    )
                     items.append((i, s, completion, sample["sample_logprobs"]))
 
         # ---- teacher-forced scoring, cached ---------------------------------------------------
@@ -344,13 +380,23 @@ def annotate(
                 )
         report.requests = len(requests)
         logger.info("scoring %d rows with the teacher (%d from the cache)", len(requests), report.rows_cached)
-        bar = tqdm(total=len(items), initial=len(items) - sum(len(p) for p in positions_by_key.values()), desc="teacher scoring", unit="row", disable=not progress)
+        bar = tqdm(
+            total=len(items),
+            initial=len(items) - sum(len(p) for p in positions_by_key.values()),
+            desc="teacher scoring",
+            unit="row",
+            disable=not progress,
+        )
         try:
             for j, result in teacher.score(requests, top_k=top_k, batch_size=batch_size):
                 request = requests[j]
                 n = len(request["completion_ids"])
                 positions = positions_by_key[request["key"]]
-                problem = f"{type(result).__name__}: {result}" if isinstance(result, BaseException) else _check_result(result, n, top_k)
+                problem = (
+                    f"{type(result).__name__}: {result}"
+                    if isinstance(result, BaseException)
+                    else _check_result(result, n, top_k)
+                )
                 if problem is not None:
                     for pos in positions:
                         fail(items[pos][0], problem, result if isinstance(result, BaseException) else None)
@@ -389,12 +435,19 @@ def annotate(
     report.seconds = time.perf_counter() - started
     logger.info(
         "annotated %d rows (%d from cache, %d failed): %d tokens scored in %.1fs (%.0f tokens/s)",
-        report.rows_out, report.rows_cached, len(report.failures), report.tokens_scored, report.seconds, report.tokens_per_s,
+        report.rows_out,
+        report.rows_cached,
+        len(report.failures),
+        report.tokens_scored,
+        report.seconds,
+        report.tokens_per_s,
     )
     return (out, report) if return_report else out
 
 
-def _sample_phase(teacher, tok, prompts, cache, base_key, num_samples, max_new_tokens, temperature, batch_size, seed, fail, progress):
+def _sample_phase(
+    teacher, tok, prompts, cache, base_key, num_samples, max_new_tokens, temperature, batch_size, seed, fail, progress
+):
     """Sample completions for every prompt (cached per prompt); returns ``{row: [sample, ...]}``."""
     from tqdm.auto import tqdm
 
@@ -403,8 +456,15 @@ def _sample_phase(teacher, tok, prompts, cache, base_key, num_samples, max_new_t
     requests: list[dict] = []
     for row, prompt in enumerate(prompts):
         key = _hash(
-            {**base_key, "mode": "sample", "prompt": prompt, "num_samples": num_samples, "max_new_tokens": max_new_tokens,
-             "temperature": temperature, "seed": seed}
+            {
+                **base_key,
+                "mode": "sample",
+                "prompt": prompt,
+                "num_samples": num_samples,
+                "max_new_tokens": max_new_tokens,
+                "temperature": temperature,
+                "seed": seed,
+            }
         )
         if key in cache:
             samples[row] = cache[key]
@@ -424,9 +484,22 @@ def _sample_phase(teacher, tok, prompts, cache, base_key, num_samples, max_new_t
                 "prompt_ids": tok(text, add_special_tokens=False)["input_ids"],
             }
         )
-    logger.info("sampling %d completions for each of %d prompts (%d from the cache)", num_samples, len(requests), len(prompts) - len(requests))
-    with tqdm(total=len(prompts), initial=len(prompts) - len(requests), desc="teacher sampling", unit="prompt", disable=not progress) as bar:
-        for j, result in teacher.sample(requests, num_samples, max_new_tokens, temperature, batch_size=batch_size, seed=seed):
+    logger.info(
+        "sampling %d completions for each of %d prompts (%d from the cache)",
+        num_samples,
+        len(requests),
+        len(prompts) - len(requests),
+    )
+    with tqdm(
+        total=len(prompts),
+        initial=len(prompts) - len(requests),
+        desc="teacher sampling",
+        unit="prompt",
+        disable=not progress,
+    ) as bar:
+        for j, result in teacher.sample(
+            requests, num_samples, max_new_tokens, temperature, batch_size=batch_size, seed=seed
+        ):
             request = requests[j]
             if isinstance(result, BaseException):
                 for row in positions_by_key[request["key"]]:

@@ -92,7 +92,8 @@ def validate_config(config, source: str | None = None) -> None:
             if "base_url" in server and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
                 p.add("teacher.server.base_url", f"expected an http:// or https:// URL, got {url!r}")
             p.type(server.get("model"), "teacher.server.model", str, optional=True)
-            p.number(server.get("max_concurrency"), "teacher.server.max_concurrency", minimum=1, integer=True, optional=True)
+            p.number(server.get("max_concurrency"), "teacher.server.max_concurrency", minimum=1, integer=True,
+                     optional=True)
             p.number(server.get("max_retries"), "teacher.server.max_retries", minimum=0, integer=True, optional=True)
             p.number(server.get("timeout"), "teacher.server.timeout", minimum=0, exclusive_minimum=True, optional=True)
             p.number(server.get("backoff"), "teacher.server.backoff", minimum=0, optional=True)
@@ -103,7 +104,8 @@ def validate_config(config, source: str | None = None) -> None:
                 p.type(server.get(flag), f"teacher.server.{flag}", bool, optional=True)
             p.type(server.get("extra_body"), "teacher.server.extra_body", dict, optional=True, what="a mapping")
             if "tokenizer" not in teacher:
-                p.add("teacher.tokenizer", "required with a server (the tokenizer the server model shares with the student)")
+                p.add("teacher.tokenizer",
+                      "required with a server (the tokenizer the server model shares with the student)")
     p.type(config.get("student_tokenizer"), "student_tokenizer", str, optional=True, what="a path or tokenizer name")
     p.type(config.get("prompt_column"), "prompt_column", str, optional=True)
     p.type(config.get("completion_column"), "completion_column", str, optional=True)
@@ -203,7 +205,8 @@ def _build_teacher(spec: dict, base: Path):
     if unknown:
         raise ConfigError(f"teacher.server: unknown keys {sorted(unknown)}")
     if tokenizer is None:
-        raise ConfigError("teacher.tokenizer: required with a server (the tokenizer the server model shares with the student)")
+        raise ConfigError("teacher.tokenizer: required with a server "
+                          "(the tokenizer the server model shares with the student)")
     kwargs = {k: v for k, v in server.items() if k not in ("api_key_env",)}
     if "api_key_env" in server:
         if server["api_key_env"] not in os.environ:
@@ -237,7 +240,8 @@ def run_annotate(config: dict, base: Path, progress: bool = True) -> tuple[int, 
         cache_dir = _path(config["cache_dir"], base, "cache_dir")
     else:  # default: resume from what an earlier run of this output already got from the teacher
         cache_dir = output_path.with_name(output_path.name + ".cache")
-    kwargs = {k: config[k] for k in ("prompt_column", "num_samples", "top_k", "max_new_tokens", "temperature", "batch_size", "seed") if config.get(k) is not None}
+    options = ("prompt_column", "num_samples", "top_k", "max_new_tokens", "temperature", "batch_size", "seed")
+    kwargs = {k: config[k] for k in options if config.get(k) is not None}
     out, report = annotate(
         ds,
         teacher,
@@ -288,10 +292,14 @@ def _format_summary(summary: dict) -> str:
 
 
 def main(argv: list[str] | None = None, command: str = "annotate") -> int:
-    """Entry point of ``fastdistill annotate``; returns the exit status (errors: see :func:`fastdistill.cli.guarded`)."""
+    """Entry point of ``fastdistill annotate``; returns the exit status.
+
+    Errors: see :func:`fastdistill.cli.guarded`.
+    """
     from fastdistill.cli import guarded
 
-    parser = argparse.ArgumentParser(prog=f"fastdistill {command}", description="Add teacher completions / log-probs to a dataset.")
+    parser = argparse.ArgumentParser(prog=f"fastdistill {command}",
+                                     description="Add teacher completions / log-probs to a dataset.")
     parser.add_argument("--config", required=True, help="YAML config (see fastdistill.teacher.cli)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")

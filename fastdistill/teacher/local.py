@@ -68,24 +68,32 @@ class LocalTeacher:
         (and ``teacher_topk_ids`` / ``teacher_topk_logprobs`` when ``top_k > 0``), or the exception
         raised for that batch.
         """
-        order = sorted(range(len(requests)), key=lambda i: len(requests[i]["prompt_ids"]) + len(requests[i]["completion_ids"]))
+        order = sorted(
+            range(len(requests)), key=lambda i: len(requests[i]["prompt_ids"]) + len(requests[i]["completion_ids"])
+        )
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             try:
                 results = self._score_batch([requests[i] for i in chunk], top_k)
             except Exception as err:  # noqa: BLE001 - reported per row by the caller
-                logger.warning("teacher forward failed for a batch of %d rows: %s: %s", len(chunk), type(err).__name__, err)
+                logger.warning(
+                    "teacher forward failed for a batch of %d rows: %s: %s", len(chunk), type(err).__name__, err
+                )
                 results = [err] * len(chunk)
             yield from zip(chunk, results)
 
     def _score_batch(self, batch: Sequence[dict], top_k: int) -> list[dict]:
         import torch
 
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer is not None and self.tokenizer.pad_token_id is not None else 0
+        pad_id = (
+            self.tokenizer.pad_token_id if self.tokenizer is not None and self.tokenizer.pad_token_id is not None else 0
+        )
         sequences = [list(r["prompt_ids"]) + list(r["completion_ids"]) for r in batch]
         for r in batch:
             if not r["prompt_ids"]:
-                raise ValueError("the prompt tokenizes to zero tokens; the first completion token has no context to score")
+                raise ValueError(
+                    "the prompt tokenizes to zero tokens; the first completion token has no context to score"
+                )
         width = max(len(s) for s in sequences)
         max_n = max(len(r["completion_ids"]) for r in batch)
         input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -141,7 +149,6 @@ class LocalTeacher:
         before any sampling transform) of each generated token, end-of-sequence token included.
         ``temperature=0`` decodes greedily.
         """
-        import torch
 
         tok = self.tokenizer
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -149,9 +156,13 @@ class LocalTeacher:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             try:
-                results = self._sample_batch([requests[i]["prompt_ids"] for i in chunk], num_samples, max_new_tokens, temperature, pad_id, seed)
+                results = self._sample_batch(
+                    [requests[i]["prompt_ids"] for i in chunk], num_samples, max_new_tokens, temperature, pad_id, seed
+                )
             except Exception as err:  # noqa: BLE001
-                logger.warning("teacher generation failed for a batch of %d prompts: %s: %s", len(chunk), type(err).__name__, err)
+                logger.warning(
+                    "teacher generation failed for a batch of %d prompts: %s: %s", len(chunk), type(err).__name__, err
+                )
                 results = [err] * len(chunk)
             yield from zip(chunk, results)
 
@@ -179,7 +190,9 @@ class LocalTeacher:
         if seed is not None:
             torch.manual_seed(seed)
         with torch.inference_mode():
-            out = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), **gen_kwargs)
+            out = self.model.generate(
+                input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), **gen_kwargs
+            )
         generated = out.sequences[:, width:].cpu()
         step_logprobs = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1).cpu()  # (B*n, T, V)
         chosen = step_logprobs.gather(2, generated[:, :, None])[:, :, 0]

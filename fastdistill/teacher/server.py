@@ -122,7 +122,9 @@ class OpenAIServerTeacher:
             import openai
 
             # retries are ours (explicit backoff, logged); the client's own are switched off
-            self._client = openai.OpenAI(base_url=self.base_url, api_key=self.api_key, timeout=self.timeout, max_retries=0)
+            self._client = openai.OpenAI(
+                base_url=self.base_url, api_key=self.api_key, timeout=self.timeout, max_retries=0
+            )
         return self._client
 
     # ------------------------------------------------------------------------------------------
@@ -139,15 +141,28 @@ class OpenAIServerTeacher:
             except Exception as err:  # noqa: BLE001
                 if not _is_transient(err) or attempt >= self.max_retries or self._aborted.is_set():
                     if _is_transient(err):
-                        raise RuntimeError(f"gave up after {attempt + 1} attempts: {type(err).__name__}: {err}") from err
+                        raise RuntimeError(
+                            f"gave up after {attempt + 1} attempts: {type(err).__name__}: {err}"
+                        ) from err
                     raise
                 delay = min(self.max_backoff, self.backoff * 2**attempt) * (0.5 + random.random() / 2)
-                logger.warning("%s: %s: %s; retry %d/%d in %.2fs", what, type(err).__name__, err, attempt + 1, self.max_retries, delay)
+                logger.warning(
+                    "%s: %s: %s; retry %d/%d in %.2fs",
+                    what,
+                    type(err).__name__,
+                    err,
+                    attempt + 1,
+                    self.max_retries,
+                    delay,
+                )
                 time.sleep(delay)
                 attempt += 1
 
     def _run_pool(self, jobs: Sequence, fn) -> Iterator[tuple[int, Any]]:
-        """Run ``fn(job)`` for every job with bounded concurrency; yield ``(index, result | exception)`` as they finish."""
+        """Run ``fn(job)`` for every job with bounded concurrency.
+
+        Yields ``(index, result | exception)`` as the jobs finish.
+        """
         pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="teacher")
         self._aborted.clear()
         pending = {}
@@ -184,7 +199,13 @@ class OpenAIServerTeacher:
                 pass
         tok = self.tokenizer
         vocab_id = tok.convert_tokens_to_ids(token)
-        candidates = [vocab_id] if isinstance(vocab_id, int) and vocab_id != tok.unk_token_id and tok.convert_ids_to_tokens(vocab_id) == token else []
+        candidates = (
+            [vocab_id]
+            if isinstance(vocab_id, int)
+            and vocab_id != tok.unk_token_id
+            and tok.convert_ids_to_tokens(vocab_id) == token
+            else []
+        )
         with self._lock:
             if self._decoded is None:
                 decoded: dict[str, list[int]] = {}
@@ -203,7 +224,10 @@ class OpenAIServerTeacher:
         return token == tok.convert_ids_to_tokens(token_id) or token == tok.decode([token_id])
 
     def _align(self, tokens: list[str], expected: list[int], n_completion: int, where: str) -> int:
-        """Return the index in ``tokens`` of the first completion token; raise AlignmentError if the tokens do not match."""
+        """Return the index in ``tokens`` of the first completion token.
+
+        Raises AlignmentError if the tokens do not match.
+        """
         best = None
         for offset in (0, 1):  # the server may prepend a BOS token
             if len(tokens) < offset + len(expected):
@@ -222,14 +246,14 @@ class OpenAIServerTeacher:
         offset, i = best
         raise AlignmentError(
             f"server token {offset + i} is {tokens[offset + i]!r} but the student's token there is "
-            f"{expected[i]} ({self.tokenizer.convert_ids_to_tokens(expected[i])!r}); teacher log-probs can only be stored "
-            "per student token when the server model shares the student's tokenizer (for string prompts, try "
+            f"{expected[i]} ({self.tokenizer.convert_ids_to_tokens(expected[i])!r}); teacher log-probs can only be "
+            "stored per student token when the server model shares the student's tokenizer (for string prompts, try "
             "send_token_ids=True)"
         )
 
     def _topk(self, entries: dict[str, float] | None, top_k: int, where: str) -> tuple[list[int], list[float]]:
         if not entries:
-            raise AlignmentError(f"the server returned no top log-probs")
+            raise AlignmentError("the server returned no top log-probs")
         ranked = sorted(entries.items(), key=lambda kv: kv[1], reverse=True)[:top_k]
         if len(ranked) < top_k:
             raise AlignmentError(f"the server returned {len(ranked)} top log-probs, fewer than top_k={top_k}")
@@ -266,7 +290,7 @@ class OpenAIServerTeacher:
             extra_body=self.extra_body or None,
         )
         if not response.choices or response.choices[0].logprobs is None:
-            raise AlignmentError(f"the server response holds no logprobs (does it support echo with logprobs?)")
+            raise AlignmentError("the server response holds no logprobs (does it support echo with logprobs?)")
         lp = response.choices[0].logprobs
         tokens, token_logprobs = list(lp.tokens or []), list(lp.token_logprobs or [])
         if len(tokens) != len(token_logprobs):
@@ -274,11 +298,14 @@ class OpenAIServerTeacher:
         start = self._align(tokens, expected, n, where)
         values = token_logprobs[start : start + n]
         if any(v is None for v in values):
-            raise AlignmentError(f"the server returned no log-prob for some completion tokens")
+            raise AlignmentError("the server returned no log-prob for some completion tokens")
         result = {"teacher_logprobs": [float(v) for v in values]}
         if top_k:
             top = list(lp.top_logprobs or [])
-            pairs = [self._topk(top[start + t] if start + t < len(top) else None, top_k, f"completion token {t}") for t in range(n)]
+            pairs = [
+                self._topk(top[start + t] if start + t < len(top) else None, top_k, f"completion token {t}")
+                for t in range(n)
+            ]
             result["teacher_topk_ids"] = [p[0] for p in pairs]
             result["teacher_topk_logprobs"] = [p[1] for p in pairs]
         return result
@@ -290,26 +317,46 @@ class OpenAIServerTeacher:
         is unused (one request per row; the server batches).
         """
         if self.tokenizer is None:
-            raise ValueError("OpenAIServerTeacher needs the tokenizer the server model shares with the student (pass tokenizer=)")
+            raise ValueError(
+                "OpenAIServerTeacher needs the tokenizer the server model shares with the student (pass tokenizer=)"
+            )
         return self._run_pool(requests, lambda r: self._score_one(r, top_k))
 
-    def _sample_one(self, request: dict, num_samples: int, max_new_tokens: int, temperature: float, seed: int | None) -> list[dict]:
+    def _sample_one(
+        self, request: dict, num_samples: int, max_new_tokens: int, temperature: float, seed: int | None
+    ) -> list[dict]:
         where = f"row {request['row']}"
-        common = dict(model=self.model, n=num_samples, max_tokens=max_new_tokens, temperature=temperature, extra_body=self.extra_body or None)
+        common = dict(
+            model=self.model,
+            n=num_samples,
+            max_tokens=max_new_tokens,
+            temperature=temperature,
+            extra_body=self.extra_body or None,
+        )
         if seed is not None:
             common["seed"] = seed
         if request["messages"] is not None:
-            response = self._call(where, self.client.chat.completions.create, messages=request["messages"], logprobs=True, **common)
+            response = self._call(
+                where, self.client.chat.completions.create, messages=request["messages"], logprobs=True, **common
+            )
             samples = []
             for choice in sorted(response.choices, key=lambda c: c.index):
                 content = choice.logprobs.content if choice.logprobs is not None and choice.logprobs.content else []
-                samples.append({"text": choice.message.content or "", "sample_logprobs": [float(c.logprob) for c in content]})
+                samples.append(
+                    {"text": choice.message.content or "", "sample_logprobs": [float(c.logprob) for c in content]}
+                )
         else:
             response = self._call(where, self.client.completions.create, prompt=request["text"], logprobs=1, **common)
             samples = []
             for choice in sorted(response.choices, key=lambda c: c.index):
-                values = choice.logprobs.token_logprobs if choice.logprobs is not None and choice.logprobs.token_logprobs else []
-                samples.append({"text": choice.text or "", "sample_logprobs": [float(v) for v in values if v is not None]})
+                values = (
+                    choice.logprobs.token_logprobs
+                    if choice.logprobs is not None and choice.logprobs.token_logprobs
+                    else []
+                )
+                samples.append(
+                    {"text": choice.text or "", "sample_logprobs": [float(v) for v in values if v is not None]}
+                )
         if len(samples) != num_samples:
             raise ValueError(f"asked the server for {num_samples} samples, got {len(samples)}")
         return samples

@@ -94,7 +94,8 @@ def _to_prompt_completion(example: dict) -> dict:
         return {}
     messages = example.get("messages")
     if not messages or messages[-1]["role"] != "assistant":
-        raise ValueError("each row needs prompt/completion columns, or a messages list ending with the assistant's answer")
+        raise ValueError("each row needs prompt/completion columns, or a messages list ending with the assistant's "
+                         "answer")
     return {"prompt": messages[:-1], "completion": messages[-1:]}
 
 
@@ -157,7 +158,8 @@ class GKDTrainer(_TRLGKDTrainer):
         self.jsd_lambda = float(args.jsd_lambda if args.jsd_lambda is not None else (0.0 if self.offline else 1.0))
         self.rkl_lambda = float(args.rkl_lambda if args.rkl_lambda is not None else (1.0 if self.offline else 0.0))
         if self.offline and self.jsd_lambda > 0:
-            raise ValueError("jsd_lambda > 0 needs a live teacher (the JSD uses its full distribution); set jsd_lambda=0")
+            raise ValueError("jsd_lambda > 0 needs a live teacher (the JSD uses its full distribution); "
+                             "set jsd_lambda=0")
         if self.ce_lambda + self.jsd_lambda + self.rkl_lambda == 0:
             raise ValueError("ce_lambda, jsd_lambda and rkl_lambda are all 0: nothing to train")
 
@@ -322,7 +324,8 @@ class GKDTrainer(_TRLGKDTrainer):
                 terms["rkl"] = reverse_kl_on_logits(student_logits, teacher_logits, mask=mask,
                                                     num_items_in_batch=num_items_in_batch)
         elif self.rkl_lambda > 0:
-            terms["rkl"] = reverse_kl_on_chosen(student_logits, labels, mask=mask, num_items_in_batch=num_items_in_batch,
+            terms["rkl"] = reverse_kl_on_chosen(student_logits, labels, mask=mask,
+                                                num_items_in_batch=num_items_in_batch,
                                                 **self._offline_kwargs(inputs))
         return terms, student_outputs
 

@@ -191,7 +191,8 @@ class GRPOTrainer(_TRLGRPOTrainer):
         if teacher_model is None and args.teacher_model_name_or_path:
             teacher_model = args.teacher_model_name_or_path
         if isinstance(teacher_model, str):
-            teacher_model = AutoModelForCausalLM.from_pretrained(teacher_model, **(args.teacher_model_init_kwargs or {}))
+            teacher_model = AutoModelForCausalLM.from_pretrained(teacher_model,
+                                                                 **(args.teacher_model_init_kwargs or {}))
         if teacher_model is None:
             if self.ref_model is not None:  # TRL's reference model (beta > 0): reuse its forward
                 self.teacher_model, self._teacher_is_ref = self.ref_model, True
@@ -220,8 +221,8 @@ class GRPOTrainer(_TRLGRPOTrainer):
 
         path = get_config_model_id(self.model.config)
         if not path:
-            raise ValueError("under DeepSpeed ZeRO-3 the default JSD teacher is the policy reloaded from its checkpoint, "
-                             "but the policy has no name_or_path: pass `teacher_model` or "
+            raise ValueError("under DeepSpeed ZeRO-3 the default JSD teacher is the policy reloaded from its "
+                             "checkpoint, but the policy has no name_or_path: pass `teacher_model` or "
                              "`teacher_model_name_or_path`")
         kwargs = dict(args.model_init_kwargs or {})
         kwargs["device_map"] = None

@@ -69,7 +69,8 @@ def configure_environment() -> None:
       ``ACCELERATE_USE_CPU=true``, so DDP processes join one gloo process group.
     """
     uid = os.getuid() if hasattr(os, "getuid") else "user"
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(tempfile.gettempdir(), f"fastdistill-torch-extensions-{uid}"))
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR",
+                          os.path.join(tempfile.gettempdir(), f"fastdistill-torch-extensions-{uid}"))
     if not has_gpu() and not _deepspeed_launch():
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
 

@@ -6,7 +6,8 @@ import contextlib
 
 import torch
 
-__all__ = ["model_init_kwargs", "cpu_safe_precision", "backbone", "output_head", "capture_hidden", "unfusable_reason", "unwrap"]
+__all__ = ["model_init_kwargs", "cpu_safe_precision", "backbone", "output_head", "capture_hidden", "unfusable_reason",
+           "unwrap"]
 
 
 def model_init_kwargs(model_args) -> dict:
@@ -85,7 +86,8 @@ def capture_hidden(module: torch.nn.Module, store: list):
 
 
 # config attributes with which a model scales or caps its logits after the lm_head (TRL checks the same ones)
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
+                     "logits_scaling")
 
 
 def unfusable_reason(model: torch.nn.Module) -> str | None:

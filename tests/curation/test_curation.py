@@ -79,7 +79,8 @@ def test_hash_is_stable_known_value():
 
 
 def test_sql_normalisation_makes_equivalent_spellings_equal():
-    ds = datasets.Dataset.from_dict({"q": ["select a  from t where b=1", "SELECT a FROM t WHERE b = 1", "SELECT b FROM t"]})
+    ds = datasets.Dataset.from_dict(
+        {"q": ["select a  from t where b=1", "SELECT a FROM t WHERE b = 1", "SELECT b FROM t"]})
     h = C.compute_hash(ds, "q", sql=True)["hash"]
     assert h[0] == h[1] != h[2]
 

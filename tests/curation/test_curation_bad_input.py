@@ -114,7 +114,8 @@ def test_validate_config_lists_every_problem_with_closest_names():
         validate_config(config, "curate.yaml")
     msg = str(err.value)
     for expected in ["input.fromat", "did you mean 'format'", "gates: unknown key (did you mean 'gate'?)",
-                     "num_proc: must be >= 1", "steps[0].column", "steps[0].columns: required", "did you mean 'columns'",
+                     "num_proc: must be >= 1", "steps[0].column", "steps[0].columns: required",
+                     "did you mean 'columns'",
                      "steps[1]: unknown step 'dedupe'", "did you mean 'deduplicate'",
                      "steps[2].weights.kil_rate", "steps[3].timeout_s: must be > 0", "steps[4].min_score",
                      "steps[5].regex", "steps[5].mode", "gate.min_exec_match_rate: expected a finite number"]:

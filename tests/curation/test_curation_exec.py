@@ -46,7 +46,8 @@ def _eval(db, pairs, **kw):
 def test_equivalent_queries_match_and_wrong_ones_do_not(db):
     out = _eval(db, [
         ("select i.name from items i where i.kind='office'", "SELECT name FROM items WHERE kind = 'office'"),
-        ("SELECT name FROM items WHERE price < 3.5 AND kind <> 'kitchen'", "SELECT name FROM items WHERE kind = 'office'"),
+        ("SELECT name FROM items WHERE price < 3.5 AND kind <> 'kitchen'",
+         "SELECT name FROM items WHERE kind = 'office'"),
         ("SELECT COUNT(*) FROM items", "SELECT COUNT(id) FROM items"),
         ("SELECT kind, SUM(price) FROM items GROUP BY kind", "SELECT kind, TOTAL(price) AS t FROM items GROUP BY 1"),
         ("SELECT name FROM items", "SELECT name FROM items WHERE kind = 'office'"),
@@ -182,7 +183,8 @@ def test_curate_cli_parquet_and_bad_configs(tmp_path, capsys):
     ds.to_parquet(str(tmp_path / "in.parquet"))
     (tmp_path / "ok.yaml").write_text(
         "input: {path: in.parquet}\noutput: {dir: out, format: parquet}\n"
-        "steps:\n  - compute_hash: {columns: [text]}\n  - deduplicate: {column: hash}\ngate: {max_duplicate_ratio: 0.5}\n")
+        "steps:\n  - compute_hash: {columns: [text]}\n  - deduplicate: {column: hash}\n"
+        "gate: {max_duplicate_ratio: 0.5}\n")
     assert _run_cli(tmp_path / "ok.yaml") == 0
     assert datasets.Dataset.from_parquet(str(tmp_path / "out" / "curated.parquet"))["text"] == ["a", "b"]
     (tmp_path / "bad.yaml").write_text("input: {path: in.parquet}\nsteps:\n  - frobnicate: {}\n")

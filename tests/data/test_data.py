@@ -26,7 +26,8 @@ def test_loads_jsonl_json_and_rows_into_prompt_completion(tmp_path):
 
 
 def test_messages_rows_are_split():
-    ds = load_supervised_dataset([{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}])
+    ds = load_supervised_dataset(
+        [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}])
     assert ds[0]["prompt"][-1]["content"] == "q" and ds[0]["completion"][0]["content"] == "a"
 
 

@@ -9,7 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastdistill.losses import fused_jsd_loss, fused_reverse_kl_on_chosen, jsd_loss, reverse_kl_on_chosen, reverse_kl_on_logits
+from fastdistill.losses import (
+    fused_jsd_loss,
+    fused_reverse_kl_on_chosen,
+    jsd_loss,
+    reverse_kl_on_chosen,
+    reverse_kl_on_logits,
+)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -81,7 +81,8 @@ def test_pipeline_runs_all_stages_then_skips_and_resumes_an_interrupted_one(tmp_
         assert (info(root, stage)["start_step"], info(root, stage)["global_step"]) == (0, 3), stage
         assert (root / stage / "checkpoint-2" / "trainer_state.json").is_file(), stage
     assert info(root, "grpo_mutant")["recipe"] == "grpo_mutant" and info(root, "grpo_speed")["recipe"] == "grpo_speed"
-    markers = {stage: (root / stage / "pipeline_done.json").stat().st_mtime_ns for stage in ("sft", "gkd", "grpo_mutant")}
+    markers = {stage: (root / stage / "pipeline_done.json").stat().st_mtime_ns
+               for stage in ("sft", "gkd", "grpo_mutant")}
 
     # 2. the same command again: nothing to do
     proc = run_pipeline(root, student, teacher)

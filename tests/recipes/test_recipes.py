@@ -59,17 +59,20 @@ def free_port() -> int:
 
 
 def run_recipe(name: str, *args: str, launcher: str | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run ``recipes/<name>.py`` with python, or with ``accelerate launch`` and ``recipes/accelerate/<launcher>.yaml``."""
+    """Run ``recipes/<name>.py`` with python, or with ``accelerate launch`` and
+    ``recipes/accelerate/<launcher>.yaml``."""
     script = str(RECIPES / f"{name}.py")
     if launcher is None:
         cmd = [sys.executable, script]
     else:
         config = str(RECIPES / "accelerate" / f"{launcher}.yaml")
         # a free rendezvous port per launch: under pytest-xdist two launches may run at once (default 29500)
-        cmd = [str(BIN / "accelerate"), "launch", "--config_file", config, "--main_process_port", str(free_port()), script]
+        cmd = [str(BIN / "accelerate"), "launch", "--config_file", config, "--main_process_port", str(free_port()),
+               script]
     cmd += ["--config", str(RECIPES / "configs" / f"{name}.yaml"), *TINY, *STAGE_TINY[name], *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=recipe_env(), capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(cmd)}\nexit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    assert proc.returncode == 0, (f"{' '.join(cmd)}\nexit {proc.returncode}\n{proc.stdout[-3000:]}\n"
+                                  f"{proc.stderr[-6000:]}")
     return proc
 
 

@@ -30,7 +30,8 @@ def test_operators_covered_and_deterministic():
     again = generate_mutants(code)
     assert [m.source for m in again] == [m.source for m in mutants]
     subset = generate_mutants(code, max_mutants=5, seed=1)
-    assert len(subset) == 5 and [m.source for m in subset] == [m.source for m in generate_mutants(code, max_mutants=5, seed=1)]
+    assert len(subset) == 5
+    assert [m.source for m in subset] == [m.source for m in generate_mutants(code, max_mutants=5, seed=1)]
     for m in mutants:
         compile(m.source, "<m>", "exec")
 
@@ -93,10 +94,12 @@ def test_reference_tests_kill_most_and_weak_tests_kill_fewer():
         assert res.kill_rate >= 0.8, (name, res.kill_rate)
         assert res.total == len(res.mutants) == res.killed + res.survived
     weak_tests = {
-        "binary_search": "from solution import binary_search\n\ndef test_one():\n    assert binary_search([1, 2, 3], 2) == 1\n",
+        "binary_search": "from solution import binary_search\n\n"
+                         "def test_one():\n    assert binary_search([1, 2, 3], 2) == 1\n",
         "to_roman": "from solution import to_roman\n\ndef test_one():\n    assert to_roman(3) == 'III'\n",
         "caesar_cipher": "from solution import caesar\n\ndef test_one():\n    assert caesar('a', 1) == 'b'\n",
-        "parse_duration": "from solution import parse_duration\n\ndef test_one():\n    assert parse_duration('45s') == 45\n",
+        "parse_duration": "from solution import parse_duration\n\n"
+                          "def test_one():\n    assert parse_duration('45s') == 45\n",
     }
     weak = mutation_scores(codes, [weak_tests[n] for n in names], n_workers=2, max_mutants=25)
     for name, strong, w in zip(names, ref, weak):
@@ -120,7 +123,8 @@ def test_failing_on_original_scores_zero_with_reason():
 
 def test_infinite_loop_mutants_time_out_and_count_as_killed():
     code = "def countdown(n):\n    out = []\n    while n > 0:\n        out.append(n)\n        n -= 1\n    return out\n"
-    tests = "from solution import countdown\n\ndef test_c():\n    assert countdown(3) == [3, 2, 1]\n    assert countdown(0) == []\n"
+    tests = ("from solution import countdown\n\n"
+             "def test_c():\n    assert countdown(3) == [3, 2, 1]\n    assert countdown(0) == []\n")
     res = mutation_score(code, tests, max_mutants=None, use_cache=False)
     assert res.baseline_ok and res.timed_out >= 1
     assert all(m.killed for m in res.mutants if m.timed_out)

@@ -9,7 +9,6 @@ from fastdistill.rewards import (
     extract_test_code,
     mutant_kill_reward,
     robustness_reward,
-    speed_stability_reward,
 )
 from fastdistill.rewards.functions import SpeedStabilityReward
 
@@ -50,7 +49,8 @@ def test_speed_stability_zero_for_failing_and_flaky():
         "import os\nfrom solution import clamp\n\n"
         "def test_flaky():\n    assert os.urandom(1)[0] % 2 == 0\n"
     )
-    slow = "import time\nfrom solution import clamp\n\ndef test_s():\n    time.sleep(0.2)\n    assert clamp(1, 0, 2) == 1\n"
+    slow = ("import time\nfrom solution import clamp\n\n"
+            "def test_s():\n    time.sleep(0.2)\n    assert clamp(1, 0, 2) == 1\n")
     reward = SpeedStabilityReward(repeats=6)
     scores = reward(prompts=None, completions=[TESTS, fail, flaky, slow], code=[CODE] * 4)
     assert scores[1] == 0.0 and scores[2] == 0.0

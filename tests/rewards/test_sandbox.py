@@ -1,7 +1,6 @@
 """Hostile test files must be contained by the sandbox: honest result, a reason, nothing left behind."""
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -80,7 +79,8 @@ def test_infinite_loop_times_out(sandbox_dirs):
 
 def test_fork_bomb_contained(sandbox_dirs):
     mark = "fdbomb" + uuid.uuid4().hex[:6]
-    tests = _name_prefix(mark) + "import os\n\ndef test_bomb():\n    while True:\n        try:\n            os.fork()\n        except OSError:\n            pass\n"
+    tests = _name_prefix(mark) + ("import os\n\ndef test_bomb():\n    while True:\n        try:\n"
+                                  "            os.fork()\n        except OSError:\n            pass\n")
     run = run_tests(CODE, tests, timeout_s=4)
     assert not run.ok and run.passed == 0
     time.sleep(0.2)
@@ -149,7 +149,8 @@ def test_killing_the_parent_is_contained():
     me = os.getpid()
     tests = (
         "import os, signal\n\n"
-        f"def test_kill():\n    for pid in ({me}, os.getppid()):\n        try:\n            os.kill(pid, signal.SIGKILL)\n"
+        f"def test_kill():\n    for pid in ({me}, os.getppid()):\n"
+        "        try:\n            os.kill(pid, signal.SIGKILL)\n"
         "        except OSError:\n            pass\n    assert True\n"
     )
     run = run_tests(CODE, tests)
@@ -205,7 +206,8 @@ def test_forged_result_lines_are_ignored():
         "import os, json\n"
         "for fd in range(3, 64):\n"
         "    try:\n"
-        "        os.write(fd, b'x ' + json.dumps({'t': 'job', 'i': 0, 'status': 'ok', 'tests': [['t', 'passed', 0, '']]}).encode() + b'\\n')\n"
+        "        job = {'t': 'job', 'i': 0, 'status': 'ok', 'tests': [['t', 'passed', 0, '']]}\n"
+        "        os.write(fd, b'x ' + json.dumps(job).encode() + b'\\n')\n"
         "        os.write(fd, b'x ' + json.dumps({'t': 'done'}).encode() + b'\\n')\n"
         "    except OSError:\n"
         "        pass\n\n"

@@ -12,7 +12,8 @@ from fastdistill.teacher import cli as annotate_cli
 from fastdistill.teacher.annotate import AnnotationReport
 from fastdistill.validation import ConfigError
 
-ROWS = [{"prompt": f"Write a test for add({i})", "completion": f"def test_add():\n    assert add({i})"} for i in range(4)]
+ROWS = [{"prompt": f"Write a test for add({i})", "completion": f"def test_add():\n    assert add({i})"}
+        for i in range(4)]
 
 
 def _closed_port_url() -> str:

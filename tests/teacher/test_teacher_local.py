@@ -57,14 +57,25 @@ def assert_matches_reference(teacher, tok, ds, top_k):
 def test_logprobs_and_topk_equal_teachers_log_softmax(teacher_and_tok, chat):
     teacher, tok = teacher_and_tok
     ds = load_supervised_dataset(ROWS) if chat else load_supervised_dataset(ROWS).from_list(ROWS)
-    out, report = annotate(ds, teacher, tokenizer=tok, completion_column="completion", top_k=5, batch_size=3, return_report=True, progress=False)
+    out, report = annotate(
+        ds,
+        teacher,
+        tokenizer=tok,
+        completion_column="completion",
+        top_k=5,
+        batch_size=3,
+        return_report=True,
+        progress=False,
+    )
     assert len(out) == len(ROWS) and out["prompt"] == ds["prompt"]  # input order kept
     assert_matches_reference(teacher, tok, out, top_k=5)
     assert report.requests == len(ROWS) and report.tokens == sum(len(x) for x in out["teacher_logprobs"])
     # batched + padded equals one row at a time
     single = annotate(ds, teacher, tokenizer=tok, completion_column="completion", top_k=5, batch_size=1, progress=False)
     for a, b in zip(out, single):
-        torch.testing.assert_close(torch.tensor(a["teacher_logprobs"]), torch.tensor(b["teacher_logprobs"]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            torch.tensor(a["teacher_logprobs"]), torch.tensor(b["teacher_logprobs"]), atol=1e-5, rtol=0
+        )
         assert a["teacher_topk_ids"] == b["teacher_topk_ids"]
 
 
@@ -72,7 +83,9 @@ def test_one_forward_per_batch_of_similar_lengths(teacher_and_tok):
     teacher, tok = teacher_and_tok
     ds = load_supervised_dataset(ROWS)
     widths = []
-    handle = teacher.register_forward_hook(lambda module, args, kwargs, out: widths.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    handle = teacher.register_forward_hook(
+        lambda module, args, kwargs, out: widths.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
     try:
         annotate(ds, teacher, tokenizer=tok, completion_column="completion", batch_size=3, progress=False)
     finally:
@@ -88,10 +101,27 @@ def test_annotated_dataset_trains_gkd_teacher_free(tmp_path, teacher_and_tok):
 
     teacher, tok = teacher_and_tok
     student, _ = tiny_causal_lm(seed=0, tokenizer=tok, hidden_size=32, intermediate_size=64)
-    ds = annotate(load_supervised_dataset(ROWS), teacher, tokenizer=tok, student_tokenizer=tok, completion_column="completion", top_k=4, progress=False)
+    ds = annotate(
+        load_supervised_dataset(ROWS),
+        teacher,
+        tokenizer=tok,
+        student_tokenizer=tok,
+        completion_column="completion",
+        top_k=4,
+        progress=False,
+    )
     args = GKDConfig(
-        output_dir=str(tmp_path), bf16=False, max_steps=6, per_device_train_batch_size=4, learning_rate=1e-2, lmbda=0.0,
-        logging_steps=1, report_to=[], save_strategy="no", max_length=128, seed=0,
+        output_dir=str(tmp_path),
+        bf16=False,
+        max_steps=6,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        lmbda=0.0,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        max_length=128,
+        seed=0,
     )
     trainer = GKDTrainer(model=student, args=args, train_dataset=ds, processing_class=tok)
     assert trainer.teacher_model is None
@@ -104,7 +134,18 @@ def test_annotated_dataset_trains_gkd_teacher_free(tmp_path, teacher_and_tok):
 def test_sampling_adds_completions_with_aligned_logprobs(teacher_and_tok):
     teacher, tok = teacher_and_tok
     ds = load_supervised_dataset(ROWS[:3]).from_list([{"prompt": r["prompt"]} for r in ROWS[:3]])
-    out, report = annotate(ds, teacher, tokenizer=tok, num_samples=2, max_new_tokens=10, temperature=1.0, seed=0, top_k=3, return_report=True, progress=False)
+    out, report = annotate(
+        ds,
+        teacher,
+        tokenizer=tok,
+        num_samples=2,
+        max_new_tokens=10,
+        temperature=1.0,
+        seed=0,
+        top_k=3,
+        return_report=True,
+        progress=False,
+    )
     assert len(out) == 6 and out["teacher_sample_index"] == [0, 1] * 3
     assert out["prompt"] == [r["prompt"] for r in ROWS[:3] for _ in range(2)]
     for row in out:
@@ -126,7 +167,15 @@ def test_sampling_adds_completions_with_aligned_logprobs(teacher_and_tok):
 def test_cache_resumes_without_recomputing(tmp_path, teacher_and_tok):
     teacher, tok = teacher_and_tok
     ds = load_supervised_dataset(ROWS)
-    first, r1 = annotate(ds.select(range(4)), teacher, tokenizer=tok, completion_column="completion", cache_dir=tmp_path, return_report=True, progress=False)
+    first, r1 = annotate(
+        ds.select(range(4)),
+        teacher,
+        tokenizer=tok,
+        completion_column="completion",
+        cache_dir=tmp_path,
+        return_report=True,
+        progress=False,
+    )
     assert r1.requests == 4 and r1.rows_cached == 0
     lines = (tmp_path / "annotations.jsonl").read_text().splitlines()
     assert len(lines) == 4
@@ -136,7 +185,15 @@ def test_cache_resumes_without_recomputing(tmp_path, teacher_and_tok):
     calls = []
     handle = teacher.register_forward_hook(lambda m, a, k, o: calls.append(k["input_ids"].shape[0]), with_kwargs=True)
     try:
-        full, r2 = annotate(ds, teacher, tokenizer=tok, completion_column="completion", cache_dir=tmp_path, return_report=True, progress=False)
+        full, r2 = annotate(
+            ds,
+            teacher,
+            tokenizer=tok,
+            completion_column="completion",
+            cache_dir=tmp_path,
+            return_report=True,
+            progress=False,
+        )
     finally:
         handle.remove()
     assert r2.rows_cached == 4 and r2.requests == 3 and sum(calls) == 3  # only the 3 new rows went to the teacher
@@ -144,7 +201,16 @@ def test_cache_resumes_without_recomputing(tmp_path, teacher_and_tok):
     keys = [json.loads(line)["key"] for line in (tmp_path / "annotations.jsonl").read_text().splitlines()]
     assert len(keys) == 7 and len(set(keys)) == 7
     # different parameters are a different cache entry
-    _, r3 = annotate(ds, teacher, tokenizer=tok, completion_column="completion", top_k=2, cache_dir=tmp_path, return_report=True, progress=False)
+    _, r3 = annotate(
+        ds,
+        teacher,
+        tokenizer=tok,
+        completion_column="completion",
+        top_k=2,
+        cache_dir=tmp_path,
+        return_report=True,
+        progress=False,
+    )
     assert r3.requests == 7
 
 
@@ -159,7 +225,12 @@ def test_clear_errors(teacher_and_tok):
     bad = ds.from_list([{"prompt": "ok", "completion": "x"}, {"prompt": "", "completion": "x"}])
     with pytest.raises(ValueError, match="row 1: 'prompt' must be a non-empty string"):
         annotate(bad, teacher, tokenizer=tok, completion_column="completion", progress=False)
-    mixed = ds.from_list([{"prompt": "ok", "completion": "a"}, {"prompt": "ok", "completion": "a long completion that the broken teacher refuses"}])
+    mixed = ds.from_list(
+        [
+            {"prompt": "ok", "completion": "a"},
+            {"prompt": "ok", "completion": "a long completion that the broken teacher refuses"},
+        ]
+    )
 
     class Broken(LocalTeacher):
         def _score_batch(self, batch, top_k):
@@ -169,7 +240,15 @@ def test_clear_errors(teacher_and_tok):
 
     with pytest.raises(AnnotationError, match="row 1: RuntimeError: out of memory"):
         annotate(mixed, Broken(teacher, tok), completion_column="completion", batch_size=1, progress=False)
-    out, report = annotate(mixed, Broken(teacher, tok), completion_column="completion", batch_size=1, on_error="skip", return_report=True, progress=False)
+    out, report = annotate(
+        mixed,
+        Broken(teacher, tok),
+        completion_column="completion",
+        batch_size=1,
+        on_error="skip",
+        return_report=True,
+        progress=False,
+    )
     assert len(out) == 1 and report.failures == [{"row": 1, "reason": "RuntimeError: out of memory"}]
 
 
@@ -199,6 +278,8 @@ def test_cli_end_to_end(tmp_path, capsys):
     # rerun: everything comes from the cache
     assert main(["annotate", "--config", str(tmp_path / "annotate.yaml"), "--no-progress"]) == 0
     assert "(4 from cache)" in capsys.readouterr().out
-    (tmp_path / "bad.yaml").write_text("input: {path: nope.jsonl}\noutput: {path: o.jsonl}\nteacher: {model: teacher}\n")
+    (tmp_path / "bad.yaml").write_text(
+        "input: {path: nope.jsonl}\noutput: {path: o.jsonl}\nteacher: {model: teacher}\n"
+    )
     assert main(["annotate", "--config", str(tmp_path / "bad.yaml")]) == 2
     assert "input.path" in capsys.readouterr().err

@@ -130,7 +130,9 @@ class FakeOpenAIServer:
 
     def completions(self, body):
         prompt = body["prompt"]
-        ids = list(prompt) if isinstance(prompt, list) else self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids = (
+            list(prompt) if isinstance(prompt, list) else self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        )
         as_ids = bool(body.get("return_tokens_as_token_ids"))
         k = body.get("logprobs")
         max_tokens = body.get("max_tokens", 16)
@@ -167,13 +169,26 @@ class FakeOpenAIServer:
                 {
                     "index": index,
                     "text": text,
-                    "finish_reason": "stop" if generated and generated[-1][0] == self.tokenizer.eos_token_id else "length",
-                    "logprobs": {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}
+                    "finish_reason": "stop"
+                    if generated and generated[-1][0] == self.tokenizer.eos_token_id
+                    else "length",
+                    "logprobs": {
+                        "tokens": tokens,
+                        "token_logprobs": token_logprobs,
+                        "top_logprobs": top,
+                        "text_offset": offsets,
+                    }
                     if k is not None
                     else None,
                 }
             )
-        return {"id": "cmpl-test", "object": "text_completion", "created": 0, "model": body["model"], "choices": choices}
+        return {
+            "id": "cmpl-test",
+            "object": "text_completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": choices,
+        }
 
     def chat(self, body):
         ids = self.tokenizer.apply_chat_template(body["messages"], add_generation_prompt=True, tokenize=False)
@@ -191,18 +206,30 @@ class FakeOpenAIServer:
                         "token": self._token(token_id, False),
                         "logprob": row[token_id].item(),
                         "bytes": None,
-                        "top_logprobs": [{"token": self._token(int(i), False), "logprob": v.item(), "bytes": None} for v, i in zip(values, top_ids)],
+                        "top_logprobs": [
+                            {"token": self._token(int(i), False), "logprob": v.item(), "bytes": None}
+                            for v, i in zip(values, top_ids)
+                        ],
                     }
                 )
             choices.append(
                 {
                     "index": index,
-                    "message": {"role": "assistant", "content": self.tokenizer.decode([t for t, _ in generated], skip_special_tokens=True)},
+                    "message": {
+                        "role": "assistant",
+                        "content": self.tokenizer.decode([t for t, _ in generated], skip_special_tokens=True),
+                    },
                     "finish_reason": "stop",
                     "logprobs": {"content": content} if body.get("logprobs") else None,
                 }
             )
-        return {"id": "chat-test", "object": "chat.completion", "created": 0, "model": body["model"], "choices": choices}
+        return {
+            "id": "chat-test",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": choices,
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,10 +271,14 @@ def assert_same(a, b, top_k):
     assert len(a) == len(b)
     for x, y in zip(a, b):
         assert x["prompt"] == y["prompt"] and x["completion"] == y["completion"]
-        torch.testing.assert_close(torch.tensor(x["teacher_logprobs"]), torch.tensor(y["teacher_logprobs"]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            torch.tensor(x["teacher_logprobs"]), torch.tensor(y["teacher_logprobs"]), atol=1e-5, rtol=0
+        )
         if top_k:
             assert x["teacher_topk_ids"] == y["teacher_topk_ids"]
-            torch.testing.assert_close(torch.tensor(x["teacher_topk_logprobs"]), torch.tensor(y["teacher_topk_logprobs"]), atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                torch.tensor(x["teacher_topk_logprobs"]), torch.tensor(y["teacher_topk_logprobs"]), atol=1e-5, rtol=0
+            )
 
 
 @pytest.mark.parametrize(
@@ -261,8 +292,13 @@ def test_server_scoring_equals_local_scoring(teacher_and_tok, token_format, as_i
     expected = local(ds, teacher, tok, top_k)
     with FakeOpenAIServer(teacher, tok, token_format=token_format) as server:
         got, report = annotate(
-            ds, server_teacher(server, return_tokens_as_token_ids=as_ids), tokenizer=tok, completion_column="completion",
-            top_k=top_k, return_report=True, progress=False,
+            ds,
+            server_teacher(server, return_tokens_as_token_ids=as_ids),
+            tokenizer=tok,
+            completion_column="completion",
+            top_k=top_k,
+            return_report=True,
+            progress=False,
         )
         assert server.count() == len(ROWS) and report.requests == len(ROWS)
         body = server.requests[0][1]
@@ -275,8 +311,14 @@ def test_string_prompts_sent_as_token_ids(teacher_and_tok):
     ds = load_supervised_dataset(ROWS).from_list(ROWS)
     expected = local(ds, teacher, tok, 3)
     with FakeOpenAIServer(teacher, tok) as server:
-        got = annotate(ds, server_teacher(server, send_token_ids=True, return_tokens_as_token_ids=True), tokenizer=tok,
-                       completion_column="completion", top_k=3, progress=False)
+        got = annotate(
+            ds,
+            server_teacher(server, send_token_ids=True, return_tokens_as_token_ids=True),
+            tokenizer=tok,
+            completion_column="completion",
+            top_k=3,
+            progress=False,
+        )
         assert isinstance(server.requests[0][1]["prompt"], list)
     assert_same(got, expected, 3)
 
@@ -291,7 +333,9 @@ def test_flaky_server_is_retried_and_nothing_is_lost_or_duplicated(teacher_and_t
 
     with FakeOpenAIServer(teacher, tok, behaviour=flaky, slow_s=1.5) as server:
         remote = server_teacher(server, max_concurrency=4, max_retries=8, timeout=0.5)
-        got, report = annotate(ds, remote, tokenizer=tok, completion_column="completion", return_report=True, progress=False)
+        got, report = annotate(
+            ds, remote, tokenizer=tok, completion_column="completion", return_report=True, progress=False
+        )
         assert server.count(action="500") >= 2 and server.count(action="slow") == 2
         assert server.count(action="ok") == len(ROWS)
         assert remote.requests_sent == len(server.requests) > len(ROWS)
@@ -309,15 +353,28 @@ def test_failures_give_up_with_reasons(teacher_and_tok):
         return "400" if "add(3, 4)" in str(body["prompt"]) else "ok"
 
     with FakeOpenAIServer(teacher, tok, behaviour=poison) as server:
-        got, report = annotate(ds, server_teacher(server, max_retries=2), tokenizer=tok, completion_column="completion",
-                               on_error="skip", return_report=True, progress=False)
+        got, report = annotate(
+            ds,
+            server_teacher(server, max_retries=2),
+            tokenizer=tok,
+            completion_column="completion",
+            on_error="skip",
+            return_report=True,
+            progress=False,
+        )
         assert server.count(action="500") == 3 and server.count(action="400") == 1
         assert [f["row"] for f in report.failures] == [2, 3]
         assert "gave up after 3 attempts" in report.failures[0]["reason"] and "500" in report.failures[0]["reason"]
         assert "BadRequestError" in report.failures[1]["reason"]
         assert len(got) == 2 and got["prompt"] == ds.select([0, 1])["prompt"]
         with pytest.raises(AnnotationError, match=r"row 2: .*gave up after 1 attempts"):
-            annotate(ds, server_teacher(server, max_retries=0, max_concurrency=1), tokenizer=tok, completion_column="completion", progress=False)
+            annotate(
+                ds,
+                server_teacher(server, max_retries=0, max_concurrency=1),
+                tokenizer=tok,
+                completion_column="completion",
+                progress=False,
+            )
 
 
 def test_resume_after_crash_does_not_rerequest_cached_rows(tmp_path, teacher_and_tok):
@@ -327,7 +384,9 @@ def test_resume_after_crash_does_not_rerequest_cached_rows(tmp_path, teacher_and
     kwargs = dict(tokenizer=tok, completion_column="completion", top_k=2, cache_dir=tmp_path, progress=False)
 
     # "crash": after 3 answers the server refuses everything, which aborts the run
-    with FakeOpenAIServer(teacher, tok, behaviour=lambda n, p, b: "ok" if n <= 3 else "400", token_format="vocab") as server:
+    with FakeOpenAIServer(
+        teacher, tok, behaviour=lambda n, p, b: "ok" if n <= 3 else "400", token_format="vocab"
+    ) as server:
         with pytest.raises(AnnotationError):
             annotate(ds, server_teacher(server, max_concurrency=2), **kwargs)
     cached = (tmp_path / "annotations.jsonl").read_text().splitlines()
@@ -360,7 +419,9 @@ def test_chat_sampling_through_server(teacher_and_tok):
         greedy = annotate(ds, remote, tokenizer=tok, max_new_tokens=8, temperature=0, top_k=2, progress=False)
         chat_bodies = [b for p, b, _ in server.requests if p.endswith("/chat/completions")]
         assert len(chat_bodies) == 3 and all(b["logprobs"] is True and b["max_tokens"] == 8 for b in chat_bodies)
-        sampled = annotate(ds, remote, tokenizer=tok, num_samples=2, max_new_tokens=8, temperature=1.0, seed=0, progress=False)
+        sampled = annotate(
+            ds, remote, tokenizer=tok, num_samples=2, max_new_tokens=8, temperature=1.0, seed=0, progress=False
+        )
     local_greedy = annotate(ds, teacher, tokenizer=tok, max_new_tokens=8, temperature=0, top_k=2, progress=False)
     # same greedy texts and same per-token log-probs from the server's chat logprobs as from local generation
     assert greedy["completion"] == local_greedy["completion"]
@@ -372,8 +433,15 @@ def test_chat_sampling_through_server(teacher_and_tok):
         prompt_ids, completion_ids = completion_token_ids(tok, row["prompt"], row["completion"])
         assert len(row["teacher_logprobs"]) == len(completion_ids)
         with torch.no_grad():
-            lp = torch.log_softmax(teacher(torch.tensor([prompt_ids + completion_ids])).logits[0, len(prompt_ids) - 1 : -1], -1)
-        torch.testing.assert_close(torch.tensor(row["teacher_logprobs"]), lp.gather(1, torch.tensor(completion_ids)[:, None])[:, 0], atol=1e-5, rtol=0)
+            lp = torch.log_softmax(
+                teacher(torch.tensor([prompt_ids + completion_ids])).logits[0, len(prompt_ids) - 1 : -1], -1
+            )
+        torch.testing.assert_close(
+            torch.tensor(row["teacher_logprobs"]),
+            lp.gather(1, torch.tensor(completion_ids)[:, None])[:, 0],
+            atol=1e-5,
+            rtol=0,
+        )
 
 
 def test_server_with_another_tokenizer_is_refused(teacher_and_tok):
@@ -382,7 +450,10 @@ def test_server_with_another_tokenizer_is_refused(teacher_and_tok):
     other_model, _ = tiny_causal_lm(seed=2, tokenizer=other_tok)
     ds = load_supervised_dataset(ROWS[:2])
     with FakeOpenAIServer(other_model, other_tok) as server:
-        with pytest.raises(AnnotationError, match=r"^row [01]: AlignmentError: .*(server token|server returned).*shares? the student's tokenizer"):
+        with pytest.raises(
+            AnnotationError,
+            match=r"^row [01]: AlignmentError: .*(server token|server returned).*shares? the student's tokenizer",
+        ):
             annotate(ds, server_teacher(server), tokenizer=tok, completion_column="completion", progress=False)
     with pytest.raises(AlignmentError):
         raise AlignmentError("importable")
@@ -392,7 +463,14 @@ def test_string_prompt_sampling_through_completions_api(teacher_and_tok):
     teacher, tok = teacher_and_tok
     ds = load_supervised_dataset(ROWS[:2]).from_list([{"prompt": r["prompt"]} for r in ROWS[:2]])
     with FakeOpenAIServer(teacher, tok, token_format="vocab") as server:
-        remote = annotate(ds, server_teacher(server, send_token_ids=True), tokenizer=tok, max_new_tokens=6, temperature=0, progress=False)
+        remote = annotate(
+            ds,
+            server_teacher(server, send_token_ids=True),
+            tokenizer=tok,
+            max_new_tokens=6,
+            temperature=0,
+            progress=False,
+        )
         sampling = [b for _, b, _ in server.requests if not b.get("echo")]
         assert len(sampling) == 2 and all(b["logprobs"] == 1 and b["max_tokens"] == 6 for b in sampling)
     here = annotate(ds, teacher, tokenizer=tok, max_new_tokens=6, temperature=0, progress=False)

@@ -35,7 +35,8 @@ def losses(trainer, key="loss"):
 
 def test_default_loss_is_trls_gkd_loss(tmp_path):
     student, teacher, tok = student_and_teacher()
-    trainer = GKDTrainer(model=student, teacher_model=teacher, args=config(tmp_path), train_dataset=dataset(), processing_class=tok)
+    trainer = GKDTrainer(model=student, teacher_model=teacher, args=config(tmp_path), train_dataset=dataset(),
+                         processing_class=tok)
     batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
     for num_items in (None, 17):
         ours = trainer.compute_loss(trainer.model, batch, num_items_in_batch=num_items)
@@ -55,14 +56,16 @@ def test_live_teacher_loss_goes_down_and_terms_are_logged(tmp_path):
         values = losses(trainer, term)
         assert len(values) == 30 and values[-1] < values[0]
     first = trainer.state.log_history[0]
-    assert first["loss"] == pytest.approx(0.5 * first["loss/ce"] + first["loss/jsd"] + 0.25 * first["loss/rkl"], rel=1e-4)
+    expected = 0.5 * first["loss/ce"] + first["loss/jsd"] + 0.25 * first["loss/rkl"]
+    assert first["loss"] == pytest.approx(expected, rel=1e-4)
 
 
 @pytest.mark.parametrize("top_k", [0, 4])
 def test_teacher_free_training_from_logprob_columns(tmp_path, top_k):
     student, teacher, tok = student_and_teacher()
     ds = teacher_logprob_columns(teacher, tok, dataset(), top_k=top_k)
-    trainer = GKDTrainer(model=student, args=config(tmp_path, learning_rate=1e-2), train_dataset=ds, processing_class=tok)
+    trainer = GKDTrainer(model=student, args=config(tmp_path, learning_rate=1e-2), train_dataset=ds,
+                         processing_class=tok)
     assert trainer.teacher_model is None and trainer.rkl_lambda == 1.0 and trainer.jsd_lambda == 0.0
     trainer.train()
     history = losses(trainer, "loss/rkl")
@@ -73,7 +76,8 @@ def test_on_policy_and_seq_kd_still_work(tmp_path):
     student, teacher, tok = student_and_teacher()
     for overrides in ({"lmbda": 1.0}, {"lmbda": 0.0, "seq_kd": True}):
         args = config(tmp_path, max_steps=2, max_new_tokens=8, **overrides)
-        trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset(), processing_class=tok)
+        trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset(),
+                             processing_class=tok)
         before = trainer.model.lm_head.weight.detach().clone()
         trainer.train()
         assert len(losses(trainer)) == 2
@@ -156,7 +160,8 @@ def test_fused_path_with_lora_computes_no_head_gradient(tmp_path):
     trainer.compute_loss(trainer.model, batch).backward()
     head = trainer.model.get_output_embeddings()
     assert head.weight.grad is None
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in trainer.model.named_parameters() if "lora_" in n)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for n, p in trainer.model.named_parameters() if "lora_" in n)
 
 
 def test_unfusable_head_falls_back_with_one_warning(tmp_path, caplog):
