@@ -18,8 +18,11 @@ TESTS_COLUMNS = ("tests_passed", "tests_n_passed", "tests_n_failed", "tests_time
 
 def eval_tests_one(code: str | None, tests: str | None, *, timeout_s: float = 10.0, mutation: bool = True,
                    max_mutants: int | None = 20, seed: int = 0) -> dict:
-    """Evaluate one (code, tests) pair; never raises. See :func:`tests_exec_eval` for the columns."""
-    from fastdistill.rewards import mutation_score, run_tests  # the sandboxed reward engine
+    """Evaluate one (code, tests) pair. See :func:`tests_exec_eval` for the columns.
+
+    A bad row never raises; a sandbox that cannot run raises ``SandboxUnavailableError``.
+    """
+    from fastdistill.rewards import SandboxUnavailableError, mutation_score, run_tests  # the sandboxed engine
 
     out = {"tests_passed": False, "tests_n_passed": 0, "tests_n_failed": 0, "tests_timed_out": False,
            "tests_time_s": 0.0, "tests_error": None, "kill_rate": None}
@@ -28,6 +31,8 @@ def eval_tests_one(code: str | None, tests: str | None, *, timeout_s: float = 10
         return out
     try:
         run = run_tests(code, tests, timeout_s=timeout_s)
+    except SandboxUnavailableError:
+        raise  # not a property of the row: every row would be dropped
     except Exception as exc:  # noqa: BLE001 - a row never raises
         logger.warning("tests_exec_eval: run_tests raised %s: %s", type(exc).__name__, exc)
         out["tests_error"] = "internal_error"
@@ -51,6 +56,8 @@ def eval_tests_one(code: str | None, tests: str | None, *, timeout_s: float = 10
         try:
             res = mutation_score(code, tests, max_mutants=max_mutants, seed=seed)
             out["kill_rate"] = None if res.kill_rate is None else float(res.kill_rate)
+        except SandboxUnavailableError:
+            raise
         except Exception as exc:  # noqa: BLE001
             logger.warning("tests_exec_eval: mutation_score raised %s: %s", type(exc).__name__, exc)
             out["tests_error"] = "mutation_error"
@@ -81,7 +88,9 @@ def tests_exec_eval(ds, *, code_column: str = "code", tests_column: str = "tests
     ``tests_time_s`` (runtime of the test run), ``tests_error`` (``missing_input``, ``timeout``,
     ``no_tests``, ``test_errors``, ``tests_failed``, ``mutation_error``, ``internal_error`` or None)
     and ``kill_rate`` (mutation kill rate from ``fastdistill.rewards.mutation_score`` for passing
-    rows with ``mutation=True``, else None). Rows keep their order; a bad row never raises.
+    rows with ``mutation=True``, else None). Rows keep their order; a bad row never raises, but a
+    sandbox that cannot run raises ``fastdistill.rewards.SandboxUnavailableError`` (it would
+    otherwise fail every row).
     """
     import datasets
 

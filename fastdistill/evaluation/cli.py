@@ -115,6 +115,13 @@ def main(argv: list[str] | None = None, command: str = "eval") -> int:
     except (FileNotFoundError, ValueError) as err:
         sys.stderr.write(f"fastdistill {command}: error: {err}\n")
         return 2
+    except Exception as err:
+        from fastdistill.rewards import SandboxUnavailableError
+
+        if not isinstance(err, SandboxUnavailableError):
+            raise
+        sys.stderr.write(f"fastdistill {command}: error: the test sandbox cannot run, nothing was scored: {err}\n")
+        return 3
 
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:

@@ -27,6 +27,7 @@ from fastdistill.rewards.functions import (
     speed_stability_reward,
 )
 from fastdistill.rewards.sandbox import (
+    SandboxUnavailableError,
     TestOutcome,
     TestRun,
     close_idle_workers,
@@ -40,4 +41,5 @@ __all__ = [
     "extract_test_code", "make_composite_reward", "mutant_kill_reward", "robustness_reward", "speed_stability_reward",
     "Mutant", "MutantOutcome", "MutationResult", "TestOutcome", "TestRun", "clear_cache", "generate_mutants",
     "mutation_score", "mutation_scores", "run_tests", "run_tests_many", "close_idle_workers", "sandbox_capabilities",
+    "SandboxUnavailableError",
 ]

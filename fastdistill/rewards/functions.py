@@ -3,7 +3,9 @@
 All follow TRL's signature ``f(prompts, completions, **kwargs) -> list[float]``; the code under
 test comes from a dataset column passed as a keyword list (``code`` by default). Completions may
 be strings or conversational message lists. Output without a parseable test file scores 0.0;
-the functions never raise because of what a model generated.
+the functions never raise because of what a model generated. A sandbox that cannot run at all
+raises :class:`~fastdistill.rewards.sandbox.SandboxUnavailableError` (training on all-zero
+rewards from a dead sandbox would be worse than stopping).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from functools import lru_cache
 
 from fastdistill.augment import robust_augment
 from fastdistill.rewards.mutation import Mutant, _mutants_of, score_batch
+from fastdistill.rewards.sandbox import SandboxUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +142,7 @@ class _Reward:
         try:
             codes, tests = self._pairs(completions, kwargs)
             return [float(x) for x in self.score(codes, tests)]
-        except ValueError:
+        except (ValueError, SandboxUnavailableError):
             raise
         except Exception:  # noqa: BLE001 - a reward must never take the trainer down
             logger.exception("%s failed; scoring the batch 0", self.__name__)
@@ -348,12 +351,16 @@ class CompositeReward(_Reward):
         if self._fusable():
             try:
                 return self._combine(codes, self._score_fused(codes, tests))
+            except SandboxUnavailableError:
+                raise
             except Exception:  # noqa: BLE001 - fall back to running the components one by one
                 logger.exception("fused reward scoring failed; scoring component by component")
         values = {}
         for name, component in self.components.items():
             try:
                 values[name] = [float(v) for v in component.score(codes, tests)]
+            except SandboxUnavailableError:
+                raise
             except Exception:  # noqa: BLE001
                 logger.exception("reward component %s failed; scoring it 0", name)
                 values[name] = [0.0] * len(codes)

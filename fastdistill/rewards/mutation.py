@@ -315,7 +315,8 @@ def mutation_score(code: str, tests: str, *, module_name: str = "solution", max_
     ``max(mutant_timeout_min_s, mutant_timeout_factor * baseline time)`` of wall clock, or after
     ``max(mutant_cpu_min_s, mutant_timeout_factor * baseline time)`` of CPU time (hot infinite
     loops). ``timeout_s`` bounds the whole call: mutants not reached in time count as survived.
-    Never raises for bad input.
+    Never raises for bad input; raises
+    :class:`~fastdistill.rewards.sandbox.SandboxUnavailableError` when the sandbox cannot run at all.
     """
     return mutation_scores([code], [tests], n_workers=1, module_name=module_name, max_mutants=max_mutants, seed=seed,
                            timeout_s=timeout_s, memory_mb=memory_mb, baseline_timeout_s=baseline_timeout_s,

@@ -46,6 +46,27 @@ _CFG_NAME = ".fastdistill_sandbox.json"
 OUTPUT_CAP = 64 * 1024
 SANDBOX_MARK = "--fastdistill-sandbox="
 
+SANDBOX_PYTHON: str | None = None
+"""Interpreter the sandbox workers run (it must be able to import pytest). ``None`` (the default)
+means the environment variable ``FASTDISTILL_SANDBOX_PYTHON`` if set, else ``sys.executable``."""
+
+_TAIL_CHARS = 2000
+
+
+class SandboxUnavailableError(RuntimeError):
+    """The sandbox cannot run tests at all: a worker could not start, or died before it was ready.
+
+    Raised instead of a score (a dead sandbox must never look like "the tests failed"): pytest
+    missing in the worker's interpreter, namespace set-up failing, the interpreter crashing at
+    start. The message names the cause and ends with the tail of the worker's output.
+    Ordinary outcomes of the tests themselves (failing, timing out, crashing) are never raised.
+    """
+
+
+def sandbox_python() -> str:
+    """The interpreter sandbox workers run: :data:`SANDBOX_PYTHON`, ``$FASTDISTILL_SANDBOX_PYTHON`` or ours."""
+    return SANDBOX_PYTHON or os.environ.get("FASTDISTILL_SANDBOX_PYTHON") or sys.executable
+
 
 @dataclass
 class TestOutcome:
@@ -145,7 +166,8 @@ class _Worker:
     def __init__(self, *, memory_mb: int, nproc: int = 64, cpu_s: int = 86400):
         caps = sandbox_capabilities()
         self.namespaces = bool(caps["namespaces"])
-        self.limits = (memory_mb, nproc)
+        python = sandbox_python()
+        self.limits = (memory_mb, nproc, python)
         self.owner_pid = os.getpid()
         self.alive = False
         self.proc = None
@@ -167,7 +189,7 @@ class _Worker:
             result_r, result_w = os.pipe()
             cmd_r, cmd_w = os.pipe()
             self.result_r, self.cmd_w = result_r, cmd_w
-            cmd = [sys.executable, "-I", str(_CHILD), str(result_w), str(cmd_r), SANDBOX_MARK + token]
+            cmd = [python, "-I", str(_CHILD), str(result_w), str(cmd_r), SANDBOX_MARK + token]
             if self.namespaces:
                 cmd = [caps["unshare"], "-rmnpf", "--kill-child", *cmd]
             preexec = None
@@ -198,10 +220,40 @@ class _Worker:
             self.sel.register(self.result_r, selectors.EVENT_READ, "res")
             ready = self._wait(time.monotonic() + self.START_TIMEOUT_S, lambda m: m.get("t") == "ready")
             self.alive = ready == "ok"
-            self.start_error = "" if self.alive else f"sandbox worker did not start ({ready})"
+            self.start_error = ""
+            if not self.alive:
+                self._drain_output()
+                self.close()
+                how = (f"timed out after {self.START_TIMEOUT_S:.0f}s waiting for it to be ready"
+                       if ready == "timeout" else f"it exited with return code {self.proc.returncode}")
+                tail = self._output.decode("utf-8", "replace").strip()[-_TAIL_CHARS:]
+                self.start_error = (f"sandbox worker did not start: {how} (interpreter {python}"
+                                    + (f", via {caps['unshare']} -rmnpf" if self.namespaces else "") + "); "
+                                    + (f"its output ends with:\n{tail}" if tail else "it wrote nothing"))
         except BaseException:
             self.close()
             raise
+
+    def _drain_output(self) -> None:
+        """Read what the (dead or stuck) worker left on its output pipe, for the error message."""
+        if self.proc is None or self.proc.stdout is None:
+            return
+        deadline = time.monotonic() + 1.0
+        fd = self.proc.stdout.fileno()
+        os.set_blocking(fd, False)
+        while len(self._output) < OUTPUT_CAP and time.monotonic() < deadline:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.01)
+                continue
+            except OSError:
+                break
+            if not chunk:
+                break
+            self._output += chunk[: OUTPUT_CAP - len(self._output)]
 
     def _wait(self, deadline: float, want) -> str:
         """Pump both pipes until a message satisfies ``want`` ("ok"), EOF ("died") or "timeout"."""
@@ -331,6 +383,8 @@ def execute_pairs(specs: list[dict], *, memory_mb: int, n_workers: int = 1, npro
                   keep_warm: bool = False) -> list[dict]:
     """Run many (code, tests, jobs) pairs on up to ``n_workers`` sandbox workers; one raw dict each.
 
+    Raises :class:`SandboxUnavailableError` when a worker cannot start (see its docstring).
+
     Each spec: ``{"code", "tests", "module_name", "write_module", "jobs", "timeout_s", "gate"?}``
     (see :func:`execute_jobs` for jobs). With namespaces a worker serves many pairs (start-up paid
     once per worker); without them every pair gets a fresh worker. Pairs are handed out largest
@@ -348,13 +402,14 @@ def execute_pairs(specs: list[dict], *, memory_mb: int, n_workers: int = 1, npro
     order = sorted(range(len(specs)), key=lambda i: -len(specs[i]["jobs"]))
     queue_lock = threading.Lock()
     results: list = [None] * len(specs)
+    unavailable: list[SandboxUnavailableError] = []
 
     def serve():
         worker, served = None, 0
         try:
             while True:
                 with queue_lock:
-                    if not order:
+                    if not order or unavailable:
                         return
                     index = order.pop(0)
                 spec = specs[index]
@@ -363,14 +418,17 @@ def execute_pairs(specs: list[dict], *, memory_mb: int, n_workers: int = 1, npro
                         worker = _acquire_worker(memory_mb, nproc, keep_warm)
                     except OSError as exc:
                         worker = None
-                        results[index] = _failed(f"could not start the sandbox worker: {exc}")
-                        continue
+                        with queue_lock:
+                            unavailable.append(SandboxUnavailableError(
+                                f"could not start the sandbox worker ({sandbox_python()}): {exc}"))
+                        return
                     served = 0
-                    if not worker.alive:
-                        results[index] = _failed(worker.start_error)
+                    if not worker.alive:  # a sandbox that cannot start is an error, never a score
+                        with queue_lock:
+                            unavailable.append(SandboxUnavailableError(worker.start_error))
                         worker.close()
                         worker = None
-                        continue
+                        return
                 results[index] = worker.run_pair(spec)
                 served += 1
                 if not worker.alive or (per_worker is not None and served >= per_worker):
@@ -389,6 +447,8 @@ def execute_pairs(specs: list[dict], *, memory_mb: int, n_workers: int = 1, npro
             thread.start()
         for thread in threads:
             thread.join()
+    if unavailable:
+        raise unavailable[0]
     return results
 
 
@@ -464,7 +524,8 @@ def run_tests(code: str, tests: str, *, timeout_s: float = 10.0, memory_mb: int 
             once); a test passes only if it passes every time, ``flaky`` says whether outcomes varied.
         module_name: import name of the CUT.
 
-    Never raises for anything the tests do; problems are reported in ``reason``.
+    Never raises for anything the tests do; problems are reported in ``reason``. Raises
+    :class:`SandboxUnavailableError` when the sandbox itself cannot run (a worker does not start).
     """
     if repeats < 1:
         raise ValueError("repeats must be >= 1")

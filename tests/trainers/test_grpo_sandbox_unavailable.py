@@ -1,0 +1,46 @@
+"""A GRPO run whose sandbox cannot start stops at its first step with the sandbox's message."""
+
+import subprocess
+import sys
+
+import pytest
+from datasets import Dataset
+
+from fastdistill import GRPOConfig, GRPOTrainer
+from fastdistill.rewards import (
+    MutantKillReward,
+    SandboxUnavailableError,
+    clear_cache,
+    close_idle_workers,
+    sandbox,
+)
+from fastdistill.testing import tiny_causal_lm
+
+CODE = "def add(a, b):\n    return a + b\n"
+TESTS = "from solution import add\n\ndef test_add():\n    assert add(2, 3) == 5\n"
+
+
+def test_grpo_stops_at_the_first_step_when_the_sandbox_cannot_start(tmp_path, monkeypatch):
+    venv = tmp_path / "venv"
+    subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", "--without-pip", str(venv)],
+                   check=True, capture_output=True)
+    monkeypatch.setattr(sandbox, "SANDBOX_PYTHON", str(venv / "bin" / "python"))
+    close_idle_workers()
+    clear_cache()
+    kill = MutantKillReward(max_mutants=3)
+
+    def reward(prompts, completions, **kwargs):  # the tiny model writes no tests: score a real file instead
+        return kill(prompts, [TESTS] * len(completions), **kwargs)
+
+    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": f"Write tests {i}"}], "code": CODE}
+                            for i in range(4)])
+    model, tok = tiny_causal_lm(seed=0)
+    args = GRPOConfig(output_dir=str(tmp_path / "out"), bf16=False, max_steps=2, per_device_train_batch_size=4,
+                      num_generations=4, max_completion_length=8, report_to=[], save_strategy="no", logging_steps=1)
+    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=ds, processing_class=tok)
+    try:
+        with pytest.raises(SandboxUnavailableError, match="cannot import pytest"):
+            trainer.train()
+        assert trainer.state.global_step == 0  # not one optimizer step on made-up rewards
+    finally:
+        close_idle_workers()
