@@ -538,7 +538,8 @@ class _Server:
         if not errors:
             items, errors, forbidden = self._collect(session, test_file)
         collected = None
-        if items and not forbidden:
+        swaps = any(job.get("source") is not None and job["source"] != installed for job in spec["jobs"])
+        if items and not forbidden and swaps:  # only jobs that swap the CUT use it (~25 ms per pair)
             try:
                 collected = _Collected(session, items, pair_dir, name)
             except Exception:  # noqa: BLE001 - unusual layout: every swap recollects

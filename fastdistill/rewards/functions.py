@@ -13,14 +13,15 @@ from __future__ import annotations
 import ast
 import logging
 import math
-import os
 import re
 import statistics
+from dataclasses import replace
 from functools import lru_cache
 
 from fastdistill.augment import robust_augment
-from fastdistill.rewards.mutation import Mutant, _mutants_of, score_batch
+from fastdistill.rewards.mutation import FROM_SETTINGS, Mutant, _mutants_of, score_batch
 from fastdistill.rewards.sandbox import SandboxUnavailableError
+from fastdistill.rewards.settings import SandboxSettings
 
 logger = logging.getLogger(__name__)
 
@@ -111,15 +112,20 @@ class _Reward:
     __name__ = "reward"
 
     def __init__(self, code_column: str = "code", module_name: str = "solution", n_workers: int | None = None,
-                 max_mutants: int | None = 30, timeout_s: float = 60.0, memory_mb: int = 1024,
-                 keep_warm: bool = True):
+                 max_mutants=FROM_SETTINGS, timeout_s: float | None = None, memory_mb: int | None = None,
+                 keep_warm: bool | None = None, sandbox: SandboxSettings | dict | str | None = None):
         self.code_column = code_column
-        self.keep_warm = keep_warm  # sandbox workers stay warm between calls (one call per GRPO step)
         self.module_name = module_name
-        self.n_workers = n_workers or os.cpu_count() or 1
-        self.max_mutants = max_mutants
-        self.timeout_s = timeout_s
-        self.memory_mb = memory_mb
+        # every sandbox knob comes from one SandboxSettings; the keywords override single fields
+        self.sandbox = SandboxSettings.coerce(sandbox).replace(workers=n_workers, pair_timeout_s=timeout_s,
+                                                               memory_mb=memory_mb, keep_warm=keep_warm)
+        self.max_mutants = self.sandbox.max_mutants if max_mutants is FROM_SETTINGS else max_mutants
+
+    # read-only views of the settings (names of the keyword arguments)
+    n_workers = property(lambda self: self.sandbox.n_workers)
+    timeout_s = property(lambda self: self.sandbox.pair_timeout_s)
+    memory_mb = property(lambda self: self.sandbox.memory_mb)
+    keep_warm = property(lambda self: self.sandbox.keep_warm)  # workers stay warm between calls (GRPO steps)
 
     def _pairs(self, completions, kwargs):
         codes = _column(kwargs, self.code_column, len(completions))
@@ -128,9 +134,7 @@ class _Reward:
 
     def _batch(self, mutation_requests, test_requests):
         """Run sandbox requests with this component's settings (see :func:`score_batch`)."""
-        return score_batch(mutation_requests, test_requests, n_workers=self.n_workers, module_name=self.module_name,
-                           timeout_s=self.timeout_s, memory_mb=self.memory_mb,
-                           test_timeout_s=min(self.timeout_s, 30.0), keep_warm=self.keep_warm)
+        return score_batch(mutation_requests, test_requests, module_name=self.module_name, settings=self.sandbox)
 
     def score(self, codes, tests):
         """Values for ``(code, tests)`` pairs (``tests`` None: unparseable, scores 0): the component's plan, run."""
@@ -324,7 +328,7 @@ class CompositeReward(_Reward):
         self.last_components: dict[str, list[float]] = {}
 
     def _fusable(self) -> bool:
-        settings = {(c.module_name, c.memory_mb, c.timeout_s, c.n_workers, c.keep_warm) for c in self.components.values()}
+        settings = {(c.module_name, replace(c.sandbox, max_mutants=None)) for c in self.components.values()}
         return self.fused and len(settings) == 1
 
     def _score_fused(self, codes, tests):
@@ -389,7 +393,8 @@ def composite_reward(weights: dict[str, float] | None = None, *, preset: str | N
 
     Components: ``mutant_kill``, ``speed_stability``, ``robustness``. Presets (see ``PRESETS``):
     ``"mutant"`` and ``"speed"``, the two GRPO branches. Keyword arguments (``code_column``,
-    ``max_mutants``, ``n_workers``, ...) go to every component.
+    ``max_mutants``, ``n_workers``, ``sandbox`` (a :class:`~fastdistill.rewards.SandboxSettings` or a
+    dict of its fields), ...) go to every component.
     """
     if preset is not None:
         if weights is not None:

@@ -44,3 +44,21 @@ def test_grpo_stops_at_the_first_step_when_the_sandbox_cannot_start(tmp_path, mo
         assert trainer.state.global_step == 0  # not one optimizer step on made-up rewards
     finally:
         close_idle_workers()
+
+
+def test_grpo_config_sandbox_settings_reach_the_default_rewards(tmp_path):
+    from fastdistill.rewards import SandboxSettings
+
+    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": "Write tests"}], "code": CODE}] * 4)
+    args = GRPOConfig(output_dir=str(tmp_path), bf16=False, max_steps=1, per_device_train_batch_size=4,
+                      num_generations=4, max_completion_length=8, report_to=[], save_strategy="no",
+                      sandbox='{"memory_mb": 640, "max_mutants": 7, "workers": 1}')  # as given on the command line
+    assert args.sandbox["memory_mb"] == 640
+    model, tok = tiny_causal_lm(seed=0)
+    trainer = GRPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    reward = trainer.reward_funcs[0]
+    assert reward.sandbox == SandboxSettings(memory_mb=640, max_mutants=7, workers=1)
+    assert reward.components["mutant_kill"].max_mutants == 7
+    assert all(c.sandbox.memory_mb == 640 and c.n_workers == 1 for c in reward.components.values())
+    with pytest.raises(ValueError, match="unknown sandbox settings"):
+        GRPOConfig(output_dir=str(tmp_path), bf16=False, sandbox={"memroy_mb": 1})
