@@ -206,6 +206,18 @@ def callers(examples, workers, max_mutants=20, single_calls=21, run_tests_calls=
             assert run_tests(code, small, keep_warm=warm).ok
             times.append(time.perf_counter() - t)
         out[f"run_tests_small_{label}_median_ms"] = round(1000 * statistics.median(times), 1)
+    for label, sealed in (("sealed", True), ("unsealed", False)):  # the sealed view's cost: once per worker
+        sandbox.SEALED_VIEW = sealed
+        starts = []
+        try:
+            for _ in range(3):
+                close_idle_workers()
+                t = time.perf_counter()
+                run_tests(code, small, keep_warm=True)
+                starts.append(time.perf_counter() - t)
+        finally:
+            sandbox.SEALED_VIEW = True
+        out[f"worker_start_{label}_median_s"] = round(statistics.median(starts), 3)
     close_idle_workers()
     return out
 
@@ -232,7 +244,7 @@ def main():
                 "tests_exec_eval_row_by_row_cold_rows_per_s", "identical_to_row_by_row_warm",
                 "identical_to_row_by_row_cold", "single_calls_mutants_per_s", "batched_mutants_per_s",
                 "single_vs_batched_time_ratio", "single_vs_batched_same_killed", "run_tests_small_warm_median_ms",
-                "run_tests_small_cold_median_ms"):
+                "run_tests_small_cold_median_ms", "worker_start_sealed_median_s", "worker_start_unsealed_median_s"):
         print(f"{key:58s} {str(c[key]):>10s}")
     print(f"curation batched vs row-by-row cold (previous path): "
           f"{c['tests_exec_eval_batched_rows_per_s'] / c['tests_exec_eval_row_by_row_cold_rows_per_s']:.2f}x; "
