@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from fastdistill.curation._ds import restore_format
+from fastdistill.curation._ds import empty_output, restore_format
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def eval_tests_one(code: str | None, tests: str | None, *, timeout_s: float = 10
 
     out = {"tests_passed": False, "tests_n_passed": 0, "tests_n_failed": 0, "tests_timed_out": False,
            "tests_time_s": 0.0, "tests_error": None, "kill_rate": None}
-    if not code or not tests:
+    if not isinstance(code, str) or not isinstance(tests, str) or not code.strip() or not tests.strip():
         out["tests_error"] = "missing_input"
         return out
     try:
@@ -173,6 +173,10 @@ def tests_exec_eval(ds, *, code_column: str = "code", tests_column: str = "tests
     """
     import datasets
 
+    from fastdistill.curation._params import check_step_params
+
+    check_step_params("tests_exec_eval", timeout_s=timeout_s, mutation=mutation, max_mutants=max_mutants, seed=seed,
+                      num_proc=num_proc, batch_size=batch_size)
     for c in (code_column, tests_column):
         if c not in ds.column_names:
             raise KeyError(f"tests_exec_eval: column {c!r} missing (columns: {ds.column_names})")
@@ -185,6 +189,8 @@ def tests_exec_eval(ds, *, code_column: str = "code", tests_column: str = "tests
                      "tests_n_failed": datasets.Value("int64"), "tests_timed_out": datasets.Value("bool"),
                      "tests_time_s": datasets.Value("float64"), "tests_error": datasets.Value("string"),
                      "kill_rate": datasets.Value("float64")})
+    if len(ds) == 0:
+        return empty_output(ds, features)
     out = ds.with_format(None).map(
         tests_exec_eval_rows, batched=True, batch_size=batch_size, features=features,
         fn_kwargs={"code_column": code_column, "tests_column": tests_column, "timeout_s": timeout_s,

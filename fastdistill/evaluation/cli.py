@@ -107,55 +107,71 @@ def main(argv: list[str] | None = None, command: str = "eval") -> int:
         _add_sandbox_args(parser)
         parser.add_argument("--out", help="write the full result (headlines + per-example rows) as JSON")
         parser.add_argument("--save-generations", help="also write the generated completions as JSONL")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
+    from fastdistill.cli import guarded
 
-    try:
-        if command == "generate":
-            if not args.model or not args.dataset:
-                parser.error("generate needs --model and --dataset")
-            from fastdistill.evaluation.generation import generate
+    return guarded(command, lambda: _run(parser, args, command), debug=args.debug or None)
 
-            rows = generate(args.model, _dataset(args.dataset), args.out, settings=_settings(args),
-                            code_column=args.code_column)
-            sys.stderr.write(f"fastdistill generate: {len(rows)} completions written to {args.out}\n")
-            return 0
 
-        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-        unknown = set(metrics) - {"mutation", "speed"}
-        if unknown or not metrics:
-            parser.error(f"--metrics takes mutation and/or speed, got {args.metrics!r}")
-        from fastdistill.evaluation.generation import generate, read_jsonl, write_jsonl
-        from fastdistill.evaluation.metrics import score_mutation, score_speed
+def _check_args(args, command: str) -> None:
+    """Every bad number on the command line at once, before any model is loaded."""
+    from fastdistill.validation import Problems
 
-        if args.generations:
-            generations = read_jsonl(args.generations)
-        elif args.model and args.dataset:
-            generations = generate(args.model, _dataset(args.dataset), settings=_settings(args),
-                                   code_column=args.code_column)
-            if args.save_generations:
-                write_jsonl(generations, args.save_generations)
-        else:
-            parser.error("eval needs --generations, or --model and --dataset")
-        sandbox = _sandbox_settings(args)
-        result: dict = {"n": len(generations), "sandbox": sandbox.to_dict()}
-        if "mutation" in metrics:
-            result["mutation"] = score_mutation(generations, sandbox=sandbox)
-        if "speed" in metrics:
-            result["speed"] = score_speed(generations, repeats=args.repeats, sandbox=sandbox)
-    except (FileNotFoundError, ValueError) as err:
-        sys.stderr.write(f"fastdistill {command}: error: {err}\n")
-        return 2
-    except Exception as err:
-        from fastdistill.rewards import SandboxUnavailableError
+    p = Problems()
+    p.number(args.max_new_tokens, "--max-new-tokens", minimum=1, integer=True)
+    p.number(args.temperature, "--temperature", minimum=0)
+    p.number(args.top_p, "--top-p", minimum=0, exclusive_minimum=True, maximum=1)
+    p.number(args.top_k, "--top-k", minimum=0, integer=True)
+    p.number(args.num_samples, "--num-samples", minimum=1, integer=True)
+    p.number(args.batch_size, "--batch-size", minimum=1, integer=True)
+    if command == "eval":
+        p.number(args.max_mutants, "--max-mutants", minimum=1, integer=True, optional=True)
+        p.number(args.repeats, "--repeats", minimum=1, integer=True)
+        p.number(args.workers, "--workers", minimum=1, integer=True, optional=True)
+    p.raise_if_any()
 
-        if not isinstance(err, SandboxUnavailableError):
-            raise
-        sys.stderr.write(f"fastdistill {command}: error: the test sandbox cannot run, nothing was scored: {err}\n")
-        return 3
+
+def _run(parser, args, command: str) -> int:
+    from fastdistill.files import write_json_atomic
+
+    _check_args(args, command)
+    if command == "generate":
+        if not args.model or not args.dataset:
+            parser.error("generate needs --model and --dataset")
+        from fastdistill.evaluation.generation import generate
+
+        rows = generate(args.model, _dataset(args.dataset), args.out, settings=_settings(args),
+                        code_column=args.code_column)
+        sys.stderr.write(f"fastdistill generate: {len(rows)} completions written to {args.out}\n")
+        return 0
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    unknown = set(metrics) - {"mutation", "speed"}
+    if unknown or not metrics:
+        parser.error(f"--metrics takes mutation and/or speed, got {args.metrics!r}")
+    from fastdistill.evaluation.generation import generate, read_jsonl, write_jsonl
+    from fastdistill.evaluation.metrics import check_generation_rows, score_mutation, score_speed
+
+    if args.generations:
+        generations = read_jsonl(args.generations)
+        check_generation_rows(generations, args.generations)
+    elif args.model and args.dataset:
+        generations = generate(args.model, _dataset(args.dataset), settings=_settings(args),
+                               code_column=args.code_column)
+        if args.save_generations:
+            write_jsonl(generations, args.save_generations)
+    else:
+        parser.error("eval needs --generations, or --model and --dataset")
+    sandbox = _sandbox_settings(args)
+    result: dict = {"n": len(generations), "sandbox": sandbox.to_dict()}
+    if "mutation" in metrics:
+        result["mutation"] = score_mutation(generations, sandbox=sandbox)
+    if "speed" in metrics:
+        result["speed"] = score_speed(generations, repeats=args.repeats, sandbox=sandbox)
 
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2)
+        write_json_atomic(args.out, result)
     summary = {"n": result["n"]}
     if "mutation" in result:
         summary["mutation"] = _summary(result["mutation"], ("kill_rate", "pass_rate", "extract_rate"))

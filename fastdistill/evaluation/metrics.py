@@ -47,15 +47,35 @@ def _generations(model_or_path, dataset, generations, tokenizer, generation_kwar
         if isinstance(generations, (str, os.PathLike)):
             generations = read_jsonl(generations)
         rows = [dict(r) for r in generations]
-        for i, row in enumerate(rows):
-            if "code" not in row or "completion" not in row:
-                raise ValueError(f"generation row {i} needs 'code' and 'completion' (has {sorted(row)})")
+        check_generation_rows(rows)
         return rows
     if model_or_path is None:
         raise ValueError("give a model (or path) to generate with, or pre-generated completions via generations=")
     if dataset is None:
         raise ValueError("a dataset is needed to generate completions")
     return generate(model_or_path, dataset, tokenizer=tokenizer, **(generation_kwargs or {}))
+
+
+def check_generation_rows(rows, source: str | None = None) -> None:
+    """Refuse generations that cannot be scored, before any work: every row needs a non-empty string
+    ``code`` and a ``completion`` (string or messages). ``ValueError`` names the rows (up to 5) and
+    what is wrong; ``source`` (a file name) prefixes the message."""
+    problems = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            problems.append(f"row {i}: expected an object, got {type(row).__name__}")
+            continue
+        code = row.get("code")
+        if "code" not in row:
+            problems.append(f"row {i}: missing field 'code' (the code under test; fields present: {sorted(row)})")
+        elif not isinstance(code, str) or not code.strip():
+            problems.append(f"row {i}: field 'code' must be a non-empty string, got {code!r:.60}")
+        if "completion" not in row:
+            problems.append(f"row {i}: missing field 'completion' (fields present: {sorted(row)})")
+    if problems:
+        head = f"{source}: " if source else ""
+        more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise ValueError(f"{head}{len(problems)} bad generation row(s):\n  " + "\n  ".join(problems[:5]) + more)
 
 
 def _base_row(row: dict, tests: str | None) -> dict:
@@ -86,6 +106,7 @@ def score_mutation(generations, *, max_mutants=None, n_workers: int | None = Non
     settings = SandboxSettings.coerce(sandbox).replace(max_mutants=max_mutants, workers=n_workers,
                                                        pair_timeout_s=timeout_s, memory_mb=memory_mb)
     rows = list(generations)
+    check_generation_rows(rows)
     extracted = [extract_test_code(row["completion"]) for row in rows]
     scored = [None] * len(rows)
     todo = [i for i, tests in enumerate(extracted) if tests is not None]
@@ -141,11 +162,12 @@ def score_speed(generations, *, repeats: int = 5, n_workers: int | None = None, 
     from fastdistill.rewards import SandboxSettings, run_tests_many
     from fastdistill.rewards.functions import extract_test_code
 
-    if repeats < 1:
-        raise ValueError("repeats must be >= 1")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
     settings = SandboxSettings.coerce(sandbox).replace(workers=n_workers, memory_mb=memory_mb)
     budget = float(timeout_s) if timeout_s is not None else 2 * settings.test_timeout_s
     rows = list(generations)
+    check_generation_rows(rows)
     extracted = [extract_test_code(row["completion"]) for row in rows]
     todo = [i for i, tests in enumerate(extracted) if tests is not None]
 

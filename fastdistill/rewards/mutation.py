@@ -119,6 +119,15 @@ def _cache_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+def strip_bom(source):
+    """``source`` without a leading UTF-8 byte-order mark (U+FEFF), which ``ast.parse`` refuses on a str.
+
+    A file saved with a BOM runs under pytest (Python decodes files as utf-8-sig), so it must also
+    parse for mutation; anything that is not a str is returned unchanged.
+    """
+    return source[1:] if isinstance(source, str) and source.startswith("\ufeff") else source
+
+
 class _FromSettings:
     """Default of a keyword whose value comes from the call's :class:`SandboxSettings`."""
 
@@ -370,6 +379,8 @@ def score_batch(mutation_requests: list[tuple], test_requests: list[tuple] = (),
     baseline_timeout_s, test_timeout_s, keep_warm = s.baseline_timeout_s, s.test_timeout_s, s.keep_warm
     factor, min_s, cpu_min_s = s.mutant_timeout_factor, s.mutant_timeout_min_s, s.mutant_cpu_min_s
     mutation_requests, test_requests = list(mutation_requests), list(test_requests)
+    mutation_requests = [(strip_bom(c), strip_bom(t), *rest) for c, t, *rest in mutation_requests]
+    test_requests = [(strip_bom(c), strip_bom(t), *rest) for c, t, *rest in test_requests]
     m_results: list = [None] * len(mutation_requests)
     keys = [_cache_key("v2", c, t, module_name, _mutants_key(mm), seed, memory_mb, factor, min_s, cpu_min_s)
             for c, t, mm, _ in mutation_requests]

@@ -65,6 +65,9 @@ class GRPOConfig(_TRLGRPOConfig):
             ``{"memory_mb": 512, "max_mutants": 10, "workers": 4}``; unset fields keep their defaults.
     """
 
+    # like TRL's own dict fields: a JSON string from the command line becomes a dict in __post_init__
+    _VALID_DICT_FIELDS = _TRLGRPOConfig._VALID_DICT_FIELDS + ["teacher_model_init_kwargs"]
+
     jsd_lambda: float = field(default=0.0, metadata={"help": "Weight of the online JSD-to-teacher term."})
     jsd_beta: float = field(default=0.5, metadata={"help": "Interpolation of the generalized JSD term."})
     teacher_model_name_or_path: str | None = field(
@@ -86,12 +89,14 @@ class GRPOConfig(_TRLGRPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.jsd_lambda < 0:
-            raise ValueError(f"jsd_lambda must be >= 0, got {self.jsd_lambda}")
-        if not 0.0 <= self.jsd_beta <= 1.0:
-            raise ValueError(f"jsd_beta must be in [0, 1], got {self.jsd_beta}")
-        if self.reward_preset not in REWARD_PRESETS:
-            raise ValueError(f"reward_preset must be one of {REWARD_PRESETS}, got {self.reward_preset!r}")
+        from fastdistill.validation import Problems
+
+        p = Problems("GRPOConfig")  # every problem of our fields at once; NaN / inf refused
+        p.number(self.jsd_lambda, "jsd_lambda", minimum=0.0)
+        p.number(self.jsd_beta, "jsd_beta", minimum=0.0, maximum=1.0)
+        p.choice(self.reward_preset, "reward_preset", REWARD_PRESETS)
+        p.type(self.code_column, "code_column", str)
+        p.raise_if_any()
         if self.sandbox is not None:  # validated now (unknown or bad fields fail here, not at the first step)
             from fastdistill.rewards import SandboxSettings
 

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "has_gpu",
+    "bf16_supported",
     "configure_environment",
     "device_defaults",
     "apply_device_defaults",
@@ -77,12 +78,25 @@ def _distributed() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def bf16_supported() -> bool:
+    """Whether the accelerator computes in bfloat16 (Ampere and newer, ROCm MI200+, XPU); not V100 or T4."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return hasattr(torch, "xpu") and torch.xpu.is_available()
+
+
 def device_defaults() -> dict:
-    """Training-argument values this machine needs: ``{}`` with a GPU; without one bf16/fp16 off and,
+    """Training-argument values this machine needs: ``{}`` on a GPU with bf16; ``fp16`` instead of TRL's
+    default ``bf16`` on a GPU without it (V100, T4; logged as a warning); without a GPU bf16/fp16 off and,
     in a multi-process launch, ``ddp_backend="gloo"`` (DeepSpeed and accelerate otherwise disagree on
     the world size on CPU; in a single process a backend must not be set at all)."""
     if has_gpu():
-        return {}
+        if bf16_supported():
+            return {}
+        logger.warning("this GPU has no bfloat16 support: training in fp16 instead of bf16")
+        return {"bf16": False, "fp16": True}
     defaults = {"bf16": False, "fp16": False}
     if _distributed():
         defaults["ddp_backend"] = "gloo"

@@ -36,12 +36,17 @@ def model_init_kwargs(model_args) -> dict:
 
 
 def cpu_safe_precision(training_args) -> None:
-    """Turn bf16/fp16 off when no accelerator is present (TRL defaults to bf16, which raises on CPU)."""
+    """Set bf16/fp16 to what this machine supports (TRL defaults to bf16, which raises on CPU and on GPUs
+    without bfloat16): off on CPU, fp16 instead of bf16 on a V100 / T4 (see ``launch.device_defaults``)."""
     import torch
 
-    if not (torch.cuda.is_available() or torch.backends.mps.is_available()):
-        training_args.bf16 = False
-        training_args.fp16 = False
+    from fastdistill.trainers.launch import device_defaults
+
+    if torch.backends.mps.is_available() and not torch.cuda.is_available():
+        return
+    for key, value in device_defaults().items():
+        if key in ("bf16", "fp16"):
+            setattr(training_args, key, value)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

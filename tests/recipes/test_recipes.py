@@ -201,7 +201,30 @@ def test_device_defaults_without_gpu(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert launch.device_defaults() == {"bf16": False, "fp16": False, "ddp_backend": "gloo"}
     monkeypatch.setattr(launch, "has_gpu", lambda: True)
+    monkeypatch.setattr(launch, "bf16_supported", lambda: True)
     assert launch.device_defaults() == {}
+
+
+def test_device_defaults_fall_back_to_fp16_on_a_gpu_without_bf16(monkeypatch, caplog):
+    from fastdistill.trainers import launch
+    from fastdistill.trainers.utils import cpu_safe_precision
+
+    monkeypatch.setattr(launch, "has_gpu", lambda: True)
+    monkeypatch.setattr(launch, "bf16_supported", lambda: False)  # a V100 / T4
+    with caplog.at_level("WARNING", logger=launch.logger.name):
+        assert launch.device_defaults() == {"bf16": False, "fp16": True}
+    assert "no bfloat16" in caplog.text
+    args = type("Args", (), {"bf16": True, "fp16": False})()
+    cpu_safe_precision(args)
+    assert (args.bf16, args.fp16) == (False, True)
+
+
+def test_grpo_config_parses_teacher_model_init_kwargs_from_json(tmp_path):
+    from fastdistill import GRPOConfig
+
+    args = GRPOConfig(output_dir=str(tmp_path), bf16=False, report_to="none",
+                      teacher_model_init_kwargs='{"dtype": "float32", "trust_remote_code": false}')
+    assert args.teacher_model_init_kwargs == {"dtype": "float32", "trust_remote_code": False}
 
 
 def test_configure_environment_keeps_user_settings(monkeypatch):

@@ -1,0 +1,49 @@
+"""The demo's sizes and settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DemoConfig:
+    """Sizes and settings of the demo; :meth:`quick` is the reduced version used by the tests."""
+
+    seed: int = 0
+    vocab_size: int = 1024
+    renames: int = 0                      # renamed copies of each training example (teacher and student data)
+    max_length: int = 256
+    n_train: int = 360                    # generated training family instances
+    n_held_out: int = 24                  # generated held-out family instances (unseen names and constants)
+    n_grpo: int = 100                     # fresh training-pool instances used as GRPO prompts (not in SFT data)
+    n_seen_eval: int = 0                  # training instances also scored, reported apart as "seen code"
+    teacher: dict = field(default_factory=lambda: dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2))
+    student: dict = field(default_factory=lambda: dict(hidden_size=96, intermediate_size=192, num_hidden_layers=2))
+    teacher_steps: int = 700
+    teacher_lr: float = 5e-3
+    sft_steps: int = 700
+    gkd_steps: int = 40
+    lr: float = 5e-3
+    batch_size: int = 16
+    grpo_steps: int = 50
+    grpo_lr: float = 2e-4
+    grpo_generations: int = 8
+    grpo_prompts_per_step: int = 2
+    mutant_temperature: float = 0.8
+    mutant_max_tokens: int = 96
+    speed_temperature: float = 0.5
+    speed_max_tokens: int = 40
+    eval_max_tokens: int = 96
+    max_mutants: int = 15
+    speed_repeats: int = 5
+    workers: int = 2
+    threads: int | None = 1               # torch CPU threads (1 leaves a core to the sandboxes; 0: torch's choice)
+
+    @classmethod
+    def quick(cls) -> "DemoConfig":
+        """A reduced run (a minute or two on 2 cores) with the same stages and report."""
+        return cls(n_seen_eval=2, teacher=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=1),
+                   student=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1), teacher_steps=6,
+                   sft_steps=3, gkd_steps=2, grpo_steps=1, mutant_max_tokens=24, speed_max_tokens=16,
+                   eval_max_tokens=24, max_mutants=5, speed_repeats=2, n_train=12, n_held_out=3, vocab_size=512,
+                   batch_size=8, n_grpo=8)

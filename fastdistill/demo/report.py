@@ -1,0 +1,206 @@
+"""The demo's report: the shape of generated tests, the two comparisons, report.md, the plot and the summary table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+STUDENTS = ("base", "sft", "gkd", "grpo_mutant", "grpo_speed")
+
+
+def _test_shape(completion: str) -> tuple[int, int, int]:
+    """(test functions, assert statements, loops) of the pytest file in a completion; zeros if there is none."""
+    import ast
+
+    from fastdistill.rewards.functions import extract_test_code
+
+    tests = extract_test_code(completion)
+    if tests is None:
+        return 0, 0, 0
+    nodes = list(ast.walk(ast.parse(tests)))
+    return (sum(isinstance(n, ast.FunctionDef) and n.name.startswith("test") for n in nodes),
+            sum(isinstance(n, ast.Assert) for n in nodes),
+            sum(isinstance(n, (ast.For, ast.While)) for n in nodes))
+
+
+def shape_of_tests(completion: str) -> tuple[int, int]:
+    """(test functions, assert statements) of the pytest file in a completion; (0, 0) if there is none."""
+    return _test_shape(completion)[:2]
+
+
+def _mean(values):
+    return sum(values) / len(values) if values else None
+
+
+def _fmt(v, spec=".3f", scale=1.0):
+    return "n/a" if v is None else format(v * scale, spec)
+
+
+def acceptance(students: dict, where: str = "held-out") -> dict:
+    """The two comparisons the demo is meant to show, stated from the measured numbers."""
+    mut, sft, spd = students["grpo_mutant"], students["sft"], students["grpo_speed"]
+    kill_ok = mut["kill_rate"] is not None and sft["kill_rate"] is not None and mut["kill_rate"] > sft["kill_rate"]
+    speed_ok = (spd["runtime_s"] is not None and mut["runtime_s"] is not None and spd["runtime_s"] < mut["runtime_s"])
+    return {
+        "grpo_mutant_kill_rate_above_sft": bool(kill_ok),
+        "kill_rate_statement": (f"GRPO-mutant {where} kill rate {_fmt(mut['kill_rate'])} "
+                                f"vs SFT {_fmt(sft['kill_rate'])}: "
+                                + ("higher, as intended." if kill_ok else "NOT higher in this run.")),
+        "grpo_speed_faster_than_mutant": bool(speed_ok),
+        "speed_statement": (f"GRPO-speed mean test runtime {_fmt(spd['runtime_s'], '.3f', 1e3)} ms "
+                            f"(over {spd['n_timed']} passing test files) vs GRPO-mutant "
+                            f"{_fmt(mut['runtime_s'], '.3f', 1e3)} ms (over {mut['n_timed']}): "
+                            + ("faster, as intended." if speed_ok else "NOT faster in this run (or not measurable).")),
+    }
+
+
+def _plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("held-out examples (the evaluation)", {**report["students"], "teacher": report["teacher"]})]
+    if report.get("seen_code"):
+        panels.append(("seen training examples (for reference)", report["seen_code"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.4), dpi=110, squeeze=False)
+    colors = {"grpo_mutant": "tab:red", "grpo_speed": "tab:green", "teacher": "tab:gray"}
+    for ax, (title, results) in zip(axes[0], panels):
+        points = {name: (res["runtime_s"] * 1e3, res["kill_rate"]) for name, res in results.items()
+                  if res["runtime_s"] is not None}
+        span = max([x for x, _ in points.values()], default=1.0) - min([x for x, _ in points.values()], default=0.0)
+        placed = []
+        for name, (x, y) in points.items():
+            ax.scatter(x, y, s=60, zorder=3, color=colors.get(name, "tab:blue"))
+            # labels of points that (nearly) coincide are stacked; others sit next to their point
+            near = sum(abs(x - px) <= 0.06 * (span or 1.0) and abs(y - py) <= 0.05 for px, py in placed)
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 4 + 11 * near), fontsize=8)
+            placed.append((x, y))
+        for branch in ("grpo_mutant", "grpo_speed"):
+            if "gkd" in points and branch in points:
+                ax.annotate("", points[branch], points["gkd"],
+                            arrowprops=dict(arrowstyle="->", color=colors[branch], lw=1.5))
+        missing = [n for n, r in results.items() if r["runtime_s"] is None]
+        if missing:
+            ax.text(0.02, 0.02, "no passing tests: " + ", ".join(missing), transform=ax.transAxes, fontsize=7,
+                    color="tab:gray")
+        ax.set_xlabel("mean test runtime per file (ms; lower is better)")
+        ax.set_ylabel("mean mutation kill rate (higher is better)")
+        ax.set_title(title, fontsize=10)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Kill rate vs test runtime: GKD -> GRPO-mutant / GRPO-speed")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
+def _markdown(report: dict) -> str:
+    cfg = report["config"]
+    lines = [
+        "# fastdistill demo report", "",
+        "**Task:** a generated curriculum of function families (threshold above/below, add a constant, clamp, "
+        "prefix check, list membership); a good test copies the function name and the constant from the prompt "
+        "into boundary checks. Training reference tests are weak (one check that misses boundary mutants), strong "
+        "(boundary checks) or loop (an exhaustive loop over 99,999 inputs against the code's own expression: kills "
+        "like strong, several times slower; about as common as weak, so the students start out writing both). "
+        f"Training instances: {report['n_train']} ({report.get('train_styles', {})}); held-out instances: "
+        f"{report['n_held_out']}, with names (made-up words) and constants no training instance uses "
+        f"({', '.join(report['held_out_names'])}). Wall time {report['wall_time_s']:.0f} s.", "",
+        "The teacher is a tiny random model that first **learned the reference tests of the training split by SFT** "
+        f"({cfg['teacher_steps']} steps); the tiny models cannot learn to write tests from scratch in minutes. "
+        f"GRPO prompts: {len(report.get('grpo_prompt_names', []))} further instances drawn like the training ones "
+        "(fresh words, training constants) that the SFT data never showed. "
+        "Evaluation uses held-out instances only, greedy decoding.", "",
+        "| model | kill rate | pass rate | test runtime (ms) | runtime CV | stable | tests/file | asserts/file "
+        "| loops/file | max new tokens |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in {**report["students"], "teacher": report["teacher"]}.items():
+        lines.append(f"| {name} | {_fmt(r['kill_rate'])} | {_fmt(r['pass_rate'])} | "
+                     f"{_fmt(r['runtime_s'], '.3f', 1e3)} | {_fmt(r['runtime_cv'], '.2f')} | "
+                     f"{_fmt(r['stable_rate'], '.2f')} | {_fmt(r.get('tests_per_file'), '.2f')} | "
+                     f"{_fmt(r.get('asserts_per_file'), '.2f')} | {_fmt(r.get('loops_per_file'), '.2f')} | "
+                     f"{r['max_new_tokens']} |")
+    if report.get("seen_code"):
+        lines += ["", f"Same students on {len(report['seen_names'])} **training** examples they were trained on "
+                  "(seen code; not the evaluation, shown to make what each stage learned visible):", "",
+                  "| model (seen code) | kill rate | pass rate | test runtime (ms) | runtime CV | stable |",
+                  "|---|---|---|---|---|---|"]
+        for name, r in report["seen_code"].items():
+            lines.append(f"| {name} | {_fmt(r['kill_rate'])} | {_fmt(r['pass_rate'])} | "
+                         f"{_fmt(r['runtime_s'], '.3f', 1e3)} | {_fmt(r['runtime_cv'], '.2f')} | "
+                         f"{_fmt(r['stable_rate'], '.2f')} |")
+    acc = report["acceptance"]
+    lines += ["", "Kill rate and pass rate are means over the held-out examples (per-example rows in report.json); "
+              "runtime is the mean pytest time (setup+call+teardown) over the test files that pass, "
+              f"{cfg['speed_repeats']} repeats each. tests/file and asserts/file describe the greedy completions "
+              "(weak reference style: 1 test, 1 assert; strong: 1 test, 2 asserts; loop: 1 test, 1 assert in a loop), "
+              "loops/file the share of completions with a loop; a "
+              "failing file usually has a mis-copied name or constant. Seeds are fixed; the GRPO rewards include "
+              "measured test runtimes, so GRPO updates (and the runtimes in this table) can differ slightly "
+              "between runs.", "",
+              "## What the branches show", "", f"- {acc['kill_rate_statement']}", f"- {acc['speed_statement']}", ""]
+    held = {**report["students"], "teacher": report["teacher"]}
+    if all(not r["pass_rate"] for r in held.values()):
+        lines += ["No model (the teacher included) wrote a test file that passes on the unseen held-out code, so every "
+                  "held-out kill rate is 0 and no held-out runtime exists: the tiny models learn the training tests, "
+                  "including the training functions' names, and do not generalise to new functions at this size and "
+                  "time budget. The seen-code table shows what each stage did learn.", ""]
+    same = report.get("identical_to_sft", {})
+    for where, n in (("held_out", report["n_held_out"]), ("seen_code", len(report.get("seen_names", [])))):
+        if where in same:
+            lines.append(f"Greedy completions identical to the SFT student's ({where.replace('_', ' ')}, of {n}): "
+                         + ", ".join(f"{k} {v}" for k, v in same[where].items())
+                         + ". Identical completions mean identical tests: runtime differences between them are "
+                         "measurement noise, not learning.")
+    lines.append("")
+    if report.get("seen_code_comparison"):
+        seen_cmp = report["seen_code_comparison"]
+        lines += ["On the seen training code (not the acceptance measure): "
+                  f"{seen_cmp['kill_rate_statement']} {seen_cmp['speed_statement']}", ""]
+    lines += [
+              "## Curation of the teacher's outputs", "",
+              f"{report['curation']['rows_in']} teacher generations -> {report['curation']['rows_kept']} kept "
+              f"(pass rate {_fmt(report['curation']['metrics'].get('tests_pass_rate'))}, mean kill rate "
+              f"{_fmt(report['curation']['metrics'].get('mean_kill_rate'))}); see curation/ for the manifest, "
+              "quality and timing reports.", "", "| step | rows in | rows out | time (s) |", "|---|---|---|---|"]
+    lines += [f"| {s['name']} | {s['rows_in']} | {s['rows_out']} | {s['time_s']:.2f} |"
+              for s in report["curation"]["steps"]]
+    lines += ["", "## Training", ""]
+    for stage, info in report["training"].items():
+        losses = info.get("losses") or info.get("rewards") or []
+        what = "loss" if info.get("losses") else "reward"
+        if losses and what == "reward":  # per-step rewards are noisy: means of the first and last tenth
+            k = max(1, len(losses) // 10)
+            lines.append(f"- {stage}: mean reward {_mean(losses[:k]):.3f} (first {k} steps) -> "
+                         f"{_mean(losses[-k:]):.3f} (last {k}); {info['steps']} steps, {info['time_s']:.0f} s, "
+                         f"temperature {info['temperature']}, max {info['max_completion_length']} tokens")
+        elif losses:
+            lines.append(f"- {stage}: {what} {losses[0]} -> {losses[-1]} "
+                         f"({info['steps']} steps, {info['time_s']:.0f} s)")
+    lines += ["", "## Stage times (s)", ""] + [f"- {k}: {v:.1f}" for k, v in report["timings_s"].items()]
+    lines += ["", "![kill rate vs runtime](pareto.png)", ""]
+    return "\n".join(lines)
+
+
+def summary_table(report: dict) -> str:
+    """The headline table printed at the end of ``fastdistill demo``."""
+    lines = ["held-out code (the evaluation):",
+             f"{'model':<12} {'kill rate':>9} {'pass rate':>9} {'runtime ms':>10} {'stable':>6} {'tests/file':>10} "
+             f"{'asserts/file':>12} {'loops/file':>10}"]
+    for name, r in {**report["students"], "teacher": report["teacher"]}.items():
+        lines.append(f"{name:<12} {_fmt(r['kill_rate']):>9} {_fmt(r['pass_rate']):>9} "
+                     f"{_fmt(r['runtime_s'], '.3f', 1e3):>10} {_fmt(r['stable_rate'], '.2f'):>6} "
+                     f"{_fmt(r.get('tests_per_file'), '.2f'):>10} {_fmt(r.get('asserts_per_file'), '.2f'):>12} "
+                     f"{_fmt(r.get('loops_per_file'), '.2f'):>10}")
+    if report.get("seen_code"):
+        lines += ["", f"seen training code ({len(report['seen_names'])} examples, for reference):"]
+        for name, r in report["seen_code"].items():
+            lines.append(f"{name:<12} {_fmt(r['kill_rate']):>9} {_fmt(r['pass_rate']):>9} "
+                         f"{_fmt(r['runtime_s'], '.3f', 1e3):>10} {_fmt(r['stable_rate'], '.2f'):>6}")
+    for where, counts in report.get("identical_to_sft", {}).items():
+        lines.append(f"greedy completions identical to SFT's ({where.replace('_', ' ')}): "
+                     + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    acc = report["acceptance"]
+    lines += ["", acc["kill_rate_statement"], acc["speed_statement"]]
+    return "\n".join(lines)

@@ -1,0 +1,277 @@
+"""The demo's pipeline: teacher SFT -> curation -> student SFT -> GKD -> GRPO (two branches) -> evaluation."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import random
+import re
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from fastdistill.demo.config import DemoConfig
+from fastdistill.demo.families import SYLLABLES, STYLES, _prompt, _sft_dataset, _with_renames, family_examples
+from fastdistill.demo.report import STUDENTS, _markdown, _mean, _plot, _test_shape, acceptance
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------
+# stages
+# ------------------------------------------------------------------------------------------------
+
+def _common_args(cfg: DemoConfig, out: Path, name: str, steps: int, lr: float) -> dict:
+    return dict(output_dir=str(out / "checkpoints" / name), max_steps=steps, learning_rate=lr, bf16=False,
+                per_device_train_batch_size=cfg.batch_size, logging_steps=max(1, steps // 10), report_to=[],
+                save_strategy="no", seed=cfg.seed, lr_scheduler_type="cosine", warmup_steps=min(10, steps // 10),
+                disable_tqdm=False)
+
+
+def _losses(trainer) -> list[float]:
+    return [round(float(h["loss"]), 4) for h in trainer.state.log_history if "loss" in h]
+
+
+def _curate(teacher, tokenizer, train: list[dict], cfg: DemoConfig, out: Path) -> tuple[list[dict], dict]:
+    """Teacher generations on the training prompts -> curation steps -> kept rows + summary."""
+    from datasets import Dataset
+
+    from fastdistill.curation import (canonicalize, compute_hash, deduplicate, keep_by_score, quality_report,
+                                      rule_filter, score_from_exec_eval, tests_exec_eval, timing_report,
+                                      write_manifest)
+    from fastdistill.evaluation import generate
+    from fastdistill.rewards.functions import extract_test_code
+
+    cur_dir = out / "curation"
+    t0 = time.perf_counter()
+    gens = generate(teacher, [{"name": ex["name"], "code": ex["code"], "prompt": _prompt(ex["code"])} for ex in train],
+                    cur_dir / "teacher_generations.jsonl", tokenizer=tokenizer, max_new_tokens=cfg.eval_max_tokens,
+                    batch_size=16, seed=cfg.seed)
+    steps = [{"name": "teacher_generate", "rows_in": len(train), "rows_out": len(gens),
+              "time_s": time.perf_counter() - t0, "params": {"max_new_tokens": cfg.eval_max_tokens, "greedy": True}}]
+    input_ds = Dataset.from_list([{"name": g["name"], "code": g["code"],
+                                   "tests": extract_test_code(g["completion"]) or g["completion"]} for g in gens])
+    ds = input_ds
+
+    def step(name, fn, **params):
+        nonlocal ds
+        rows_in, t = len(ds), time.perf_counter()
+        ds = fn(ds, **params)
+        steps.append({"name": name, "rows_in": rows_in, "rows_out": len(ds), "time_s": time.perf_counter() - t,
+                      "params": {k: v for k, v in params.items() if isinstance(v, (int, float, str, bool, list))}})
+
+    step("canonicalize", canonicalize, columns="tests", whitespace="strip")
+    step("compute_hash", compute_hash, columns=["code", "tests"])
+    step("deduplicate", deduplicate, column="hash")
+    step("rule_filter", rule_filter, column="tests", parses_as="python", min_len=20)
+    step("tests_exec_eval", tests_exec_eval, max_mutants=cfg.max_mutants, seed=cfg.seed, num_proc=cfg.workers)
+    evaluated = ds
+    step("score_from_exec_eval", score_from_exec_eval)
+    evaluated = ds
+    step("keep_by_score", keep_by_score, min_score=0.5)
+    write_manifest(cur_dir, input_ds=input_ds, output_ds=ds, steps=steps, input_source="teacher generations",
+                   config={"seed": cfg.seed, "max_mutants": cfg.max_mutants})
+    quality = quality_report(ds, steps=steps[1:], out_dir=cur_dir, evaluated_ds=evaluated)
+    timing = timing_report(steps, out_dir=cur_dir)
+    kept = [{"name": r["name"], "code": r["code"], "tests": r["tests"]} for r in ds]
+    summary = {"rows_in": len(gens), "rows_kept": len(kept), "metrics": quality["metrics"],
+               "steps": [{k: s[k] for k in ("name", "rows_in", "rows_out")} | {"time_s": round(s["time_s"], 3)}
+                         for s in steps], "total_time_s": round(timing["total_time_s"], 2)}
+    return kept, summary
+
+
+def _grpo(model, tokenizer, train: list[dict], cfg: DemoConfig, out: Path, branch: str):
+    from datasets import Dataset
+
+    from fastdistill import GRPOConfig, GRPOTrainer
+    from fastdistill.rewards import composite_reward
+
+    temperature = cfg.mutant_temperature if branch == "mutant" else cfg.speed_temperature
+    max_tokens = cfg.mutant_max_tokens if branch == "mutant" else cfg.speed_max_tokens
+    rows = _with_renames([{"name": ex["name"], "code": ex["code"], "tests": ex["tests"]} for ex in train],
+                         cfg.renames, cfg.seed + 7)
+    ds = Dataset.from_list([{"prompt": r["prompt"], "code": r["code"]} for r in rows]).shuffle(seed=cfg.seed)
+    reward = composite_reward(preset=branch, max_mutants=cfg.max_mutants, n_workers=cfg.workers)
+    args = GRPOConfig(**{**_common_args(cfg, out, f"grpo_{branch}", cfg.grpo_steps, cfg.grpo_lr),
+                         "per_device_train_batch_size": cfg.grpo_generations * cfg.grpo_prompts_per_step,
+                         "logging_steps": 1, "warmup_steps": 0, "lr_scheduler_type": "constant"},
+                      num_generations=cfg.grpo_generations, max_completion_length=max_tokens,
+                      temperature=temperature, reward_preset=branch, beta=0.0)
+    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=ds, processing_class=tokenizer)
+    trainer.train()
+    rewards = [round(float(h["reward"]), 4) for h in trainer.state.log_history if "reward" in h]
+    return trainer.model, {"rewards": rewards, "temperature": temperature, "max_completion_length": max_tokens,
+                           "preset": branch}
+
+
+def _evaluate(name, model, tokenizer, held_out, cfg, out, max_new_tokens):
+    from fastdistill.evaluation import generate, score_mutation, score_speed
+
+    # the prompt the models were trained with (generate() would otherwise build one with a system message)
+    rows = [{"name": ex["name"], "code": ex["code"], "prompt": _prompt(ex["code"])} for ex in held_out]
+    gens = generate(model, rows, out / "generations" / f"{name}.jsonl", tokenizer=tokenizer,
+                    max_new_tokens=max_new_tokens, batch_size=16, seed=cfg.seed)
+    mut = score_mutation(gens, max_mutants=cfg.max_mutants, n_workers=cfg.workers)
+    spd = score_speed(gens, repeats=cfg.speed_repeats, n_workers=cfg.workers)
+    shapes = [_test_shape(g["completion"]) for g in gens]  # each completion parsed once
+    return {"kill_rate": mut["kill_rate"], "pass_rate": mut["pass_rate"], "extract_rate": mut["extract_rate"],
+            "runtime_s": spd["runtime_s"], "runtime_cv": spd["cv"], "stable_rate": spd["stable_rate"],
+            "n": mut["n"], "n_timed": spd["n_timed"], "max_new_tokens": max_new_tokens,
+            "tests_per_file": _mean([tests for tests, _, _ in shapes]),
+            "asserts_per_file": _mean([asserts for _, asserts, _ in shapes]),
+            "loops_per_file": _mean([float(loops > 0) for _, _, loops in shapes]),
+            "completions": [g["completion"] for g in gens], "mutation_rows": mut["rows"], "speed_rows": spd["rows"]}
+
+
+# ------------------------------------------------------------------------------------------------
+# the run
+# ------------------------------------------------------------------------------------------------
+
+def run_demo(output_dir: str | os.PathLike, cfg: DemoConfig | None = None) -> dict:
+    """Run the whole demo into ``output_dir`` and return the report (also written as report.json/.md).
+
+    Torch uses ``cfg.threads`` CPU threads during the run (torch's own choice when it is 0 or None);
+    the previous setting is restored afterwards, also when a stage fails.
+    """
+    import torch
+
+    cfg = cfg or DemoConfig()
+    old_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run_demo(Path(output_dir), cfg)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _run_demo(out: Path, cfg: DemoConfig) -> dict:
+    import torch
+
+    from fastdistill import GKDConfig, GKDTrainer, SFTConfig, SFTTrainer
+    from fastdistill.data import generate_tests_prompt
+    from fastdistill.testing import tiny_causal_lm, tiny_tokenizer
+    from fastdistill.trainers.utils import frozen_copy
+
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def mark(stage, t0):
+        timings[stage] = round(time.perf_counter() - t0, 2)
+        logger.info("demo: %s done in %.1fs", stage, timings[stage])
+
+    train, held_out, grpo_pool = family_examples(cfg.seed, cfg.n_train, cfg.n_held_out, n_extra=cfg.n_grpo)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    # tokenizer learned on the training split's code + tests with names and digits left out, plus the
+    # syllables and the prompt wording: every syllable and every digit is one token, so a name or a
+    # constant is copied token by token
+    corpus = [re.sub(r"\d", "", (ex["code"] + ex["tests"]).replace(ex["name"].split("_")[1], "")) for ex in train]
+    corpus += ["_".join(SYLLABLES)] * 20 + [generate_tests_prompt("x", system=False)[0]["content"]]
+    tokenizer = tiny_tokenizer(corpus, vocab_size=cfg.vocab_size)
+    shared = dict(tie_word_embeddings=True, num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=1024)
+
+    # 1. teacher: learns the reference tests of the training split (+ renamed copies)
+    t0 = time.perf_counter()
+    teacher, _ = tiny_causal_lm(seed=cfg.seed + 1, tokenizer=tokenizer, **shared, **cfg.teacher)
+    teacher_rows = _with_renames(train, cfg.renames, cfg.seed)
+    teacher_trainer = SFTTrainer(model=teacher, train_dataset=_sft_dataset(teacher_rows), processing_class=tokenizer,
+                                 args=SFTConfig(**_common_args(cfg, out, "teacher", cfg.teacher_steps, cfg.teacher_lr),
+                                                max_length=cfg.max_length))
+    teacher_trainer.train()
+    teacher = teacher_trainer.model.eval()
+    mark("teacher_sft", t0)
+    training = {"teacher_sft": {"losses": _losses(teacher_trainer), "steps": cfg.teacher_steps,
+                                "rows": len(teacher_rows), "time_s": timings["teacher_sft"]}}
+
+    # 2. curation of the teacher's outputs on the training prompts
+    t0 = time.perf_counter()
+    kept, curation = _curate(teacher, tokenizer, train, cfg, out)
+    mark("curation", t0)
+    if not kept:
+        logger.warning("curation kept no teacher output; the student learns from the reference tests instead")
+        kept = [{"name": ex["name"], "code": ex["code"], "tests": ex["tests"]} for ex in train]
+        curation["fallback"] = "no teacher output was kept; student SFT used the reference tests"
+
+    # 3. student: base -> SFT -> GKD -> GRPO x2
+    base, _ = tiny_causal_lm(seed=cfg.seed + 2, tokenizer=tokenizer, **shared, **cfg.student)
+    students = {"base": copy.deepcopy(base)}
+    student_rows = _with_renames(kept, cfg.renames, cfg.seed + 1)
+    student_ds = _sft_dataset(student_rows)
+    t0 = time.perf_counter()
+    sft = SFTTrainer(model=base, train_dataset=student_ds, processing_class=tokenizer,
+                     args=SFTConfig(**_common_args(cfg, out, "sft", cfg.sft_steps, cfg.lr), max_length=cfg.max_length))
+    sft.train()
+    students["sft"] = frozen_copy(sft.model)
+    mark("student_sft", t0)
+    training["student_sft"] = {"losses": _losses(sft), "steps": cfg.sft_steps, "rows": len(student_rows),
+                               "time_s": timings["student_sft"]}
+
+    t0 = time.perf_counter()
+    gkd = GKDTrainer(model=sft.model, teacher_model=teacher, train_dataset=student_ds, processing_class=tokenizer,
+                     args=GKDConfig(**_common_args(cfg, out, "gkd", cfg.gkd_steps, cfg.lr), max_length=cfg.max_length,
+                                    lmbda=0.0, ce_lambda=0.5, jsd_lambda=1.0, beta=0.5))
+    gkd.train()
+    students["gkd"] = frozen_copy(gkd.model)
+    mark("student_gkd", t0)
+    training["student_gkd"] = {"losses": _losses(gkd), "steps": cfg.gkd_steps, "time_s": timings["student_gkd"]}
+
+    # GRPO prompts: fresh instances of the training pool that the teacher and the SFT data never showed (on the
+    # memorised training prompts the SFT student samples its memorised answer and GRPO has nothing to compare)
+    grpo_train = [{"name": ex["name"], "code": ex["code"], "tests": ex["tests"]} for ex in grpo_pool]
+    for branch in ("mutant", "speed"):
+        t0 = time.perf_counter()
+        torch.manual_seed(cfg.seed)
+        model, info = _grpo(frozen_copy(students["gkd"]), tokenizer, grpo_train, cfg, out, branch)
+        students[f"grpo_{branch}"] = model
+        mark(f"grpo_{branch}", t0)
+        training[f"grpo_{branch}"] = {**info, "steps": cfg.grpo_steps, "time_s": timings[f"grpo_{branch}"]}
+
+    # 4. evaluation on held-out examples only: generate once, score twice
+    t0 = time.perf_counter()
+    eval_tokens = {"grpo_mutant": cfg.mutant_max_tokens, "grpo_speed": cfg.speed_max_tokens}
+    results = {}
+    for name in STUDENTS:
+        results[name] = _evaluate(name, students[name], tokenizer, held_out, cfg, out,
+                                  eval_tokens.get(name, cfg.eval_max_tokens))
+    teacher_result = _evaluate("teacher", teacher, tokenizer, held_out, cfg, out, cfg.eval_max_tokens)
+    mark("evaluation", t0)
+    # secondary: a few TRAINING examples ("seen code"), reported apart, to show what the stages learned
+    t0 = time.perf_counter()
+    seen = train[: cfg.n_seen_eval]
+    seen_results = {name: _evaluate(f"seen_{name}", students[name], tokenizer, seen, cfg, out,
+                                    eval_tokens.get(name, cfg.eval_max_tokens))
+                    for name in STUDENTS} if seen else {}
+    mark("evaluation_seen", t0)
+
+    report = {
+        "config": asdict(cfg),
+        "n_train": len(train), "n_held_out": len(held_out),
+        "train_names": [ex["name"] for ex in train], "held_out_names": [ex["name"] for ex in held_out],
+        "grpo_prompt_names": [ex["name"] for ex in grpo_pool],
+        "task": "synthetic function-family curriculum (fastdistill.demo.FAMILIES); held-out names and constants "
+                "are disjoint from training",
+        "train_styles": {k: sum(ex["style"] == k for ex in train) for k in STYLES},
+        "teacher_note": "the teacher learned the reference tests of the training split by SFT before distillation",
+        "students": results, "teacher": teacher_result,
+        "seen_names": [ex["name"] for ex in seen], "seen_code": seen_results,
+        "curation": curation, "training": training,
+        "acceptance": acceptance(results),
+        "identical_to_sft": {where: {name: sum(a == b for a, b in zip(res[name]["completions"],
+                                                                      res["sft"]["completions"]))
+                                     for name in STUDENTS if name != "sft"}
+                             for where, res in (("held_out", results), ("seen_code", seen_results)) if res},
+        "seen_code_comparison": acceptance(seen_results, "seen-code") if seen_results else None,
+        "timings_s": timings,
+        "wall_time_s": round(time.perf_counter() - start, 1),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    _plot(report, out / "pareto.png")
+    (out / "report.md").write_text(_markdown(report), encoding="utf-8")
+    logger.info("demo: report written to %s", out)
+    return report
