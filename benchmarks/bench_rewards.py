@@ -138,7 +138,7 @@ def mutmut_run(example, workers, timeout):
         return {"mutants": total, "killed": int(counts[-1][2]), "timed_out": None, "seconds": seconds}
 
 
-def callers(examples, workers, max_mutants=20, single_calls=21, run_tests_calls=20):
+def callers(examples, workers, max_mutants=20, single_calls=21, run_tests_calls=20, cold_rows=34):
     """One engine for every caller: curation's ``tests_exec_eval`` (batched vs row by row, warm vs the old cold
     per-call workers), single ``mutation_score`` calls in a loop vs one batched call, a warm ``run_tests``."""
     import datasets
@@ -162,19 +162,20 @@ def callers(examples, workers, max_mutants=20, single_calls=21, run_tests_calls=
     batched = tests_exec_eval(ds, max_mutants=max_mutants, num_proc=workers)
     out["tests_exec_eval_batched_s"] = time.perf_counter() - t  # includes starting the warm workers
     batched_rows = [strip({k: batched[k][i] for k in TESTS_COLUMNS}) for i in range(len(rows))]
-    for label, warm in (("row_by_row_warm", True), ("row_by_row_cold", False)):
+    for label, warm, n in (("row_by_row_warm", True, len(rows)), ("row_by_row_cold", False, cold_rows)):
         close_idle_workers()
         clear_cache()
         sandbox.KEEP_WARM = warm  # cold: a worker per call, as every call did before the warm pool
         try:
             t = time.perf_counter()
-            ref = [strip(eval_tests_one(e["code"], e["tests"], max_mutants=max_mutants)) for e in rows]
+            ref = [strip(eval_tests_one(e["code"], e["tests"], max_mutants=max_mutants)) for e in rows[:n]]
             out[f"tests_exec_eval_{label}_s"] = time.perf_counter() - t
         finally:
             sandbox.KEEP_WARM = True
-        out[f"identical_to_{label}"] = ref == batched_rows
-    for key in ("batched", "row_by_row_warm", "row_by_row_cold"):
-        out[f"tests_exec_eval_{key}_rows_per_s"] = round(len(rows) / out[f"tests_exec_eval_{key}_s"], 2)
+        out[f"identical_to_{label}"] = ref == batched_rows[:n]
+        out[f"tests_exec_eval_{label}_rows"] = n
+        out[f"tests_exec_eval_{label}_rows_per_s"] = round(n / out[f"tests_exec_eval_{label}_s"], 2)
+    out["tests_exec_eval_batched_rows_per_s"] = round(len(rows) / out["tests_exec_eval_batched_s"], 2)
 
     problems = examples[:single_calls]
     close_idle_workers()

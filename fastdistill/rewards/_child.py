@@ -900,7 +900,7 @@ def main():
         except OSError as exc:
             sys.stderr.write(f"fastdistill sandbox: namespace isolation failed, using guards: {exc}\n")
     cfg["namespaces"] = isolated
-    cfg["view"] = sealed or "not sealed: no namespaces"
+    cfg["view"] = sealed or ("not sealed: no namespaces" if not isolated else "not sealed: disabled (SEALED_VIEW)")
     _libc().prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 0: /proc/<pid>/fd of the worker is off limits
     _set_limits(cfg)
     sys.dont_write_bytecode = False  # the rewritten test module is cached once for all forked jobs
