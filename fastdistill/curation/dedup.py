@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
-from fastdistill.curation._ds import arrow_column, select_rows
+from fastdistill.curation._ds import add_columns, arrow_column, select_rows
 
 logger = logging.getLogger(__name__)
 
@@ -657,13 +657,13 @@ def deduplicate(ds, column: str, *, method: str = "exact", threshold: float = 0.
         raise ValueError(f"method must be 'exact' or 'minhash', got {method!r}")
     n_dup = int(len(keep) - keep.sum())
     logger.info("deduplicate(%s, method=%s via %s): %d of %d rows are duplicates", column, method, used, n_dup, len(keep))
-    if mode == "mark":
-        out = ds.add_column(mark_column, pa.array(~keep))
-        if cluster_column:
-            out = out.add_column(cluster_column, pa.array(cluster))
-        return out
+    new = {mark_column: pa.array(~keep)} if mode == "mark" else {}
     if cluster_column:
-        ds = ds.add_column(cluster_column, pa.array(cluster))
+        new[cluster_column] = pa.array(cluster)
+    if new:
+        ds = add_columns(ds, new, desc="deduplicate", params=dict(column=column, method=method, mode=mode))
+    if mode == "mark":
+        return ds
     if not n_dup:
         return ds
     return select_rows(ds, np.flatnonzero(keep), desc="deduplicate", params=dict(column=column, method=method))
