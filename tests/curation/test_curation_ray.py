@@ -23,7 +23,11 @@ pytestmark = pytest.mark.slow  # starts a local Ray instance (~10-30 s)
 def local_ray():
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        except Exception:  # Ray waits 30 s for its raylet; on a loaded machine try once more
+            ray.shutdown()
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     if started:
         ray.shutdown()
