@@ -73,12 +73,13 @@ def guarded(command: str, fn: Callable[[], int | None], *, debug: bool | None = 
 
     User errors (:class:`fastdistill.validation.UserError`, ``ValueError``, ``KeyError``, missing
     files, bad YAML/JSON/regex, undecodable text) exit 2; anything else exits 1 with the exception
-    type named. With ``debug`` (default: the ``--debug`` flag) the exception propagates with its
+    type named; a sandbox that cannot start (:class:`fastdistill.rewards.SandboxUnavailableError`) exits 3.
+    With ``debug`` (default: the ``--debug`` flag) the exception propagates with its
     traceback. The only place where the command line turns exceptions into messages.
     """
     debug = DEBUG if debug is None else debug
     try:
-        return int(fn() or 0)
+        return _run_reporting_sandbox_failures(command, fn, debug)
     except KeyboardInterrupt:
         if debug:
             raise
@@ -96,6 +97,19 @@ def guarded(command: str, fn: Callable[[], int | None], *, debug: bool | None = 
         sys.stderr.write(f"fastdistill {command}: internal error: {type(exc).__name__}: {error_message(exc)}\n"
                          f"  (rerun with --debug for the traceback; see docs/troubleshooting.md)\n")
         return 1
+
+
+def _run_reporting_sandbox_failures(command: str, fn: Callable[[], int | None], debug: bool) -> int:
+    """``fn()``; a sandbox that cannot run exits 3 (nothing was scored), whatever else it is."""
+    from fastdistill.rewards.sandbox import SandboxUnavailableError
+
+    try:
+        return int(fn() or 0)
+    except SandboxUnavailableError as exc:
+        if debug:
+            raise
+        sys.stderr.write(f"fastdistill {command}: error: the test sandbox cannot run, nothing was scored: {exc}\n")
+        return 3
 
 
 def main(argv: list[str] | None = None) -> int:

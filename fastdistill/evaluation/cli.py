@@ -48,6 +48,33 @@ def _add_generation_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
 
 
+_SANDBOX_FLAGS = ("test_timeout_s", "baseline_timeout_s", "pair_timeout_s", "mutant_timeout_factor",
+                  "mutant_timeout_min_s", "mutant_cpu_min_s", "memory_mb", "max_processes", "seed")
+
+
+def _add_sandbox_args(parser: argparse.ArgumentParser) -> None:
+    from dataclasses import fields
+
+    from fastdistill.rewards.settings import SandboxSettings
+
+    g = parser.add_argument_group("sandbox", "test sandbox settings (fastdistill.rewards.SandboxSettings)")
+    g.add_argument("--sandbox", default=None, metavar="JSON",
+                   help='all sandbox settings as a JSON object, e.g. \'{"memory_mb": 512}\' (flags below win)')
+    for f in fields(SandboxSettings):
+        if f.name in _SANDBOX_FLAGS:
+            g.add_argument("--sandbox-" + f.name.replace("_", "-"), dest="sandbox_" + f.name, default=None,
+                           type=int if f.type in ("int", int) else float,
+                           help=f"{f.metadata.get('help', '')} (default: {f.default})")
+
+
+def _sandbox_settings(args):
+    from fastdistill.rewards.settings import SandboxSettings
+
+    settings = SandboxSettings.coerce(args.sandbox)
+    return settings.replace(workers=args.workers, max_mutants=args.max_mutants,
+                            **{name: getattr(args, "sandbox_" + name) for name in _SANDBOX_FLAGS})
+
+
 def _settings(args):
     from fastdistill.evaluation.generation import GenerationSettings
 
@@ -73,9 +100,11 @@ def main(argv: list[str] | None = None, command: str = "eval") -> int:
     else:
         parser.add_argument("--generations", help="score this JSONL from `fastdistill generate` instead of generating")
         parser.add_argument("--metrics", default="mutation,speed", help="comma list of: mutation, speed")
-        parser.add_argument("--max-mutants", type=int, default=40)
+        parser.add_argument("--max-mutants", type=int, default=None,
+                            help="mutants per code under test (default: SandboxSettings.max_mutants)")
         parser.add_argument("--repeats", type=int, default=5, help="test runs per file for speed/stability")
         parser.add_argument("--workers", type=int, default=None, help="parallel sandboxes (default: CPU count)")
+        _add_sandbox_args(parser)
         parser.add_argument("--out", help="write the full result (headlines + per-example rows) as JSON")
         parser.add_argument("--save-generations", help="also write the generated completions as JSONL")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -97,7 +126,7 @@ def _check_args(args, command: str) -> None:
     p.number(args.num_samples, "--num-samples", minimum=1, integer=True)
     p.number(args.batch_size, "--batch-size", minimum=1, integer=True)
     if command == "eval":
-        p.number(args.max_mutants, "--max-mutants", minimum=1, integer=True)
+        p.number(args.max_mutants, "--max-mutants", minimum=1, integer=True, optional=True)
         p.number(args.repeats, "--repeats", minimum=1, integer=True)
         p.number(args.workers, "--workers", minimum=1, integer=True, optional=True)
     p.raise_if_any()
@@ -134,11 +163,12 @@ def _run(parser, args, command: str) -> int:
             write_jsonl(generations, args.save_generations)
     else:
         parser.error("eval needs --generations, or --model and --dataset")
-    result: dict = {"n": len(generations)}
+    sandbox = _sandbox_settings(args)
+    result: dict = {"n": len(generations), "sandbox": sandbox.to_dict()}
     if "mutation" in metrics:
-        result["mutation"] = score_mutation(generations, max_mutants=args.max_mutants, n_workers=args.workers)
+        result["mutation"] = score_mutation(generations, sandbox=sandbox)
     if "speed" in metrics:
-        result["speed"] = score_speed(generations, repeats=args.repeats, n_workers=args.workers)
+        result["speed"] = score_speed(generations, repeats=args.repeats, sandbox=sandbox)
 
     if args.out:
         write_json_atomic(args.out, result)

@@ -3,7 +3,9 @@
 All follow TRL's signature ``f(prompts, completions, **kwargs) -> list[float]``; the code under
 test comes from a dataset column passed as a keyword list (``code`` by default). Completions may
 be strings or conversational message lists. Output without a parseable test file scores 0.0;
-the functions never raise because of what a model generated.
+the functions never raise because of what a model generated. A sandbox that cannot run at all
+raises :class:`~fastdistill.rewards.sandbox.SandboxUnavailableError` (training on all-zero
+rewards from a dead sandbox would be worse than stopping).
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ from __future__ import annotations
 import ast
 import logging
 import math
-import os
 import re
 import statistics
+from dataclasses import replace
 from functools import lru_cache
 
 from fastdistill.augment import robust_augment
-from fastdistill.rewards.mutation import Mutant, _mutants_of, score_batch
+from fastdistill.rewards.mutation import FROM_SETTINGS, Mutant, _mutants_of, score_batch, strip_bom
+from fastdistill.rewards.sandbox import SandboxUnavailableError
+from fastdistill.rewards.settings import SandboxSettings
 from fastdistill.validation import Problems, check_weights
 
 logger = logging.getLogger(__name__)
@@ -91,10 +95,6 @@ def _fenced_blocks(text: str) -> list[tuple[str, str]]:
         pos = end + 3
 
 
-def _strip_bom(text: str) -> str:
-    return text[1:] if text.startswith("\ufeff") else text
-
-
 def _trim_to_code(lines: list[str], start: int) -> str | None:
     """The longest code from ``lines[start:]`` that parses and has a test, cutting at syntax errors.
 
@@ -134,10 +134,10 @@ def extract_test_code(completion) -> str | None:
         logger.debug("extract_test_code: completion of %d characters is over the %d cap", len(text),
                      MAX_COMPLETION_CHARS)
         return None
-    text = _strip_bom(text)
+    text = strip_bom(text)
     if not text.strip():
         return None
-    blocks = [_strip_bom(body) for tag, body in _fenced_blocks(text) if tag.lower() in _PYTHON_TAGS]
+    blocks = [strip_bom(body) for tag, body in _fenced_blocks(text) if tag.lower() in _PYTHON_TAGS]
     good = [b for b in blocks if _parse(b) is not None]
     if good:
         joined = "\n\n".join(good)
@@ -180,23 +180,29 @@ class _Reward:
     __name__ = "reward"
 
     def __init__(self, code_column: str = "code", module_name: str = "solution", n_workers: int | None = None,
-                 max_mutants: int | None = 30, timeout_s: float = 60.0, memory_mb: int = 1024,
-                 keep_warm: bool = True):
+                 max_mutants=FROM_SETTINGS, timeout_s: float | None = None, memory_mb: int | None = None,
+                 keep_warm: bool | None = None, sandbox: SandboxSettings | dict | str | None = None):
         p = Problems(type(self).__name__)
         p.type(code_column, "code_column", str)
         p.type(module_name, "module_name", str)
         p.number(n_workers, "n_workers", minimum=1, integer=True, optional=True)
-        p.number(max_mutants, "max_mutants", minimum=1, integer=True, optional=True)
-        p.number(timeout_s, "timeout_s", minimum=0.0, exclusive_minimum=True)
-        p.number(memory_mb, "memory_mb", minimum=1, integer=True)
+        if max_mutants is not FROM_SETTINGS:
+            p.number(max_mutants, "max_mutants", minimum=1, integer=True, optional=True)
+        p.number(timeout_s, "timeout_s", minimum=0.0, exclusive_minimum=True, optional=True)
+        p.number(memory_mb, "memory_mb", minimum=1, integer=True, optional=True)
         p.raise_if_any()
         self.code_column = code_column
-        self.keep_warm = keep_warm  # sandbox workers stay warm between calls (one call per GRPO step)
         self.module_name = module_name
-        self.n_workers = n_workers or os.cpu_count() or 1
-        self.max_mutants = max_mutants
-        self.timeout_s = timeout_s
-        self.memory_mb = memory_mb
+        # every sandbox knob comes from one SandboxSettings; the keywords override single fields
+        self.sandbox = SandboxSettings.coerce(sandbox).replace(workers=n_workers, pair_timeout_s=timeout_s,
+                                                               memory_mb=memory_mb, keep_warm=keep_warm)
+        self.max_mutants = self.sandbox.max_mutants if max_mutants is FROM_SETTINGS else max_mutants
+
+    # read-only views of the settings (names of the keyword arguments)
+    n_workers = property(lambda self: self.sandbox.n_workers)
+    timeout_s = property(lambda self: self.sandbox.pair_timeout_s)
+    memory_mb = property(lambda self: self.sandbox.memory_mb)
+    keep_warm = property(lambda self: self.sandbox.keep_warm)  # workers stay warm between calls (GRPO steps)
 
     def _pairs(self, completions, kwargs):
         codes = _column(kwargs, self.code_column, len(completions))
@@ -205,9 +211,7 @@ class _Reward:
 
     def _batch(self, mutation_requests, test_requests):
         """Run sandbox requests with this component's settings (see :func:`score_batch`)."""
-        return score_batch(mutation_requests, test_requests, n_workers=self.n_workers, module_name=self.module_name,
-                           timeout_s=self.timeout_s, memory_mb=self.memory_mb,
-                           test_timeout_s=min(self.timeout_s, 30.0), keep_warm=self.keep_warm)
+        return score_batch(mutation_requests, test_requests, module_name=self.module_name, settings=self.sandbox)
 
     def score(self, codes, tests):
         """Values for ``(code, tests)`` pairs (``tests`` None: unparseable, scores 0): the component's plan, run."""
@@ -251,7 +255,7 @@ class _Reward:
                 self.last_components = {name: _scatter(vals, rows, len(codes))
                                         for name, vals in self.last_components.items()}
             return out
-        except ValueError:
+        except (ValueError, SandboxUnavailableError):
             raise
         except Exception:  # noqa: BLE001 - a reward must never take the trainer down
             logger.exception("%s failed; scoring the batch 0", self.__name__)
@@ -449,8 +453,7 @@ class CompositeReward(_Reward):
         self.last_components: dict[str, list[float]] = {}
 
     def _fusable(self) -> bool:
-        settings = {(c.module_name, c.memory_mb, c.timeout_s, c.n_workers, c.keep_warm)
-                    for c in self.components.values()}
+        settings = {(c.module_name, replace(c.sandbox, max_mutants=None)) for c in self.components.values()}
         return self.fused and len(settings) == 1
 
     def _score_fused(self, codes, tests):
@@ -477,12 +480,16 @@ class CompositeReward(_Reward):
         if self._fusable():
             try:
                 return self._combine(codes, self._score_fused(codes, tests))
+            except SandboxUnavailableError:
+                raise
             except Exception:  # noqa: BLE001 - fall back to running the components one by one
                 logger.exception("fused reward scoring failed; scoring component by component")
         values = {}
         for name, component in self.components.items():
             try:
                 values[name] = [float(v) for v in component.score(codes, tests)]
+            except SandboxUnavailableError:
+                raise
             except Exception:  # noqa: BLE001
                 logger.exception("reward component %s failed; scoring it 0", name)
                 values[name] = [0.0] * len(codes)
@@ -513,7 +520,8 @@ def composite_reward(weights: dict[str, float] | None = None, *, preset: str | N
 
     Components: ``mutant_kill``, ``speed_stability``, ``robustness``. Presets (see ``PRESETS``):
     ``"mutant"`` and ``"speed"``, the two GRPO branches. Keyword arguments (``code_column``,
-    ``max_mutants``, ``n_workers``, ...) go to every component.
+    ``max_mutants``, ``n_workers``, ``sandbox`` (a :class:`~fastdistill.rewards.SandboxSettings` or a
+    dict of its fields), ...) go to every component.
     """
     if preset is not None:
         if weights is not None:
