@@ -39,6 +39,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -59,6 +60,7 @@ class Faults:
         schedule: ``{request number (1-based): kind}``, applied before ``rates``.
         hang_s: how long a ``"timeout"`` request sleeps before answering (set it above the client's timeout).
         paths: the paths faults apply to (``/v1/completions`` by default; the probes stay healthy).
+        rule: ``rule(n, path, body) -> kind | None``, consulted first (e.g. to poison one row's requests).
     """
 
     rates: dict[str, float] = field(default_factory=dict)
@@ -66,6 +68,7 @@ class Faults:
     seed: int = 0
     hang_s: float = 5.0
     paths: tuple[str, ...] = ("/v1/completions",)
+    rule: Callable | None = None
 
     def __post_init__(self):
         for kind in list(self.rates) + list(self.schedule.values()):
@@ -73,9 +76,13 @@ class Faults:
                 raise ValueError(f"unknown fault kind {kind!r}; use one of {FAULT_KINDS}")
         self._rng = random.Random(self.seed)
 
-    def draw(self, n: int, path: str) -> str:
+    def draw(self, n: int, path: str, body: dict | None = None) -> str:
         if path not in self.paths:
             return "ok"
+        if self.rule is not None:
+            kind = self.rule(n, path, body or {})
+            if kind is not None:
+                return kind
         if n in self.schedule:
             return self.schedule[n]
         u = self._rng.random()
@@ -140,7 +147,7 @@ class TeacherServer:
                 path = self.path.rstrip("/")
                 with server.lock:
                     n = len(server.log) + 1
-                    action = server.faults.draw(n, path)
+                    action = server.faults.draw(n, path, body)
                     server.log.append((path, body, action))
                 if path == "/v1/completions" and server.latency_s:
                     time.sleep(server.latency_s)
