@@ -9,6 +9,7 @@ optional Triton kernels), :mod:`~fastdistill.losses.divergences` (losses on logi
 from fastdistill.losses.core import default_chunk_size
 from fastdistill.losses.divergences import jsd_loss, reverse_kl_on_chosen, reverse_kl_on_logits
 from fastdistill.losses.fused import fused_jsd_loss, fused_reverse_kl_on_chosen
+from fastdistill.losses.partition import partition_jsd, topk_partition_loss
 
 __all__ = [
     "jsd_loss",
@@ -17,4 +18,6 @@ __all__ = [
     "default_chunk_size",
     "fused_jsd_loss",
     "fused_reverse_kl_on_chosen",
+    "partition_jsd",
+    "topk_partition_loss",
 ]

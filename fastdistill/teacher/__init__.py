@@ -20,12 +20,17 @@ from fastdistill.teacher.annotate import (
     annotate,
 )
 from fastdistill.teacher.local import LocalTeacher
-from fastdistill.teacher.server import AlignmentError, OpenAIServerTeacher
+from fastdistill.teacher.served import ServedTeacher, TeacherFailureError, is_teacher_url
+from fastdistill.teacher.server import AlignmentError, OpenAIServerTeacher, TeacherServerError
 
 __all__ = [
     "annotate",
     "LocalTeacher",
     "OpenAIServerTeacher",
+    "ServedTeacher",
+    "TeacherServerError",
+    "TeacherFailureError",
+    "is_teacher_url",
     "AnnotationReport",
     "AnnotationCache",
     "AnnotationError",

@@ -12,11 +12,31 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OpenAIServerTeacher", "AlignmentError"]
+__all__ = ["AlignmentError", "OpenAIServerTeacher", "TeacherServerError"]
 
 
 class AlignmentError(ValueError):
     """The tokens the server returned cannot be mapped onto the student's completion tokens."""
+
+
+class TeacherServerError(RuntimeError):
+    """The server cannot serve the teacher as configured (refuses ``k`` log-probs, unknown model, ...).
+
+    Unlike a failed row this is not retried or skipped: every request would fail the same way.
+    """
+
+
+class _NoPromptLogprobs(Exception):
+    """The server does not implement vLLM's ``prompt_logprobs`` (fall back to echo + logprobs)."""
+
+
+def _refuses_k(err: BaseException) -> bool:
+    """HTTP 400 because more log-probs were asked than the server's ``--max-logprobs`` allows."""
+    import openai
+
+    text = str(err).lower()
+    return (isinstance(err, openai.BadRequestError) and "logprobs" in text
+            and ("max allowed" in text or "max_logprobs" in text or "greater than" in text))
 
 
 def _is_transient(err: BaseException) -> bool:
@@ -67,6 +87,11 @@ class OpenAIServerTeacher:
         scoring_max_tokens: ``max_tokens`` of scoring requests (0; set 1 for servers that refuse 0 —
             the extra generated token is ignored).
         extra_body: extra fields sent with every request.
+        scoring: how :meth:`score_tokens` asks for teacher-forced log-probs. ``"prompt_logprobs"``:
+            vLLM's ``prompt_logprobs=k`` on a token-id prompt with ``max_tokens=1`` (ids come back as
+            integers with ranks: nothing to map). ``"echo"``: the OpenAI ``echo`` + ``logprobs`` shape.
+            ``"auto"`` (default): ``prompt_logprobs``, falling back to ``echo`` for good when the server
+            answers without ``prompt_logprobs`` (it does not implement them).
     """
 
     def __init__(
@@ -84,7 +109,10 @@ class OpenAIServerTeacher:
         return_tokens_as_token_ids: bool = False,
         scoring_max_tokens: int = 0,
         extra_body: dict | None = None,
+        scoring: str = "auto",
     ):
+        if scoring not in ("auto", "prompt_logprobs", "echo"):
+            raise ValueError(f"scoring must be 'auto', 'prompt_logprobs' or 'echo', got {scoring!r}")
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         if max_retries < 0:
@@ -109,6 +137,8 @@ class OpenAIServerTeacher:
         self._client = None
         self._decoded: dict[str, list[int]] | None = None
         self._aborted = threading.Event()
+        self.scoring = scoring
+        self._mode = "echo" if scoring == "echo" else "prompt_logprobs"
 
     def describe(self) -> dict:
         """Identity of the teacher, part of the cache key."""
@@ -138,7 +168,7 @@ class OpenAIServerTeacher:
                 self.requests_sent += 1
             try:
                 return fn(**kwargs)
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:
                 if not _is_transient(err) or attempt >= self.max_retries or self._aborted.is_set():
                     if _is_transient(err):
                         raise RuntimeError(
@@ -277,7 +307,8 @@ class OpenAIServerTeacher:
         where = f"row {request['row']}"
         expected = list(request["prompt_ids"]) + list(request["completion_ids"])
         n = len(request["completion_ids"])
-        prompt = expected if self.send_token_ids else request["text"]
+        as_ids = self.send_token_ids or request.get("as_ids") or request.get("text") is None
+        prompt = expected if as_ids else request["text"]
         response = self._call(
             where,
             self.client.completions.create,
@@ -295,7 +326,15 @@ class OpenAIServerTeacher:
         tokens, token_logprobs = list(lp.tokens or []), list(lp.token_logprobs or [])
         if len(tokens) != len(token_logprobs):
             raise AlignmentError(f"the server returned {len(tokens)} tokens but {len(token_logprobs)} log-probs")
-        start = self._align(tokens, expected, n, where)
+        try:
+            start = self._align(tokens, expected, n, where)
+        except AlignmentError:
+            if self.send_token_ids or not self._boundary_merge(lp, tokens, request):
+                raise
+            # the server merged a token across the prompt/completion boundary (e.g. " " + "[" -> " ["): the
+            # text cannot express the student's split, so score exactly the student's tokens as ids instead
+            logger.debug("%s: BPE merge at the prompt/completion boundary; re-scoring as token ids", where)
+            return self._score_one({**request, "as_ids": True}, top_k)
         values = token_logprobs[start : start + n]
         if any(v is None for v in values):
             raise AlignmentError("the server returned no log-prob for some completion tokens")
@@ -309,6 +348,182 @@ class OpenAIServerTeacher:
             result["teacher_topk_ids"] = [p[0] for p in pairs]
             result["teacher_topk_logprobs"] = [p[1] for p in pairs]
         return result
+
+    def _boundary_merge(self, lp, tokens: list[str], request: dict) -> bool:
+        """Whether the server's tokens line up with the student's by character offsets everywhere except
+        inside tokens that straddle the prompt/completion boundary (the same tokenizer, merging across it)."""
+        tok = self.tokenizer
+        student = list(request["prompt_ids"]) + list(request["completion_ids"])
+        lengths = [len(tok.decode([i])) for i in student]
+        cut = sum(lengths[: len(request["prompt_ids"])])
+        total = sum(lengths)
+        s_bounds, pos = set(), 0
+        for length in lengths:
+            pos += length
+            s_bounds.add(pos)
+        server_text = [tok.decode([ids[0]]) if len(ids := self._ids_for_string(t)) == 1 else t for t in tokens]
+        offsets = list(getattr(lp, "text_offset", None) or [])
+        if len(offsets) != len(tokens):
+            offsets, pos = [], 0
+            for text in server_text:
+                offsets.append(pos)
+                pos += len(text)
+        spans = [(o, o + len(t)) for o, t in zip(offsets, server_text) if o + len(t) <= total]  # not generated tokens
+        if not spans or spans[-1][1] != total:
+            return False
+        if not any(o < cut < e for o, e in spans):
+            return False
+        # every server token boundary from the straddling token on must be a student token boundary
+        return all(e in s_bounds for o, e in spans if e > cut)
+
+    def score_tokens(self, prompt_ids: Sequence[int], completion_ids: Sequence[int], top_k: int,
+                     where: str = "row") -> dict:
+        """Teacher-forced scores of ``completion_ids`` after ``prompt_ids`` (the student's exact tokens).
+
+        Returns ``{"teacher_logprobs": [n], "teacher_topk_ids": [n][k], "teacher_topk_logprobs": [n][k]}``
+        (the top-k entries only when ``top_k > 0``), sorted by teacher log-prob. Raises
+        :class:`AlignmentError` for an answer that does not fit the request (fewer than ``top_k`` entries,
+        a wrong length, a missing token), :class:`TeacherServerError` when the server refuses ``top_k``.
+        Transient HTTP errors are retried as in every request.
+        """
+        if not prompt_ids:
+            raise ValueError(f"{where}: the prompt is empty; the teacher has no log-prob for the first token")
+        if self._mode == "prompt_logprobs":
+            try:
+                return self._score_prompt_logprobs(list(prompt_ids), list(completion_ids), top_k, where)
+            except _NoPromptLogprobs:
+                if self.scoring == "prompt_logprobs":
+                    raise TeacherServerError(f"{self.base_url}: the server answered without prompt_logprobs; it "
+                                             "does not implement vLLM's prompt_logprobs (use scoring='echo')") from None
+                logger.warning("%s: no prompt_logprobs in the answer; falling back to echo + logprobs for this run",
+                               self.base_url)
+                self._mode = "echo"
+        request = {"row": where, "prompt_ids": list(prompt_ids), "completion_ids": list(completion_ids), "text": None}
+        return self._call_refusable(lambda: self._score_one(request, top_k), top_k, "logprobs")
+
+    def _call_refusable(self, fn, top_k: int, field: str):
+        try:
+            return fn()
+        except Exception as err:
+            if _refuses_k(err):
+                raise TeacherServerError(
+                    f"{self.base_url} refuses {field}={max(top_k, 1)}: {err}. Start the server with a larger "
+                    f"`--max-logprobs` (vllm serve <teacher> --max-logprobs {max(top_k, 1)}) or lower teacher_top_k"
+                ) from err
+            raise
+
+    def _score_prompt_logprobs(self, prompt_ids: list[int], completion_ids: list[int], top_k: int, where: str) -> dict:
+        import openai
+
+        ids = prompt_ids + completion_ids
+        body = {**self.extra_body, "prompt_logprobs": top_k}
+        body.pop("return_tokens_as_token_ids", None)  # prompt_logprobs are keyed by id already
+
+        def request():
+            return self._call(where, self.client.completions.create, model=self.model, prompt=ids, max_tokens=1,
+                              temperature=0.0, extra_body=body)
+
+        try:
+            response = self._call_refusable(request, top_k, "prompt_logprobs")
+        except openai.BadRequestError as err:
+            if "prompt_logprobs" in str(err) and self.scoring == "auto":  # a server that forbids unknown fields
+                raise _NoPromptLogprobs from err
+            raise
+        if not response.choices:
+            raise AlignmentError("the server answered with no choices")
+        choice = response.choices[0]
+        entries = getattr(choice, "prompt_logprobs", None)
+        if entries is None:
+            entries = (getattr(choice, "model_extra", None) or {}).get("prompt_logprobs")
+        if entries is None:
+            raise _NoPromptLogprobs
+        if len(entries) != len(ids):
+            raise AlignmentError(f"the server returned prompt_logprobs for {len(entries)} positions, the request has "
+                                 f"{len(ids)} tokens")
+        logprobs, topk_ids, topk_lps = [], [], []
+        for t in range(len(prompt_ids), len(ids)):
+            entry = entries[t]
+            if not isinstance(entry, dict) or not entry:
+                raise AlignmentError(
+                    f"the server returned no prompt_logprobs at completion token {t - len(prompt_ids)}")
+            parsed = []
+            for key, value in entry.items():
+                if not isinstance(value, dict) or not isinstance(value.get("logprob"), (int, float)):
+                    raise AlignmentError(f"malformed prompt_logprobs entry {key!r}: {value!r:.80}")
+                parsed.append((int(key), float(value["logprob"]), value.get("rank")))
+            actual = next((lp for i, lp, _ in parsed if i == ids[t]), None)
+            if actual is None:
+                raise AlignmentError(f"the server's prompt_logprobs at completion token {t - len(prompt_ids)} miss "
+                                     f"the token itself ({ids[t]})")
+            logprobs.append(actual)
+            if top_k:
+                # the prompt's own token is listed even when it is not among the top k: keep ranks 1..k
+                ranked = sorted((p for p in parsed if p[2] is None or p[2] <= top_k), key=lambda p: -p[1])[:top_k]
+                if len(ranked) < top_k:
+                    raise AlignmentError(
+                        f"the server returned {len(ranked)} top log-probs at completion token "
+                        f"{t - len(prompt_ids)}, fewer than teacher_top_k={top_k} (truncated answer, or a server "
+                        "started with a smaller --max-logprobs)"
+                    )
+                topk_ids.append([p[0] for p in ranked])
+                topk_lps.append([p[1] for p in ranked])
+        out = {"teacher_logprobs": logprobs}
+        if top_k:
+            out["teacher_topk_ids"], out["teacher_topk_logprobs"] = topk_ids, topk_lps
+        return out
+
+    def list_models(self) -> list[str]:
+        """Model names the server lists at ``/v1/models``."""
+        return [m.id for m in self._call("models", self.client.models.list).data]
+
+    def tokenize(self, text: str) -> list[int] | None:
+        """The server's token ids for ``text`` from vLLM's ``/tokenize`` (``None`` if the server has no such route)."""
+        import json
+        import urllib.error
+        import urllib.request
+
+        root = self.base_url.rstrip("/")
+        root = root[: -len("/v1")] if root.endswith("/v1") else root
+        data = json.dumps({"model": self.model, "prompt": text, "add_special_tokens": False}).encode()
+        request = urllib.request.Request(f"{root}/tokenize", data=data, method="POST", headers={
+            "Content-Type": "application/json", "Authorization": f"Bearer {self.api_key}"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                tokens = json.loads(response.read()).get("tokens")
+        except (urllib.error.URLError, OSError, ValueError, AttributeError):  # no such route, or not vLLM's shape
+            return None
+        return [int(t) for t in tokens] if isinstance(tokens, list) else None
+
+    def check_tokenizer(self, probes: Sequence[str]) -> None:
+        """Refuse a server whose tokenizer differs from the student's (``self.tokenizer``).
+
+        Each probe string is tokenized by the server (vLLM's ``/tokenize``; without it, an echo request)
+        and compared with the student's ids. Raises :class:`fastdistill.teacher.TokenizerMismatchError`.
+        """
+        from fastdistill.teacher.annotate import TokenizerMismatchError
+
+        tok = self.tokenizer
+        for text in probes:
+            mine = tok(text, add_special_tokens=False)["input_ids"]
+            theirs = self.tokenize(text)
+            if theirs is not None:
+                # a BOS the server adds regardless is not a mismatch
+                if theirs != mine and theirs[1:] != mine:
+                    raise TokenizerMismatchError(
+                        f"{self.base_url} ({self.model}) tokenizes {text!r} as {theirs[:12]} but the student as "
+                        f"{mine[:12]}: the server model does not share the student's tokenizer, so its log-probs "
+                        "cannot be matched to the student's tokens"
+                    )
+                continue
+            response = self._call("tokenizer probe", self.client.completions.create, model=self.model, prompt=text,
+                                  echo=True, logprobs=1, max_tokens=1, temperature=0.0,
+                                  extra_body=self.extra_body or None)
+            lp = response.choices[0].logprobs if response.choices else None
+            tokens = list(lp.tokens or []) if lp is not None else []
+            try:
+                self._align(tokens[: len(mine) + 1], mine, 0, "probe")
+            except AlignmentError as err:
+                raise TokenizerMismatchError(f"{self.base_url} ({self.model}) on {text!r}: {err}") from err
 
     def score(self, requests: Sequence[dict], top_k: int = 0, batch_size: int = 8) -> Iterator[tuple[int, Any]]:
         """Score requests (dicts with ``row``, ``text``, ``prompt_ids``, ``completion_ids``) concurrently.

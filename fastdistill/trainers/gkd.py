@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import warnings
 from dataclasses import dataclass, field
 
@@ -12,6 +13,14 @@ import torch.nn.functional as F
 from fastdistill.data.collators import DistillationCollator, tokenize_example
 from fastdistill.losses import jsd_loss, reverse_kl_on_chosen, reverse_kl_on_logits
 from fastdistill.losses.fused import fused_chunk_size, fused_jsd_loss, fused_reverse_kl_on_chosen
+from fastdistill.losses.partition import topk_partition_loss
+from fastdistill.trainers.served import (
+    ServedTeacherArguments,
+    batch_rows,
+    build_served_teacher,
+    score_tensors,
+    wants_served_teacher,
+)
 from fastdistill.trainers.utils import (
     backbone,
     call_as_forward_of,
@@ -39,8 +48,13 @@ OFFLINE_COLUMNS = ("teacher_logprobs", "teacher_topk_ids", "teacher_topk_logprob
 
 
 @dataclass
-class GKDConfig(_TRLGKDConfig):
+class GKDConfig(_TRLGKDConfig, ServedTeacherArguments):
     """Configuration for :class:`fastdistill.GKDTrainer`; every TRL ``GKDConfig`` field keeps its meaning.
+
+    ``teacher_model_name_or_path`` may be a served teacher's base URL (``http://host:8000/v1``); the
+    ``teacher_*`` server fields (``teacher_server_model``, ``teacher_top_k``, ``teacher_timeout_s``,
+    ``teacher_max_concurrency``, ``teacher_max_retries``, ``teacher_max_failed_fraction``) are documented
+    in :class:`fastdistill.trainers.served.ServedTeacherArguments`.
 
     The loss is ``ce_lambda * CE + jsd_lambda * JSD_beta + rkl_lambda * RKL``; each term is logged
     separately (``loss/ce``, ``loss/jsd``, ``loss/rkl``). With the defaults and a live teacher the loss
@@ -86,6 +100,27 @@ class GKDConfig(_TRLGKDConfig):
         for name in ("ce_lambda", "jsd_lambda", "rkl_lambda"):
             p.number(getattr(self, name), name, minimum=0.0, optional=name != "ce_lambda")
         p.raise_if_any()
+
+
+@dataclass
+class _Window:
+    """Served-teacher bookkeeping of one optimisation step (its micro-batches share it)."""
+
+    left: int
+    rows: int = 0
+    failed: int = 0
+    wait_s: float = 0.0  # time the trainer blocked on the server
+    latency_s: float = 0.0  # longest time from a batch's requests to its last answer
+
+
+@dataclass
+class _ServedBatch:
+    """A micro-batch's requests in flight, carried in its inputs until the loss needs them."""
+
+    pending: object
+    rows: list
+    positions: list
+    window: _Window
 
 
 def _to_prompt_completion(example: dict) -> dict:
@@ -141,6 +176,8 @@ class GKDTrainer(_TRLGKDTrainer):
         if processing_class.pad_token is None:
             processing_class.pad_token = processing_class.eos_token
 
+        self.served = None
+        served = wants_served_teacher(teacher_model)
         self.offline = teacher_model is None
         if self.offline:
             columns = set(train_dataset.column_names) if train_dataset is not None else set()
@@ -185,10 +222,10 @@ class GKDTrainer(_TRLGKDTrainer):
             peft_config=peft_config,
             **kwargs,
         )
-        if not self.offline:
+        if not self.offline and not served:
             super().__init__(model, teacher_model, **common)
             return
-        # No teacher: TRL's GKDTrainer.__init__ requires one, so set up the SFTTrainer base directly
+        # No teacher in memory: TRL's GKDTrainer.__init__ requires one, so set up the SFTTrainer base directly
         # and the few GKD attributes the rest of the class reads.
         args.remove_unused_columns = False
         args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
@@ -200,6 +237,32 @@ class GKDTrainer(_TRLGKDTrainer):
         self.teacher_model = None
         self.lmbda, self.beta, self.temperature, self.seq_kd = args.lmbda, args.beta, args.temperature, args.seq_kd
         self.generation_config = self.generation_kwargs = None
+        if served:
+            self._setup_generation(args)
+            self.served = build_served_teacher(teacher_model, args, processing_class, self._probe_texts(train_dataset))
+
+    def _setup_generation(self, args):
+        """TRL's generation settings for on-policy batches (as TRL's GKDTrainer.__init__ sets them)."""
+        from transformers import GenerationConfig
+
+        self.generation_kwargs = {
+            "max_new_tokens": args.max_new_tokens,
+            "temperature": args.temperature,
+            "do_sample": True,
+            "top_k": 0,
+            "top_p": 1.0,
+            "use_cache": not args.gradient_checkpointing,
+            "pad_token_id": self.processing_class.pad_token_id,
+        }
+        self.generation_config = GenerationConfig(**self.generation_kwargs)
+        if getattr(self.model.generation_config, "eos_token_id", None) is not None:
+            self.generation_config.eos_token_id = self.model.generation_config.eos_token_id
+
+    def _probe_texts(self, dataset) -> list[str]:
+        """A few prompts of the data, decoded, for the server's tokenizer probe."""
+        if dataset is None or "prompt_ids" not in dataset.column_names:
+            return []
+        return [self.processing_class.decode(ids) for ids in dataset.select(range(min(2, len(dataset))))["prompt_ids"]]
 
     @staticmethod
     def _tokenize(dataset, tokenizer, max_length, name):
@@ -251,10 +314,105 @@ class GKDTrainer(_TRLGKDTrainer):
         return store[-1], outputs
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        if inputs.pop("_fd_prepared", False):
+            # served teacher: the batch was generated (and sent to the server) in get_batch_samples, and
+            # num_items_in_batch counts its generated tokens: skip TRL's generation, keep the rest
+            self._collated_labels = inputs.get("labels")
+            return super(_TRLGKDTrainer, self).training_step(model, inputs, num_items_in_batch)
         # Remember the collated labels: TRL's on-policy (``lmbda``) and ``seq_kd`` steps replace them with
         # generated completions *after* the Trainer counted ``num_items_in_batch`` on the originals.
         self._collated_labels = inputs.get("labels")
         return super().training_step(model, inputs, num_items_in_batch)
+
+    # -- served teacher ---------------------------------------------------------------------------
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """With a served teacher: generate every micro-batch of the accumulation window up front and send each
+        one's rows to the server as soon as its completions exist, so micro-batch i trains while the server
+        scores the rest. Strictly on-policy: the completions are the current policy's, scored in this step."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.served is None or not batch_samples:
+            return batch_samples, num_items_in_batch
+        window = _Window(left=len(batch_samples))
+        for inputs in batch_samples:
+            if random.random() <= self.lmbda:
+                self._generate_into(inputs)
+            elif self.seq_kd:
+                raise NotImplementedError("seq_kd with a served teacher is not supported yet: use lmbda > 0 "
+                                          "(on-policy) or annotate the teacher's samples offline "
+                                          "(fastdistill annotate)")
+            inputs["_fd_prepared"] = True
+            if not self._has_stored_teacher(inputs):
+                rows, positions = batch_rows(inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
+                window.rows += sum(r is not None for r in rows)
+                pending = self.served.submit([r for r in rows if r is not None])
+                # an object, not a tuple/dict: the Trainer's device placement copies containers (and the window
+                # with them)
+                inputs["_served"] = _ServedBatch(pending, rows, positions, window)
+        if num_items_in_batch is not None:
+            num_items_in_batch = self._get_num_items_in_batch(batch_samples, device)
+        return batch_samples, num_items_in_batch
+
+    def _generate_into(self, inputs) -> None:
+        from trl.models import unwrap_model_for_generation
+
+        with unwrap_model_for_generation(
+                self.model_wrapped, self.accelerator, generation_kwargs=self.generation_kwargs,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs) as unwrapped:
+            ids, mask, labels = self.generate_on_policy_outputs(unwrapped, inputs, self.generation_config)
+        inputs["input_ids"], inputs["attention_mask"], inputs["labels"] = ids, mask, labels
+
+    @staticmethod
+    def _has_stored_teacher(inputs) -> bool:
+        return any(column in inputs for column in OFFLINE_COLUMNS)
+
+    def _served_scores(self, inputs, mode):
+        """Wait for this batch's teacher answers (sent earlier, or now) and turn them into tensors."""
+        entry = inputs.pop("_served", None)
+        if entry is None:  # evaluation, or a batch that bypassed get_batch_samples
+            rows, positions = batch_rows(inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
+            window = _Window(left=1, rows=sum(r is not None for r in rows))
+            entry = _ServedBatch(self.served.submit([r for r in rows if r is not None]), rows, positions, window)
+        pending, rows, positions, window = entry.pending, entry.rows, entry.positions, entry.window
+        answers = iter(pending.results())
+        results = [next(answers) if r is not None else None for r in rows]
+        window.failed += sum(isinstance(r, BaseException) for r in results)
+        window.wait_s += pending.wait_s
+        window.latency_s = max(window.latency_s, pending.latency_s)
+        window.left -= 1
+        self.served.account([r for r in results if r is not None], window.rows, window.failed)
+        if window.left == 0:  # one value per optimisation step
+            self._metrics[mode]["teacher/failed_rows"].append(float(window.failed))
+            self._metrics[mode]["teacher/wait_s"].append(window.wait_s)
+            self._metrics[mode]["teacher/latency_s"].append(window.latency_s)
+        return score_tensors(results, positions, inputs["labels"][:, 1:], self.served.top_k)
+
+    def _served_terms(self, model, inputs, labels, mask, num_items_in_batch):
+        """Served teacher: divergences over the partition {teacher's top-k, sampled token, rest}."""
+        mode = "train" if model.training else "eval"
+        student_outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        student_logits = student_outputs.logits[:, :-1, :]
+        terms: dict[str, torch.Tensor] = {}
+        if self.ce_lambda > 0:
+            ce = F.cross_entropy(student_logits.reshape(-1, student_logits.shape[-1]).float(), labels.reshape(-1),
+                                 ignore_index=-100, reduction="sum")
+            terms["ce"] = self._normalise(ce, mask, num_items_in_batch)
+        ids, teacher_lp, listed, row_ok = self._served_scores(inputs, mode)
+        scored = mask & row_ok[:, None]
+        n_all, n_scored = int(mask.sum()), int(scored.sum())
+        if n_scored == 0:  # every row failed: no distillation term this micro-batch (not a zero divergence)
+            empty = student_logits.sum() * 0.0
+            for name, weight in (("jsd", self.jsd_lambda), ("rkl", self.rkl_lambda)):
+                if weight > 0:
+                    terms[name] = empty
+            return terms, student_outputs
+        # failed rows are left out; the divisor shrinks with them so the term stays a per-token average
+        items = num_items_in_batch if num_items_in_batch is not None else n_all
+        items = items * (n_scored / max(n_all, 1))
+        if self.jsd_lambda > 0:
+            terms["jsd"] = topk_partition_loss(student_logits, ids, teacher_lp, self.beta, scored, listed, items)
+        if self.rkl_lambda > 0:
+            terms["rkl"] = topk_partition_loss(student_logits, ids, teacher_lp, 1.0, scored, listed, items)
+        return terms, student_outputs
 
     def _items_for(self, inputs, mask: torch.Tensor, num_items_in_batch):
         """``num_items_in_batch`` for the tokens this loss really covers.
@@ -278,7 +436,9 @@ class GKDTrainer(_TRLGKDTrainer):
         labels = inputs["labels"][:, 1:]  # logits at position i predict token i + 1; -100 on prompt and padding
         mask = labels != -100
         num_items_in_batch = self._items_for(inputs, mask, num_items_in_batch)
-        if self.use_fused_loss:
+        if self.served is not None and not self._has_stored_teacher(inputs):
+            terms, student_outputs = self._served_terms(model, inputs, labels, mask, num_items_in_batch)
+        elif self.use_fused_loss:
             terms, student_outputs = self._fused_terms(model, inputs, labels, mask, num_items_in_batch)
         else:
             terms, student_outputs = self._logit_terms(model, inputs, labels, mask, num_items_in_batch)

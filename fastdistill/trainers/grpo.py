@@ -14,6 +14,12 @@ from trl import GRPOConfig as _TRLGRPOConfig
 from trl import GRPOTrainer as _TRLGRPOTrainer
 
 from fastdistill.losses.fused import fused_jsd_loss
+from fastdistill.trainers.served import (
+    ServedTeacherArguments,
+    build_served_teacher,
+    served_grpo_output,
+    wants_served_teacher,
+)
 from fastdistill.trainers.utils import backbone as _backbone
 from fastdistill.trainers.utils import call_as_forward_of
 from fastdistill.trainers.utils import capture_hidden as _capture_hidden
@@ -29,10 +35,18 @@ REWARD_PRESETS = ("mutant", "speed")
 
 
 @dataclass
-class GRPOConfig(_TRLGRPOConfig):
+class GRPOConfig(_TRLGRPOConfig, ServedTeacherArguments):
     """Configuration for :class:`fastdistill.GRPOTrainer`; every TRL ``GRPOConfig`` field keeps its meaning.
 
+    A ``teacher_model_name_or_path`` (or ``teacher_model=``) that is an ``http(s)://`` base URL selects a served
+    teacher: the online term becomes the reverse KL to it on the partition {teacher's top-k, sampled token,
+    rest} (see :class:`fastdistill.trainers.served.ServedTeacherArguments` for the ``teacher_*`` server fields).
+
     Args:
+        teacher_advantage_coef (`float`, defaults to `0.0`):
+            Served teacher only: add ``coef * (log p_teacher(x_t) - log p_policy(x_t))`` to the advantage of every
+            sampled completion token ``x_t`` (the on-policy distillation estimator: a dense per-token reward equal to
+            minus the sampled reverse KL, discount 0, so each token is credited with its own log-ratio only).
         jsd_lambda (`float`, defaults to `0.0`):
             Weight of the online generalized JSD between the policy and the teacher over the completion
             tokens, added to TRL's GRPO loss. ``0`` gives exactly TRL's loss.
@@ -78,6 +92,10 @@ class GRPOConfig(_TRLGRPOConfig):
     )
     reward_preset: str = field(default="mutant", metadata={"help": "Composite reward preset: 'mutant' or 'speed'."})
     code_column: str = field(default="code", metadata={"help": "Dataset column holding the code under test."})
+    teacher_advantage_coef: float = field(
+        default=0.0, metadata={"help": "Served teacher: weight of the per-token advantage log p_teacher - log p_policy "
+                                       "added to the reward advantage (0: off)."}
+    )
     overlap_teacher_forward: bool | None = field(
         default=None, metadata={"help": "Run the teacher forward for the JSD term while the rewards are computed "
                                         "(default: when the teacher is on an accelerator)."}
@@ -93,6 +111,7 @@ class GRPOConfig(_TRLGRPOConfig):
 
         p = Problems("GRPOConfig")  # every problem of our fields at once; NaN / inf refused
         p.number(self.jsd_lambda, "jsd_lambda", minimum=0.0)
+        p.number(self.teacher_advantage_coef, "teacher_advantage_coef", minimum=0.0)
         p.number(self.jsd_beta, "jsd_beta", minimum=0.0, maximum=1.0)
         p.choice(self.reward_preset, "reward_preset", REWARD_PRESETS)
         p.type(self.code_column, "code_column", str)
@@ -180,7 +199,18 @@ class GRPOTrainer(_TRLGRPOTrainer):
         self._teacher_pool = None  # background thread for the teacher forward (overlap_teacher_forward)
         self._generated = None  # the last _generate's (prompt_ids, completion_ids) lists, for that forward
         self._teacher_future = None
-        if self.jsd_lambda > 0:
+        self.served, self._served_pending = None, None
+        self.teacher_advantage_coef = float(args.teacher_advantage_coef)
+        teacher = teacher_model if teacher_model is not None else args.teacher_model_name_or_path
+        if wants_served_teacher(teacher):
+            if self.jsd_lambda == 0 and self.teacher_advantage_coef == 0:
+                raise ValueError("a served teacher is used by jsd_lambda > 0 (loss term) or teacher_advantage_coef > 0 "
+                                 "(dense advantage); both are 0")
+            self.served = build_served_teacher(teacher, args,
+                                               getattr(self, "_tokenizer", None) or self.processing_class)
+        elif self.teacher_advantage_coef > 0:
+            raise ValueError("teacher_advantage_coef needs a served teacher (an http(s):// teacher_model_name_or_path)")
+        elif self.jsd_lambda > 0:
             self._setup_teacher(teacher_model, args)
             overlap = args.overlap_teacher_forward
             if overlap is None:
@@ -261,6 +291,9 @@ class GRPOTrainer(_TRLGRPOTrainer):
     # -- overlap of the teacher forward with the reward functions ---------------------------------
     def _generate(self, prompts):
         out = super()._generate(prompts)
+        if self.served is not None:
+            # served teacher: every row goes to the server now, scored while the reward sandbox runs the tests
+            self._served_pending = (self.served.submit(list(zip(out[0], out[1]))), [len(c) for c in out[1]])
         if self._teacher_pool is not None:
             self._generated = (out[0], out[1])
         return out
@@ -300,6 +333,12 @@ class GRPOTrainer(_TRLGRPOTrainer):
         return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
 
     def _generate_and_score_completions(self, inputs):
+        if self.served is not None:
+            self._served_pending = None
+            output = super()._generate_and_score_completions(inputs)
+            pending, self._served_pending = self._served_pending, None
+            mode = "train" if self.model.training else "eval"
+            return served_grpo_output(self, output, pending, mode)
         if self.jsd_lambda == 0:
             return super()._generate_and_score_completions(inputs)
         captured: list[torch.Tensor] = []
@@ -332,6 +371,8 @@ class GRPOTrainer(_TRLGRPOTrainer):
     def _compute_loss(self, model, inputs):
         if self.jsd_lambda == 0:
             return super()._compute_loss(model, inputs)
+        if self.served is not None:
+            return self._served_loss(model, inputs)
         captured: list[torch.Tensor] = []
         with _capture_hidden(_backbone(model), captured):
             loss = super()._compute_loss(model, inputs)
@@ -345,6 +386,34 @@ class GRPOTrainer(_TRLGRPOTrainer):
         normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
         self._metrics[mode]["jsd"].append(self.accelerator.gather(jsd.detach()).mean().item())
         return loss + self.jsd_lambda * jsd / normalizer
+
+    def _served_loss(self, model, inputs):
+        """TRL's loss + ``jsd_lambda`` * reverse KL to the served teacher on {teacher's top-k, sampled token, rest}.
+
+        Not the sampled ``log p_policy - log p_teacher`` itself: as a loss its gradient is the score function, whose
+        expectation is zero (it would not move the policy towards the teacher); the partition KL is a proper
+        divergence between the two distributions at every position (with ``teacher_top_k=0``: the KL between
+        {sampled token, rest} Bernoullis). Rows the server could not score are left out.
+        """
+        from fastdistill.losses.partition import topk_partition_loss
+
+        captured: list[torch.Tensor] = []
+        with _capture_hidden(_backbone(model), captured):
+            loss = super()._compute_loss(model, inputs)
+        completion_len = inputs["completion_ids"].size(1)
+        hidden = torch.cat(captured, dim=0)[:, -completion_len - 1 : -1]
+        mask = inputs["completion_mask"].bool() & inputs["teacher_row_ok"].bool()[:, None]
+        if "tool_mask" in inputs:
+            mask = mask & inputs["tool_mask"].bool()
+        if not mask.any():  # no scored row in this micro-batch: no distillation term (not a zero divergence)
+            return loss
+        logits = _head(model)(hidden)
+        rkl = topk_partition_loss(logits, inputs["teacher_ids"], inputs["teacher_lp"], 1.0, mask,
+                                  inputs["teacher_listed"])
+        mode = "train" if self.model.training else "eval"
+        normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        self._metrics[mode]["teacher/rkl"].append(self.accelerator.gather(rkl.detach()).mean().item())
+        return loss + self.jsd_lambda * rkl / normalizer
 
     def _jsd(self, model, student_hidden, teacher_hidden, mask) -> torch.Tensor:
         student_head = _head(model)
