@@ -147,3 +147,19 @@ def test_failed_row_is_left_out_not_scored_zero(models, teacher_server, tmp_path
     assert a.served.rows_failed == 1
     torch.testing.assert_close(loss_three, loss_two, atol=1e-5, rtol=0)
     assert a._metrics["train"]["teacher/failed_rows"] == [1.0]
+
+
+def test_recipe_config_names_only_known_fields():
+    """recipes/configs/gkd_served_teacher.yaml parses into the recipe's dataclasses (TrlParser would refuse a typo)."""
+    import dataclasses
+    from pathlib import Path
+
+    import yaml
+    from trl import ModelConfig
+
+    path = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "gkd_served_teacher.yaml"
+    config = yaml.safe_load(path.read_text())
+    known = {f.name for cls in (GKDConfig, ModelConfig) for f in dataclasses.fields(cls)} | {
+        "dataset", "examples_split", "max_train_samples"}
+    assert set(config) <= known, set(config) - known
+    assert config["teacher_model_name_or_path"].startswith("http") and config["teacher_top_k"] == 20
