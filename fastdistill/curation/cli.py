@@ -191,7 +191,7 @@ def run_pipeline(config: dict, base: Path, engine: str = "datasets") -> tuple[in
         ray_engine = RayEngine()
         registry = RayEngine.steps
         ds = ray_engine.prepare(ds)
-    logger.info("curate: %d rows from %s, %d steps", len(ds), source, len(steps))
+    logger.info("curate: %d rows from %s, %d steps", len(input_ds), source, len(steps))
     records, evaluated = [], None
     for i, (name, params) in enumerate(tqdm(steps, desc="curate", unit="step")):
         fn = registry[name]
@@ -238,7 +238,7 @@ def run_pipeline(config: dict, base: Path, engine: str = "datasets") -> tuple[in
                 logger.warning("step %s: %d of %d rows got an error value in %r: %s", name, len(errors), len(ds),
                                error_column, record["row_errors"])
         records.append(record)
-        logger.info("step %s: %d -> %d rows in %.2fs", name, rows_in, len(ds), record["time_s"])
+        logger.info("step %s: %d -> %d rows in %.2fs", name, rows_in, record["rows_out"], record["time_s"])
 
     if ray_engine:  # back to a datasets.Dataset (index order): output, manifest and reports by the same code
         ds = ray_engine.finish(ds)
