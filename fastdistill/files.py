@@ -80,7 +80,7 @@ def _first_bad_jsonl_line(path: Path) -> str | None:
             if not raw.strip():
                 continue
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")  # a BOM may start the file
             except UnicodeDecodeError as err:
                 return f"line {line_no} is not valid UTF-8 ({err.reason} at byte {err.start} of the line)"
             try:
@@ -124,7 +124,9 @@ def load_dataset_file(path: str | os.PathLike, fmt: str = "auto", *, where: str 
         with open(path, "rb") as handle:
             if not any(line.strip() for line in handle):
                 raise UserError(f"{where}: {path} holds only blank lines (no rows)")
-        if path.suffix == ".jsonl" or path.read_bytes()[:1] != b"[":
+        with open(path, "rb") as handle:
+            head = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+        if path.suffix == ".jsonl" or not head.startswith(b"["):  # a .json array is checked by datasets
             bad = _first_bad_jsonl_line(path) if path.stat().st_size < (1 << 23) else None
             if bad:  # small files are checked up front; a big one only when datasets cannot read it
                 raise UserError(f"{where}: {path}: {bad}")

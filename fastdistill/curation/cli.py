@@ -161,6 +161,58 @@ def validate_config(config, source: str | None = None) -> list[tuple[str, dict]]
     return steps
 
 
+def _step_columns(name: str, params: dict) -> tuple[list[str], list[str], list[str]]:
+    """``(needed, any_of, added)`` columns of one step with ``params`` over its defaults."""
+    import inspect
+
+    from fastdistill.curation.tests_eval import TESTS_COLUMNS
+
+    sig = inspect.signature(_steps()[name]).parameters
+    p = {k: v.default for k, v in sig.items() if v.default is not inspect.Parameter.empty}
+    p.update(params)
+
+    def as_list(v):
+        return [v] if isinstance(v, str) else [c for c in (v or []) if isinstance(c, str)]
+
+    if name in ("canonicalize", "compute_hash"):
+        return as_list(p.get("columns")), [], as_list(p.get("out_column"))
+    if name == "deduplicate":
+        added = as_list(p.get("cluster_column")) + (as_list(p.get("mark_column")) if p.get("mode") == "mark" else [])
+        return as_list(p.get("column")), [], added
+    if name == "rule_filter":
+        return as_list(p.get("column")), [], as_list(p.get("reason_column")) if p.get("mode") == "mark" else []
+    if name == "clean_sql_output":
+        return as_list(p.get("column")), [], as_list(p.get("out_column"))
+    if name == "sqlite_exec_eval":
+        return (as_list(p.get("db_column")) + as_list(p.get("pred_column")) + as_list(p.get("gold_column")), [],
+                ["exec_match", "exec_error", "exec_time_s"])
+    if name == "tests_exec_eval":
+        return as_list(p.get("code_column")) + as_list(p.get("tests_column")), [], list(TESTS_COLUMNS)
+    if name == "score_from_exec_eval":
+        return [], ["exec_match", "tests_passed"], as_list(p.get("out_column"))
+    if name == "keep_by_score":
+        return as_list(p.get("column")), [], []
+    return [], [], []
+
+
+def check_columns(steps: list[tuple[str, dict]], columns: list[str], source: str | None = None) -> None:
+    """Follow the columns through the steps before running any: a step that reads a column no earlier
+    step or the input provides is refused up front (with the closest existing name)."""
+    p = Problems(source)
+    available = list(columns)
+    for i, (name, params) in enumerate(steps):
+        needed, any_of, added = _step_columns(name, params)
+        for column in needed:
+            if column not in available:
+                p.add(f"steps[{i}] ({name})", f"column {column!r} is not in the data at this step"
+                      f"{closest(column, available)}; columns: {', '.join(available)}")
+        if any_of and not set(any_of) & set(available):
+            p.add(f"steps[{i}] ({name})", f"needs one of the columns {any_of}; run sqlite_exec_eval or "
+                                          "tests_exec_eval before it")
+        available += [c for c in added if c not in available]
+    p.raise_if_any()
+
+
 def run_pipeline(config: dict, base: Path, engine: str = "datasets") -> tuple[int, dict]:
     """Run a parsed config; returns ``(exit_code, summary)``. Used by :func:`main` and tests.
 
@@ -181,6 +233,7 @@ def run_pipeline(config: dict, base: Path, engine: str = "datasets") -> tuple[in
     default_num_proc = config.get("num_proc")
 
     ds, source = load_input(config.get("input") or {}, base)
+    check_columns(steps, ds.column_names)  # a column typo fails now, not after the steps before it ran
     input_ds = ds
     if engine not in ("datasets", "ray"):
         raise ConfigError(f"engine: {engine!r} (datasets or ray)")

@@ -13,7 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where tensors are built, so `fastdistill annotate` can fail fast without it
+    import torch
 
 __all__ = ["completion_token_ids", "tokenize_example", "DistillationCollator"]
 
@@ -96,6 +99,8 @@ def tokenize_example(example: Mapping[str, Any], tokenizer, max_length: int | No
 
 
 def _pad(sequences: Sequence[Sequence], value, side: str, dtype) -> torch.Tensor:
+    import torch
+
     width = max(len(s) for s in sequences)
     rows = []
     for s in sequences:
@@ -123,6 +128,8 @@ class DistillationCollator:
         self.max_length = max_length
 
     def __call__(self, examples: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        import torch
+
         rows = [
             ex if "completion_ids" in ex else {**ex, **tokenize_example(ex, self.tokenizer, self.max_length)}
             for ex in examples

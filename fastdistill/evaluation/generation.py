@@ -73,7 +73,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
             if not raw.strip():
                 continue
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")  # a BOM may start the file
             except UnicodeDecodeError as err:
                 raise ValueError(
                     f"{path}: line {line_no} is not valid UTF-8 ({err.reason} at byte {err.start})") from None

@@ -219,16 +219,15 @@ def _build_teacher(spec: dict, base: Path):
 
 def run_annotate(config: dict, base: Path, progress: bool = True) -> tuple[int, dict]:
     """Run a parsed config; returns ``(exit_code, summary)``. Used by :func:`main` and tests."""
-    from transformers import AutoTokenizer
-
-    from fastdistill.teacher.annotate import annotate
-
     validate_config(config)
     input_path = _path((config["input"] or {}).get("path"), base, "input.path")
     output_path = _path((config["output"] or {}).get("path"), base, "output.path")
     server = config["teacher"].get("server")
     if server is not None:  # one request before any work: a dead server fails now, naming its URL
         probe_server(server["base_url"], timeout=min(5.0, float(server.get("timeout", 5.0))))
+    from transformers import AutoTokenizer  # heavy imports only once the config and the server are known good
+
+    from fastdistill.teacher.annotate import annotate
     ds = _load_dataset(input_path)
     teacher = _build_teacher(config["teacher"], base)
     student_tokenizer = None

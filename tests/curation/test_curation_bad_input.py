@@ -175,3 +175,20 @@ def test_cli_step_report_counts_row_errors(tmp_path):
     assert main(["--config", cfg]) == 0
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["steps"][0]["row_errors"] == {"db_not_found": 3}
+
+
+def test_column_typos_are_found_before_any_step_runs():
+    from fastdistill.curation.cli import check_columns
+
+    steps = [("compute_hash", {"columns": ["question"]}), ("deduplicate", {"column": "hash"}),
+             ("clean_sql_output", {"column": "completion"}),
+             ("sqlite_exec_eval", {"gold_column": "gold"}), ("score_from_exec_eval", {}),
+             ("keep_by_score", {"column": "scor"})]
+    check_columns(steps[:3], ["question", "completion"])
+    with pytest.raises(ConfigError) as err:
+        check_columns(steps, ["question", "completion", "gold_sql", "db_path"])
+    msg = str(err.value)
+    assert "steps[3] (sqlite_exec_eval): column 'gold' is not in the data at this step (did you mean 'gold_sql'?)" in msg
+    assert "steps[5] (keep_by_score): column 'scor'" in msg and "did you mean 'score'" in msg
+    with pytest.raises(ConfigError, match="needs one of the columns"):
+        check_columns([("score_from_exec_eval", {})], ["question"])
