@@ -98,12 +98,16 @@ def _make_inputs(case, device, dtype):
         inputs["t_lp"] = -torch.rand((n,), generator=gen, device=device) * 5
         return inputs
     h = case["hidden"]
-    return {
+    inputs = {
         "hs": _randn((n, h), gen, device, dtype, 1.0, requires_grad=True),
         "ws": _randn((v, h), gen, device, dtype, 0.05, requires_grad=True),
         "ht": _randn((n, h), gen, device, dtype, 1.0),
         "wt": _randn((v, h), gen, device, dtype, 0.05),
     }
+    if "chosen" in case["path"]:  # the fused chosen-token path: labels and stored teacher log-probs
+        inputs["labels"] = torch.randint(0, v, (n,), generator=gen, device=device)
+        inputs["t_lp"] = -torch.rand((n,), generator=gen, device=device) * 5
+    return inputs
 
 
 def _run_case(case, inputs, chunk_size):
@@ -112,6 +116,11 @@ def _run_case(case, inputs, chunk_size):
     from fastdistill.losses import fused_jsd_loss, jsd_loss, reverse_kl_on_chosen, reverse_kl_on_logits
 
     path = case["path"]
+    if path.endswith("_triton"):  # our Triton kernels (opt-in), else the default kernels
+        os.environ["FASTDISTILL_TRITON"] = "1"
+        path = path[: -len("_triton")]
+    else:
+        os.environ.pop("FASTDISTILL_TRITON", None)
     if path.startswith("trl_gkd") or path == "trl_chunked":
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         from trl.experimental.gkd import GKDTrainer
@@ -140,10 +149,11 @@ def _run_case(case, inputs, chunk_size):
         with torch.no_grad():
             t_logits = ht @ wt.t()
         loss = trl_jsd(s_logits, t_logits, beta=0.5)
-    elif path == "trl_chunked":
+    elif path in ("trl_chunked", "trl_chunked_rkl"):
         from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
 
-        per_token, _entropy = ChunkedDivergenceFunction.apply(hs, ws, None, ht, wt, None, 0.5, 1.0)
+        beta = 1.0 if path == "trl_chunked_rkl" else 0.5
+        per_token, _entropy = ChunkedDivergenceFunction.apply(hs, ws, None, ht, wt, None, beta, 1.0)
         loss = per_token.mean()
     elif path == "projection_floor":
         with torch.no_grad():
@@ -160,6 +170,11 @@ def _run_case(case, inputs, chunk_size):
         loss = jsd_loss(s_logits, t_logits, beta=0.5, chunk_size=chunk_size)
     elif path == "ours_fused":
         loss = fused_jsd_loss(hs, ws, ht, wt, beta=0.5, reduction="mean", chunk_size=chunk_size)
+    elif path == "ours_fused_chosen":
+        from fastdistill.losses import fused_reverse_kl_on_chosen
+
+        loss = fused_reverse_kl_on_chosen(hs, ws, inputs["labels"], inputs["t_lp"], reduction="mean",
+                                          chunk_size=chunk_size)
     else:
         raise KeyError(path)
     loss.backward()
