@@ -23,6 +23,7 @@ class DemoConfig:
     teacher_lr: float = 5e-3
     sft_steps: int = 700
     gkd_steps: int = 40
+    gkd_lr: float | None = None           # peak learning rate of GKD (None: ``lr``, the SFT peak)
     lr: float = 5e-3
     batch_size: int = 16
     grpo_steps: int = 50

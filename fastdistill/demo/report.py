@@ -269,9 +269,12 @@ def _markdown(report: dict) -> str:
         what = "loss" if info.get("losses") else "reward"
         if losses and what == "reward":  # per-step rewards are noisy: means of the first and last tenth
             k = max(1, len(losses) // 10)
+            zero = info.get("frac_reward_zero_std") or []
             lines.append(f"- {stage}: mean reward {_mean(losses[:k]):.3f} (first {k} steps) -> "
                          f"{_mean(losses[-k:]):.3f} (last {k}); {info['steps']} steps, {info['time_s']:.0f} s, "
-                         f"temperature {info['temperature']}, max {info['max_completion_length']} tokens")
+                         f"temperature {info['temperature']}, max {info['max_completion_length']} tokens"
+                         + (f"; prompt groups with no reward spread (no GRPO signal): {_mean(zero):.2f} on average"
+                            if zero else ""))
         elif losses:
             lines.append(f"- {stage}: {what} {losses[0]} -> {losses[-1]} "
                          f"({info['steps']} steps, {info['time_s']:.0f} s)")

@@ -102,9 +102,12 @@ def _grpo(model, tokenizer, train: list[dict], cfg: DemoConfig, out: Path, branc
                       temperature=temperature, reward_preset=branch, beta=0.0)
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=ds, processing_class=tokenizer)
     trainer.train()
-    rewards = [round(float(h["reward"]), 4) for h in trainer.state.log_history if "reward" in h]
-    return trainer.model, {"rewards": rewards, "temperature": temperature, "max_completion_length": max_tokens,
-                           "preset": branch}
+    history = trainer.state.log_history
+    rewards = [round(float(h["reward"]), 4) for h in history if "reward" in h]
+    # groups whose generations all got the same reward give GRPO no signal: the share of such groups per step
+    zero_std = [round(float(h["frac_reward_zero_std"]), 4) for h in history if "frac_reward_zero_std" in h]
+    return trainer.model, {"rewards": rewards, "frac_reward_zero_std": zero_std, "temperature": temperature,
+                           "max_completion_length": max_tokens, "preset": branch}
 
 
 def _evaluate(name, model, tokenizer, held_out, cfg, out, max_new_tokens, samples=None):
@@ -287,7 +290,8 @@ def _run_demo(out: Path, cfg: DemoConfig) -> dict:
 
     t0 = time.perf_counter()
     gkd = GKDTrainer(model=sft.model, teacher_model=teacher, train_dataset=student_ds, processing_class=tokenizer,
-                     args=GKDConfig(**_common_args(cfg, out, "gkd", cfg.gkd_steps, cfg.lr), max_length=cfg.max_length,
+                     args=GKDConfig(**_common_args(cfg, out, "gkd", cfg.gkd_steps, cfg.gkd_lr or cfg.lr),
+                                    max_length=cfg.max_length,
                                     lmbda=0.0, ce_lambda=0.5, jsd_lambda=1.0, beta=0.5))
     gkd.train()
     students["gkd"] = frozen_copy(gkd.model)

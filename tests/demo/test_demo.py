@@ -79,6 +79,9 @@ def test_headlines_are_means_of_held_out_rows(demo_dir):
         assert c["statement"] in (demo_dir / "report.md").read_text()
         assert "as intended" not in c["statement"]
     assert report["environment"]["seed"] == report["config"]["seed"]
+    for branch in ("grpo_mutant", "grpo_speed"):  # the GRPO signal diagnostic: one value per logged step
+        zero_std = report["training"][branch]["frac_reward_zero_std"]
+        assert len(zero_std) == report["config"]["grpo_steps"] and all(0 <= v <= 1 for v in zero_std)
     assert report["environment"]["versions"]["torch"]
     # re-scoring the saved completions of a student gives the reported numbers
     again = score_mutation(read_jsonl(demo_dir / "generations" / "sft.jsonl"),
