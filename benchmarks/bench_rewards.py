@@ -10,8 +10,13 @@
 * mutmut (3.x): ``mutmut run`` in a temp project per example (its own mutants and runner), on a
   few examples; its rate is its mutants / wall seconds including its own set-up.
 
-Prints a table and writes ``benchmarks/results/bench_rewards.json``.
-Usage: ``python benchmarks/bench_rewards.py [--naive-examples 6] [--max-mutants 30] [--engine-ref HEAD~2]``
+* callers: curation's ``tests_exec_eval`` on the examples x2 through the batch scorer vs row by row (warm pool,
+  and cold: a worker per call, the previous behaviour), identical results checked; a loop of single
+  ``mutation_score`` calls vs one batched call; a small ``run_tests`` warm vs cold (median ms).
+
+Prints tables and writes ``benchmarks/results/bench_rewards.json`` and ``bench_rewards_callers.json``.
+Usage: ``python benchmarks/bench_rewards.py [--naive-examples 6] [--max-mutants 30] [--engine-ref HEAD~2]
+[--callers-only] [--workers 2]``
 """
 
 import argparse
@@ -133,6 +138,78 @@ def mutmut_run(example, workers, timeout):
         return {"mutants": total, "killed": int(counts[-1][2]), "timed_out": None, "seconds": seconds}
 
 
+def callers(examples, workers, max_mutants=20, single_calls=21, run_tests_calls=20):
+    """One engine for every caller: curation's ``tests_exec_eval`` (batched vs row by row, warm vs the old cold
+    per-call workers), single ``mutation_score`` calls in a loop vs one batched call, a warm ``run_tests``."""
+    import datasets
+    import statistics
+
+    from fastdistill.curation import tests_exec_eval
+    from fastdistill.curation.tests_eval import TESTS_COLUMNS, eval_tests_one
+    from fastdistill.rewards import close_idle_workers, mutation_score, run_tests, sandbox
+
+    datasets.disable_progress_bars()
+    rows = examples + examples  # the bundled examples x2
+    ds = datasets.Dataset.from_dict({"code": [e["code"] for e in rows], "tests": [e["tests"] for e in rows]})
+    out = {"rows": len(rows), "max_mutants": max_mutants, "workers": workers}
+
+    def strip(r):
+        return {k: v for k, v in r.items() if k != "tests_time_s"}
+
+    close_idle_workers()
+    clear_cache()
+    t = time.perf_counter()
+    batched = tests_exec_eval(ds, max_mutants=max_mutants, num_proc=workers)
+    out["tests_exec_eval_batched_s"] = time.perf_counter() - t  # includes starting the warm workers
+    batched_rows = [strip({k: batched[k][i] for k in TESTS_COLUMNS}) for i in range(len(rows))]
+    for label, warm in (("row_by_row_warm", True), ("row_by_row_cold", False)):
+        close_idle_workers()
+        clear_cache()
+        sandbox.KEEP_WARM = warm  # cold: a worker per call, as every call did before the warm pool
+        try:
+            t = time.perf_counter()
+            ref = [strip(eval_tests_one(e["code"], e["tests"], max_mutants=max_mutants)) for e in rows]
+            out[f"tests_exec_eval_{label}_s"] = time.perf_counter() - t
+        finally:
+            sandbox.KEEP_WARM = True
+        out[f"identical_to_{label}"] = ref == batched_rows
+    for key in ("batched", "row_by_row_warm", "row_by_row_cold"):
+        out[f"tests_exec_eval_{key}_rows_per_s"] = round(len(rows) / out[f"tests_exec_eval_{key}_s"], 2)
+
+    problems = examples[:single_calls]
+    close_idle_workers()
+    clear_cache()
+    mutation_score(problems[0]["code"], problems[0]["tests"], max_mutants=max_mutants, use_cache=False)  # warm up
+    t = time.perf_counter()
+    singles = [mutation_score(e["code"], e["tests"], max_mutants=max_mutants, n_workers=workers, use_cache=False)
+               for e in problems]
+    single_s = time.perf_counter() - t
+    t = time.perf_counter()
+    batch = mutation_scores([e["code"] for e in problems], [e["tests"] for e in problems], max_mutants=max_mutants,
+                            n_workers=workers, use_cache=False)
+    batch_s = time.perf_counter() - t
+    n_mut = sum(r.total for r in singles)
+    out.update(single_call_problems=len(problems), single_calls_mutants_per_s=round(n_mut / single_s, 1),
+               batched_mutants_per_s=round(sum(r.total for r in batch) / batch_s, 1),
+               single_vs_batched_time_ratio=round(single_s / batch_s, 2),
+               single_vs_batched_same_killed=[[m.killed for m in r.mutants] for r in singles]
+               == [[m.killed for m in r.mutants] for r in batch])
+
+    small = "from solution import add\n\ndef test_add():\n    assert add(2, 3) == 5\n"
+    code = "def add(a, b):\n    return a + b\n"
+    for label, warm in (("warm", True), ("cold", False)):
+        close_idle_workers()
+        run_tests(code, small, keep_warm=warm)
+        times = []
+        for _ in range(run_tests_calls if warm else 5):
+            t = time.perf_counter()
+            assert run_tests(code, small, keep_warm=warm).ok
+            times.append(time.perf_counter() - t)
+        out[f"run_tests_small_{label}_median_ms"] = round(1000 * statistics.median(times), 1)
+    close_idle_workers()
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--naive-examples", type=int, default=6)
@@ -140,9 +217,30 @@ def main():
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--engine-ref", default=None, help="also measure fastdistill/ as of this git revision")
     parser.add_argument("--skip-mutmut", action="store_true")
+    parser.add_argument("--callers-only", action="store_true",
+                        help="only the one-engine-for-every-caller section (curation rows/s, single calls, warm run_tests)")
+    parser.add_argument("--callers-out", default=str(Path(__file__).with_name("results") / "bench_rewards_callers.json"))
     parser.add_argument("--out", default=str(Path(__file__).with_name("results") / "bench_rewards.json"))
     args = parser.parse_args()
     examples = load_examples()
+    load_start = os.getloadavg()
+    c = callers(examples, args.workers)
+    c.update(load_average_at_start=load_start, load_average_at_end=os.getloadavg(), cores=os.cpu_count(),
+             python=sys.version.split()[0])
+    print(f"{'caller (bundled examples)':58s} {'value':>10s}")
+    for key in ("tests_exec_eval_batched_rows_per_s", "tests_exec_eval_row_by_row_warm_rows_per_s",
+                "tests_exec_eval_row_by_row_cold_rows_per_s", "identical_to_row_by_row_warm",
+                "identical_to_row_by_row_cold", "single_calls_mutants_per_s", "batched_mutants_per_s",
+                "single_vs_batched_time_ratio", "single_vs_batched_same_killed", "run_tests_small_warm_median_ms",
+                "run_tests_small_cold_median_ms"):
+        print(f"{key:58s} {str(c[key]):>10s}")
+    print(f"curation batched vs row-by-row cold (previous path): "
+          f"{c['tests_exec_eval_batched_rows_per_s'] / c['tests_exec_eval_row_by_row_cold_rows_per_s']:.2f}x; "
+          f"load {load_start[0]:.1f} -> {os.getloadavg()[0]:.1f}")
+    Path(args.callers_out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.callers_out).write_text(json.dumps(c, indent=2))
+    if args.callers_only:
+        return
     load_start = os.getloadavg()
 
     f = fast(examples, args.max_mutants, args.workers)

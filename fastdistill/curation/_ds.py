@@ -49,7 +49,14 @@ def map_arrow_columns(ds: datasets.Dataset, fn: Callable[[pa.Table], dict[str, p
                 table = table.append_column(name, arr)
         return table
 
-    if (num_proc and num_proc > 1) or len(ds) == 0:
+    if len(ds) == 0:
+        # datasets' map never calls fn on an empty dataset, so the new columns would be missing:
+        # compute them on the empty table instead (a step keeps its output schema on empty input).
+        empty = ds.data.table.schema.empty_table()
+        from datasets.table import InMemoryTable
+
+        return restore_format(datasets.Dataset(InMemoryTable(apply(empty)), split=ds.split), ds)
+    if num_proc and num_proc > 1:
         out = ds.with_format("arrow").map(apply, batched=True, batch_size=batch_size, num_proc=num_proc, desc=desc)
         return restore_format(out, ds)
     # One process: compute only the new columns batch by batch and attach them with add_column, so the
@@ -68,6 +75,16 @@ def map_arrow_columns(ds: datasets.Dataset, fn: Callable[[pa.Table], dict[str, p
             out = out.remove_columns(name)
         fingerprint = Hasher.hash([out._fingerprint, desc, name, repr(sorted((params or {}).items()))])
         out = out.add_column(name, column, new_fingerprint=fingerprint)
+    return restore_format(out, ds)
+
+
+def empty_output(ds: datasets.Dataset, features: datasets.Features) -> datasets.Dataset:
+    """The output of a row-mapping step for an empty ``ds``: no rows, but every column of ``features``.
+
+    ``Dataset.map`` does not run the function on an empty dataset, so its new columns would be
+    missing and a later step would fail with "column not in the dataset"; this keeps the schema.
+    """
+    out = datasets.Dataset.from_dict({name: [] for name in features}, features=features, split=ds.split)
     return restore_format(out, ds)
 
 

@@ -52,43 +52,35 @@ def _steps():
     }
 
 
-class ConfigError(ValueError):
-    """The config file is invalid (message names the bad field)."""
+from fastdistill.validation import ConfigError, Problems, closest  # noqa: E402  (ConfigError re-exported)
+
+# step -> the column holding each row's own error value (counted in the step record and the log)
+_ERROR_COLUMNS = {"sqlite_exec_eval": "exec_error", "tests_exec_eval": "tests_error"}
+_TOP_LEVEL = ("input", "output", "num_proc", "steps", "gate")
+_INPUT_KEYS = ("path", "format", "split")
+_OUTPUT_KEYS = ("dir", "format")
 
 
 def load_input(spec: dict, base: Path):
-    """Load the input described by ``spec`` as a ``datasets.Dataset``."""
+    """Load the input described by ``spec`` as a ``datasets.Dataset`` (errors name the field and file)."""
     import datasets
+
+    from fastdistill.files import load_dataset_file
 
     if "path" not in spec:
         raise ConfigError("input.path is required")
     path = Path(spec["path"])
     path = path if path.is_absolute() else base / path
     fmt = spec.get("format", "auto")
-    if fmt == "auto":
-        if path.is_dir():
-            fmt = "datasets"
-        elif path.suffix in (".jsonl", ".json"):
-            fmt = "jsonl"
-        elif path.suffix == ".parquet":
-            fmt = "parquet"
-        else:
-            raise ConfigError(f"input.format: cannot infer the format of {path}; set jsonl, parquet or datasets")
-    if not path.exists():
-        raise ConfigError(f"input.path: {path} does not exist")
-    if fmt == "jsonl":
-        return datasets.Dataset.from_json(str(path)), str(path)
-    if fmt == "parquet":
-        return datasets.Dataset.from_parquet(str(path)), str(path)
-    if fmt == "datasets":
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.DatasetDict):
-            split = spec.get("split", "train")
-            if split not in loaded:
-                raise ConfigError(f"input.split: {split!r} not in {list(loaded)}")
-            loaded = loaded[split]
-        return loaded, str(path)
-    raise ConfigError(f"input.format: unknown format {fmt!r} (jsonl, parquet, datasets)")
+    if fmt not in ("auto", "jsonl", "parquet", "datasets"):
+        raise ConfigError(f"input.format: unknown format {fmt!r} (auto, jsonl, parquet, datasets)")
+    loaded = load_dataset_file(path, fmt, where="input.path")
+    if isinstance(loaded, datasets.DatasetDict):
+        split = spec.get("split", "train")
+        if split not in loaded:
+            raise ConfigError(f"input.split: {split!r} not in {list(loaded)}{closest(split, loaded)}")
+        loaded = loaded[split]
+    return loaded, str(path)
 
 
 def _parse_step(item, i: int) -> tuple[str, dict]:
@@ -107,32 +99,79 @@ def _parse_step(item, i: int) -> tuple[str, dict]:
     raise ConfigError(f"steps[{i}]: expected {{name: {{params}}}} or {{step: name, ...}}, got {item!r}")
 
 
+def validate_config(config, source: str | None = None) -> list[tuple[str, dict]]:
+    """Check a whole curate config before any work; returns the parsed steps.
+
+    Raises one :class:`ConfigError` listing every problem: unknown keys at any level (with the
+    closest valid name), unknown steps and step parameters, parameter types and ranges (see
+    :mod:`fastdistill.curation._params`), gate thresholds (known metrics, finite numbers).
+    """
+    import inspect
+
+    from fastdistill.curation._params import step_problems
+    from fastdistill.curation.reports import gate_problems
+
+    p = Problems(source)
+    if not isinstance(config, dict):
+        p.add("", f"the config must be a mapping of {', '.join(_TOP_LEVEL)}, got {type(config).__name__}")
+        p.raise_if_any()
+    p.keys(config, _TOP_LEVEL, "", required=("input", "steps"))
+    if "input" in config:
+        p.keys(config["input"], _INPUT_KEYS, "input", required=("path",))
+        if isinstance(config["input"], dict):
+            p.type(config["input"].get("path"), "input.path", str, what="a path")
+            p.choice(config["input"].get("format", "auto"), "input.format", ("auto", "jsonl", "parquet", "datasets"))
+    if config.get("output") is not None:
+        p.keys(config["output"], _OUTPUT_KEYS, "output")
+        if isinstance(config["output"], dict):
+            p.type(config["output"].get("dir", "curated"), "output.dir", str, what="a path")
+            p.choice(config["output"].get("format", "jsonl"), "output.format", ("jsonl", "parquet"))
+    p.number(config.get("num_proc"), "num_proc", minimum=1, integer=True, optional=True)
+    gate_problems(config.get("gate"), "gate", p)
+    registry = _steps()
+    steps: list[tuple[str, dict]] = []
+    raw_steps = config.get("steps")
+    if "steps" in config and (not isinstance(raw_steps, list) or not raw_steps):
+        p.add("steps", "a non-empty list of steps is required")
+    for i, item in enumerate(raw_steps if isinstance(raw_steps, list) else []):
+        try:
+            name, params = _parse_step(item, i)
+        except ConfigError as err:
+            p.add("", str(err))
+            continue
+        steps.append((name, params))
+        if name not in registry:
+            p.add(f"steps[{i}]", f"unknown step {name!r}{closest(name, registry)}; known steps: {', '.join(sorted(registry))}")
+            continue
+        signature = inspect.signature(registry[name]).parameters
+        allowed = [q for q in signature if q != "ds"]
+        for q in allowed:
+            if signature[q].default is inspect.Parameter.empty and q not in params:
+                p.add(f"steps[{i}].{q}", f"required by {name}")
+        for q in params:
+            if q not in allowed:
+                p.add(f"steps[{i}].{q}", f"unknown parameter of {name}{closest(q, allowed)}; valid: {', '.join(allowed)}")
+        if "predicate" in params:
+            p.add(f"steps[{i}].predicate", "a Python callable cannot be given in YAML; use regex/parses_as, or call "
+                                           "rule_filter from Python")
+        step_problems({k: v for k, v in params.items() if k in allowed and k != "predicate"}, f"steps[{i}]", p)
+    p.raise_if_any()
+    return steps
+
+
 def run_pipeline(config: dict, base: Path) -> tuple[int, dict]:
     """Run a parsed config; returns ``(exit_code, summary)``. Used by :func:`main` and tests."""
     from tqdm.auto import tqdm
 
     from fastdistill.curation.reports import quality_gate, quality_report, timing_report, write_manifest
+    from fastdistill.files import atomic_path, write_json_atomic
 
     registry = _steps()
-    if not isinstance(config, dict):
-        raise ConfigError("the config must be a mapping")
-    raw_steps = config.get("steps")
-    if not isinstance(raw_steps, list) or not raw_steps:
-        raise ConfigError("steps: a non-empty list of steps is required")
-    steps = [_parse_step(item, i) for i, item in enumerate(raw_steps)]
-    for i, (name, params) in enumerate(steps):
-        if name not in registry:
-            raise ConfigError(f"steps[{i}]: unknown step {name!r} (known: {sorted(registry)})")
-        sig = inspect.signature(registry[name])
-        bad = [p for p in params if p not in sig.parameters or p == "ds"]
-        if bad:
-            raise ConfigError(f"steps[{i}] ({name}): unknown parameter(s) {bad}")
+    steps = validate_config(config)
     out_spec = config.get("output") or {}
     out_dir = Path(out_spec.get("dir", "curated"))
     out_dir = out_dir if out_dir.is_absolute() else base / out_dir
     out_fmt = out_spec.get("format", "jsonl")
-    if out_fmt not in ("jsonl", "parquet"):
-        raise ConfigError(f"output.format: {out_fmt!r} (jsonl or parquet)")
     default_num_proc = config.get("num_proc")
 
     ds, source = load_input(config.get("input") or {}, base)
@@ -167,45 +206,69 @@ def run_pipeline(config: dict, base: Path) -> tuple[int, dict]:
             ds = fn(ds, **call)
         record["time_s"] = time.perf_counter() - t0
         record["rows_out"] = len(ds)
+        error_column = _ERROR_COLUMNS.get(name)
+        if error_column and error_column in ds.column_names and len(ds):
+            from fastdistill.curation._ds import arrow_column
+
+            errors = [e for e in arrow_column(ds, error_column).to_pylist() if e is not None]
+            record["row_errors"] = {e: errors.count(e) for e in sorted(set(errors))}
+            if errors:
+                logger.warning("step %s: %d of %d rows got an error value in %r: %s", name, len(errors), len(ds),
+                               error_column, record["row_errors"])
         records.append(record)
         logger.info("step %s: %d -> %d rows in %.2fs", name, rows_in, len(ds), record["time_s"])
 
     out_dir.mkdir(parents=True, exist_ok=True)
     data_path = out_dir / f"curated.{out_fmt}"
-    if out_fmt == "jsonl":
-        ds.to_json(str(data_path), lines=True, force_ascii=False)
-    else:
-        ds.to_parquet(str(data_path))
+    with atomic_path(data_path) as tmp:  # a failed write leaves the previous output as it was
+        if out_fmt == "jsonl":
+            ds.to_json(str(tmp), lines=True, force_ascii=False)
+        else:
+            ds.to_parquet(str(tmp))
     write_manifest(out_dir, input_ds=input_ds, output_ds=ds, steps=records, input_source=source, config=config)
     report = quality_report(ds, steps=records, input_rows=len(input_ds), out_dir=out_dir, evaluated_ds=evaluated)
     timing_report(records, out_dir=out_dir)
     gate = quality_gate(report, config.get("gate") or {})
     summary = {"output": str(data_path), "rows_in": len(input_ds), "rows_out": len(ds), "gate_passed": gate.passed,
                "gate_failures": gate.failures, "metrics": report["metrics"]}
-    (out_dir / "gate.json").write_text(__import__("json").dumps(
-        {"passed": gate.passed, "failures": gate.failures, "checked": gate.checked}, indent=2, default=str) + "\n")
+    write_json_atomic(out_dir / "gate.json", {"passed": gate.passed, "failures": gate.failures,
+                                              "checked": gate.checked}, default=str)
     return (0 if gate.passed else 1), summary
 
 
 def main(argv: list[str] | None = None, command: str = "curate") -> int:
-    """Entry point of ``fastdistill curate``; returns the exit status."""
-    import yaml
+    """Entry point of ``fastdistill curate``; returns the exit status (errors: see :func:`fastdistill.cli.guarded`)."""
+    from fastdistill.cli import guarded
 
     parser = argparse.ArgumentParser(prog=f"fastdistill {command}", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="YAML file declaring input, steps, output and gate")
     parser.add_argument("--output-dir", default=None, help="override output.dir")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
+    return guarded(command, lambda: _main(args, command), debug=args.debug or None)
+
+
+def _main(args, command: str) -> int:
+    import yaml
+
     cfg_path = Path(args.config)
+    if not cfg_path.is_file():
+        raise ConfigError(f"--config: {cfg_path} does not exist")
     try:
         config = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
-        if args.output_dir:
-            config.setdefault("output", {})["dir"] = str(Path(args.output_dir).resolve())
-        code, summary = run_pipeline(config, cfg_path.resolve().parent)
-    except (ConfigError, OSError, yaml.YAMLError, KeyError, ValueError, TypeError) as exc:
-        logger.error("curate: %s", exc)
-        sys.stderr.write(f"fastdistill {command}: error: {exc}\n")
-        return 2
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{cfg_path}: not valid YAML: {err}") from None
+    try:
+        validate_config(config)
+    except ConfigError as err:
+        raise ConfigError(f"{cfg_path}: {err}") from None
+    if args.output_dir:
+        config.setdefault("output", {})
+        if config["output"] is None:
+            config["output"] = {}
+        config["output"]["dir"] = str(Path(args.output_dir).resolve())
+    code, summary = run_pipeline(config, cfg_path.resolve().parent)
     state = "PASSED" if code == 0 else "FAILED"
     logger.info("curate: %d -> %d rows, gate %s %s", summary["rows_in"], summary["rows_out"], state,
                 summary["gate_failures"] or "")

@@ -376,7 +376,7 @@ def _flat_shingle_hashes(chunk: pa.Array, ngram: int) -> tuple[np.ndarray, np.nd
     total = len(h)
     with np.errstate(over="ignore"):
         g = h.copy()
-        for k in range(1, ngram):  # window hash at every position (windows crossing rows are discarded below)
+        for k in range(1, min(ngram, total)):  # window hash at every position (windows crossing rows are discarded below; none is longer than the batch)
             g[:total - k] = g[:total - k] * _M1 + h[k:]
         short = np.flatnonzero((counts > 0) & (counts < ngram))
         if len(short):  # rows shorter than ngram: one hash over their own words only

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 
-from fastdistill.curation._ds import restore_format
+from fastdistill.curation._ds import empty_output, restore_format
 
 logger = logging.getLogger(__name__)
 
@@ -103,19 +103,22 @@ def rule_filter(ds, column: str, *, min_len: int | None = None, max_len: int | N
     rows are counted per reason in the log, never silently. The predicate must be picklable for
     ``num_proc > 1``.
     """
-    if mode not in ("drop", "mark"):
-        raise ValueError(f"mode must be 'drop' or 'mark', got {mode!r}")
-    if parses_as not in (None, "python", "sql"):
-        raise ValueError(f"parses_as must be None, 'python' or 'sql', got {parses_as!r}")
+    from fastdistill.curation._params import check_step_params
+
+    # mode, parses_as, lengths and both regular expressions are checked here, before any row
+    check_step_params("rule_filter", column=column, min_len=min_len, max_len=max_len, regex=regex,
+                      exclude_regex=exclude_regex, parses_as=parses_as, mode=mode, reason_column=reason_column,
+                      num_proc=num_proc)
+    if predicate is not None and not callable(predicate):
+        raise ValueError(f"rule_filter: predicate must be callable, got {predicate!r}")
     if column not in ds.column_names:
         raise KeyError(f"rule_filter: column {column!r} missing (columns: {ds.column_names})")
-    for pattern in (regex, exclude_regex):
-        if pattern is not None:
-            re.compile(pattern)  # a bad pattern fails here, with re's message
     import datasets
 
     features = ds.features.copy()
     features[reason_column] = datasets.Value("string")
+    if len(ds) == 0:
+        return empty_output(ds, features) if mode == "mark" else ds
     marked = ds.with_format(None).map(
         rule_filter_rows, batched=True, num_proc=num_proc, features=features, desc="rule_filter",
         fn_kwargs=dict(column=column, out_column=reason_column, predicate_on_row=predicate_on_row, min_len=min_len,
@@ -178,7 +181,7 @@ def extract_sql(text: str | None) -> str | None:
     only the first statement is kept and trailing semicolons/whitespace are removed. Returns None
     when no SQL is found.
     """
-    if text is None:
+    if not isinstance(text, str):
         return None
     blocks = _FENCE.findall(text)
     body = None
@@ -220,6 +223,8 @@ def clean_sql_output(ds, column: str = "completion", *, out_column: str = "pred_
         raise KeyError(f"clean_sql_output: column {column!r} missing (columns: {ds.column_names})")
     features = ds.features.copy()
     features[out_column] = datasets.Value("string")
+    if len(ds) == 0:
+        return empty_output(ds, features)
     out = ds.with_format(None).map(clean_sql_output_rows, batched=True, num_proc=num_proc, features=features,
                                    fn_kwargs=dict(column=column, out_column=out_column), desc="clean_sql_output")
     return restore_format(out, ds)

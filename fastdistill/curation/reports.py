@@ -22,6 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fastdistill.curation._ds import arrow_column
+from fastdistill.files import write_text_atomic
+from fastdistill.validation import ConfigError, Problems
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +55,8 @@ def _json_default(o):
 
 
 def _write_json(path: Path, obj) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n", encoding="utf-8")
-    return path
+    """Write a report atomically (:func:`fastdistill.files.write_text_atomic`): a failed run never truncates one."""
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
 def write_manifest(path, *, input_ds=None, output_ds, steps: list[dict] | None = None, hash_column: str = "hash",
@@ -94,6 +95,25 @@ def write_manifest(path, *, input_ds=None, output_ds, steps: list[dict] | None =
     _write_json(path, manifest)
     logger.info("wrote %s (%d kept rows)", path, len(hashes))
     return manifest
+
+
+#: the metrics of :func:`quality_report` (what ``min_<metric>`` / ``max_<metric>`` gate thresholds may name)
+QUALITY_METRICS = ("rows_in", "rows_out", "keep_ratio", "duplicate_ratio", "exec_match_rate", "exec_error_rate",
+                   "tests_pass_rate", "mean_kill_rate", "mean_score", "output_mean_score")
+
+
+def gate_problems(thresholds, where: str = "gate", problems: Problems | None = None) -> Problems:
+    """Every problem of a gate mapping: keys must be ``min_``/``max_`` + a metric of :data:`QUALITY_METRICS`
+    (a typo gets the closest valid name), values finite numbers."""
+    p = problems if problems is not None else Problems()
+    if thresholds is None:
+        return p
+    valid = [f"{side}_{m}" for m in QUALITY_METRICS for side in ("min", "max")]
+    if p.keys(thresholds, valid, where):
+        for key, limit in thresholds.items():
+            if key in valid:
+                p.number(limit, f"{where}.{key}")
+    return p
 
 
 def _rate(ds, column: str) -> float | None:
@@ -168,7 +188,7 @@ def quality_report(ds, *, steps: list[dict] | None = None, input_rows: int | Non
     if out_dir is not None:
         out_dir = Path(out_dir)
         _write_json(out_dir / "quality_report.json", report)
-        (out_dir / "quality_report.md").write_text(render_quality_summary(report), encoding="utf-8")
+        write_text_atomic(out_dir / "quality_report.md", render_quality_summary(report))
     return report
 
 
@@ -228,6 +248,9 @@ def quality_gate(report: dict, thresholds: dict) -> GateResult:
     ``min_exec_match_rate``, ``min_tests_pass_rate``, ``min_mean_score``). A metric that is missing
     or None fails its threshold (the gate never passes on data it could not measure).
     """
+    problems = gate_problems(thresholds or {}, "quality_gate")
+    if problems:
+        raise ConfigError(problems.message())
     metrics = report.get("metrics", report)
     failures, checked = [], {}
     for key, limit in (thresholds or {}).items():

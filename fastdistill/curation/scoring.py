@@ -23,6 +23,10 @@ def score_arrow(table: pa.Table, weights: dict | None = None) -> pa.Array:
       (``kill_rate`` missing counts as 0); default weights 0.5/0.5, so the range is [0, 1].
     * with both, the mean of the two. A row with neither result gets a null score.
     """
+    if weights:
+        from fastdistill.curation._params import check_step_params
+
+        check_step_params("score_from_exec_eval", weights=weights)
     w = {**DEFAULT_WEIGHTS, **(weights or {})}
     parts = []
     if "exec_match" in table.column_names:
@@ -42,8 +46,15 @@ def score_arrow(table: pa.Table, weights: dict | None = None) -> pa.Array:
 
 
 def score_from_exec_eval(ds, *, out_column: str = "score", weights: dict | None = None, num_proc: int | None = None):
-    """Add ``out_column`` (float in [0, 1]) computed by :func:`score_arrow` on Arrow batches."""
+    """Add ``out_column`` (float in [0, 1]) computed by :func:`score_arrow` on Arrow batches.
+
+    ``weights`` may only name ``pass`` and ``kill_rate`` (finite, >= 0, not both 0); anything else is a
+    ``ValueError`` before any row is scored.
+    """
     from fastdistill.curation._ds import map_arrow_columns
+    from fastdistill.curation._params import check_step_params
+
+    check_step_params("score_from_exec_eval", weights=weights, out_column=out_column, num_proc=num_proc)
 
     return map_arrow_columns(ds, lambda t: {out_column: score_arrow(t, weights)}, num_proc=num_proc,
                              desc="score_from_exec_eval", params=dict(weights=weights))
@@ -55,6 +66,9 @@ def keep_by_score(ds, *, min_score: float = 0.5, column: str = "score", top_k: i
     With ``top_k`` only the ``top_k`` best of those are kept (ties broken by earlier row), still in
     original order. The number of rows dropped is logged.
     """
+    from fastdistill.curation._params import check_step_params
+
+    check_step_params("keep_by_score", min_score=min_score, column=column, top_k=top_k)
     scores = arrow_column(ds, column)
     values = pc.fill_null(pc.cast(scores, pa.float64()), -np.inf).to_numpy() if len(scores) else np.zeros(0)
     keep = np.flatnonzero(values >= min_score)

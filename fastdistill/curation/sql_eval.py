@@ -23,13 +23,14 @@ from collections import Counter
 from pathlib import Path
 from urllib.parse import quote
 
-from fastdistill.curation._ds import restore_format
+from fastdistill.curation._ds import empty_output, restore_format
 
 logger = logging.getLogger(__name__)
 
 ERROR_CLASSES = (
     "missing_input",        # no SQL / no database path in the row
     "db_not_found",         # the database file does not exist or cannot be opened
+    "not_a_database",       # the file exists but is not an SQLite database (or is corrupt/encrypted)
     "syntax_error",         # SQLite could not parse the predicted SQL
     "no_such_table",
     "no_such_column",
@@ -63,14 +64,31 @@ def open_readonly(db_path: str | os.PathLike) -> sqlite3.Connection:
         raise FileNotFoundError(str(path))
     uri = f"file:{quote(str(path.resolve()))}?mode=ro"
     conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA query_only = ON")
+    try:
+        conn.execute("PRAGMA query_only = ON")
+        # SQLite reads the file lazily: read the schema now so a file that is not a database fails
+        # here (sqlite3.DatabaseError "file is not a database"), not as the gold query's error.
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error:
+        conn.close()
+        raise
     conn.set_authorizer(_authorizer)
     return conn
+
+
+def _open_error_class(exc: BaseException) -> str:
+    """``not_a_database`` for a file SQLite cannot read as a database, else ``db_not_found``."""
+    msg = str(exc).lower()
+    if isinstance(exc, sqlite3.DatabaseError) and ("not a database" in msg or "malformed" in msg or "encrypted" in msg):
+        return "not_a_database"
+    return "db_not_found"
 
 
 def classify_error(exc: BaseException) -> str:
     """Error class (one of :data:`ERROR_CLASSES`) for an exception raised by a query."""
     msg = str(exc).lower()
+    if "file is not a database" in msg or "database disk image is malformed" in msg:
+        return "not_a_database"
     if isinstance(exc, sqlite3.OperationalError) and "interrupted" in msg:
         return "timeout"
     if "not authorized" in msg or "authorization denied" in msg or "attempt to write a readonly" in msg:
@@ -147,8 +165,8 @@ def eval_one(conn_or_path, pred_sql: str | None, gold_sql: str | None, *, timeou
         return out
     try:
         conn = conn_or_path if isinstance(conn_or_path, sqlite3.Connection) else open_readonly(conn_or_path)
-    except (FileNotFoundError, sqlite3.Error, OSError):
-        out["exec_error"] = "db_not_found"
+    except (FileNotFoundError, sqlite3.Error, OSError) as exc:
+        out["exec_error"] = _open_error_class(exc)
         return out
     try:
         try:
@@ -191,6 +209,7 @@ def sqlite_exec_eval_rows(batch: dict, *, db_column: str = "db_path", pred_colum
     n = len(batch[pred_column])
     cols = {"exec_match": [], "exec_error": [], "exec_time_s": []}
     conns: dict[str, sqlite3.Connection | None] = {}
+    open_errors: dict[str, str] = {}
     try:
         for i in range(n):
             db = batch[db_column][i]
@@ -200,11 +219,12 @@ def sqlite_exec_eval_rows(batch: dict, *, db_column: str = "db_path", pred_colum
                 if path not in conns:
                     try:
                         conns[path] = open_readonly(path)
-                    except (FileNotFoundError, sqlite3.Error, OSError):
+                    except (FileNotFoundError, sqlite3.Error, OSError) as exc:
                         conns[path] = None
+                        open_errors[path] = _open_error_class(exc)
                 conn = conns[path]
                 if conn is None:
-                    r = {"exec_match": False, "exec_error": "db_not_found", "exec_time_s": 0.0}
+                    r = {"exec_match": False, "exec_error": open_errors[path], "exec_time_s": 0.0}
                     for k in cols:
                         cols[k].append(r[k])
                     continue
@@ -231,6 +251,10 @@ def sqlite_exec_eval(ds, *, db_column: str = "db_path", pred_column: str = "pred
     """
     import datasets
 
+    from fastdistill.curation._params import check_step_params
+
+    check_step_params("sqlite_exec_eval", timeout_s=timeout_s, num_proc=num_proc, max_rows=max_rows, db_root=db_root,
+                      batch_size=batch_size)
     for c in (db_column, pred_column, gold_column):
         if c not in ds.column_names:
             raise KeyError(f"sqlite_exec_eval: column {c!r} missing (columns: {ds.column_names})")
@@ -238,6 +262,8 @@ def sqlite_exec_eval(ds, *, db_column: str = "db_path", pred_column: str = "pred
     features["exec_match"] = datasets.Value("bool")
     features["exec_error"] = datasets.Value("string")
     features["exec_time_s"] = datasets.Value("float64")
+    if len(ds) == 0:
+        return empty_output(ds, features)
     out = ds.with_format(None).map(
         sqlite_exec_eval_rows, batched=True, batch_size=batch_size, num_proc=num_proc, features=features,
         fn_kwargs=dict(db_column=db_column, pred_column=pred_column, gold_column=gold_column, timeout_s=timeout_s,

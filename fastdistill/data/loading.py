@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["load_supervised_dataset", "TEACHER_COLUMNS"]
+__all__ = ["load_supervised_dataset", "check_teacher_columns", "TEACHER_COLUMNS"]
 
 PROMPT_FIELDS = ("prompt", "messages")
 COMPLETION_FIELDS = ("completion", "chosen", "response")
@@ -131,3 +131,53 @@ def load_supervised_dataset(path_or_rows: str | os.PathLike | Iterable[Mapping[s
             missing, extra = sorted(keys - set(row)), sorted(set(row) - keys)
             raise ValueError(f"row {i}: columns differ from row 0 (missing {missing}, extra {extra})")
     return Dataset.from_list(rows)
+
+
+def _first_bad_value(column) -> tuple[int, Any] | None:
+    """``(row, value)`` of the first null, non-finite or positive log-prob in a (nested) list column."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    null_rows = np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))
+    first = (int(null_rows[0]), None) if len(null_rows) else None
+    rows = np.arange(len(arr))
+    values = arr
+    while pa.types.is_list(values.type) or pa.types.is_large_list(values.type) or pa.types.is_fixed_size_list(values.type):
+        parents = pc.list_parent_indices(values).to_numpy(zero_copy_only=False)
+        rows = rows[parents]
+        values = pc.list_flatten(values)
+    if len(values) == 0:
+        return first
+    if not (pa.types.is_floating(values.type) or pa.types.is_integer(values.type)):
+        return (int(rows[0]), f"a {values.type} value")
+    x = values.to_numpy(zero_copy_only=False).astype(np.float64)  # nulls become NaN
+    bad = np.flatnonzero(~np.isfinite(x) | (x > 1e-6))
+    if len(bad) and (first is None or rows[bad[0]] < first[0]):
+        first = (int(rows[bad[0]]), float(x[bad[0]]))
+    return first
+
+
+def check_teacher_columns(dataset, name: str = "train") -> None:
+    """Refuse a dataset whose teacher log-prob columns hold NaN, +-inf, null or positive values.
+
+    Checks ``teacher_logprobs`` and ``teacher_topk_logprobs`` of a ``datasets.Dataset`` however it
+    was built (file, ``Dataset.from_list``, ``map``...), in Arrow without a Python object per value.
+    Raises ``ValueError`` naming the dataset, the first bad row and the column: one NaN log-prob
+    makes every parameter NaN while the logged loss can still read 0. Other dataset types (e.g. an
+    ``IterableDataset``) are left alone.
+    """
+    import datasets
+
+    if not isinstance(dataset, datasets.Dataset) or len(dataset) == 0:
+        return
+    for column in ("teacher_logprobs", "teacher_topk_logprobs"):
+        if column not in dataset.column_names:
+            continue
+        found = _first_bad_value(dataset.with_format("arrow", columns=[column])[:][column])
+        if found is not None:
+            row, value = found
+            what = "null" if value is None else (value if isinstance(value, str) else repr(value))
+            raise ValueError(f"{name} dataset, row {row}, column {column!r}: {what} is not a finite log-probability "
+                             "<= 0 (fix or drop the row; check the teacher that produced it)")

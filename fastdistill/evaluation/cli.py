@@ -48,6 +48,33 @@ def _add_generation_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
 
 
+_SANDBOX_FLAGS = ("test_timeout_s", "baseline_timeout_s", "pair_timeout_s", "mutant_timeout_factor",
+                  "mutant_timeout_min_s", "mutant_cpu_min_s", "memory_mb", "max_processes", "seed")
+
+
+def _add_sandbox_args(parser: argparse.ArgumentParser) -> None:
+    from dataclasses import fields
+
+    from fastdistill.rewards.settings import SandboxSettings
+
+    g = parser.add_argument_group("sandbox", "test sandbox settings (fastdistill.rewards.SandboxSettings)")
+    g.add_argument("--sandbox", default=None, metavar="JSON",
+                   help='all sandbox settings as a JSON object, e.g. \'{"memory_mb": 512}\' (flags below win)')
+    for f in fields(SandboxSettings):
+        if f.name in _SANDBOX_FLAGS:
+            g.add_argument("--sandbox-" + f.name.replace("_", "-"), dest="sandbox_" + f.name, default=None,
+                           type=int if f.type in ("int", int) else float,
+                           help=f"{f.metadata.get('help', '')} (default: {f.default})")
+
+
+def _sandbox_settings(args):
+    from fastdistill.rewards.settings import SandboxSettings
+
+    settings = SandboxSettings.coerce(args.sandbox)
+    return settings.replace(workers=args.workers, max_mutants=args.max_mutants,
+                            **{name: getattr(args, "sandbox_" + name) for name in _SANDBOX_FLAGS})
+
+
 def _settings(args):
     from fastdistill.evaluation.generation import GenerationSettings
 
@@ -73,52 +100,78 @@ def main(argv: list[str] | None = None, command: str = "eval") -> int:
     else:
         parser.add_argument("--generations", help="score this JSONL from `fastdistill generate` instead of generating")
         parser.add_argument("--metrics", default="mutation,speed", help="comma list of: mutation, speed")
-        parser.add_argument("--max-mutants", type=int, default=40)
+        parser.add_argument("--max-mutants", type=int, default=None,
+                            help="mutants per code under test (default: SandboxSettings.max_mutants)")
         parser.add_argument("--repeats", type=int, default=5, help="test runs per file for speed/stability")
         parser.add_argument("--workers", type=int, default=None, help="parallel sandboxes (default: CPU count)")
+        _add_sandbox_args(parser)
         parser.add_argument("--out", help="write the full result (headlines + per-example rows) as JSON")
         parser.add_argument("--save-generations", help="also write the generated completions as JSONL")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
+    from fastdistill.cli import guarded
 
-    try:
-        if command == "generate":
-            if not args.model or not args.dataset:
-                parser.error("generate needs --model and --dataset")
-            from fastdistill.evaluation.generation import generate
+    return guarded(command, lambda: _run(parser, args, command), debug=args.debug or None)
 
-            rows = generate(args.model, _dataset(args.dataset), args.out, settings=_settings(args),
-                            code_column=args.code_column)
-            sys.stderr.write(f"fastdistill generate: {len(rows)} completions written to {args.out}\n")
-            return 0
 
-        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-        unknown = set(metrics) - {"mutation", "speed"}
-        if unknown or not metrics:
-            parser.error(f"--metrics takes mutation and/or speed, got {args.metrics!r}")
-        from fastdistill.evaluation.generation import generate, read_jsonl, write_jsonl
-        from fastdistill.evaluation.metrics import score_mutation, score_speed
+def _check_args(args, command: str) -> None:
+    """Every bad number on the command line at once, before any model is loaded."""
+    from fastdistill.validation import Problems
 
-        if args.generations:
-            generations = read_jsonl(args.generations)
-        elif args.model and args.dataset:
-            generations = generate(args.model, _dataset(args.dataset), settings=_settings(args),
-                                   code_column=args.code_column)
-            if args.save_generations:
-                write_jsonl(generations, args.save_generations)
-        else:
-            parser.error("eval needs --generations, or --model and --dataset")
-        result: dict = {"n": len(generations)}
-        if "mutation" in metrics:
-            result["mutation"] = score_mutation(generations, max_mutants=args.max_mutants, n_workers=args.workers)
-        if "speed" in metrics:
-            result["speed"] = score_speed(generations, repeats=args.repeats, n_workers=args.workers)
-    except (FileNotFoundError, ValueError) as err:
-        sys.stderr.write(f"fastdistill {command}: error: {err}\n")
-        return 2
+    p = Problems()
+    p.number(args.max_new_tokens, "--max-new-tokens", minimum=1, integer=True)
+    p.number(args.temperature, "--temperature", minimum=0)
+    p.number(args.top_p, "--top-p", minimum=0, exclusive_minimum=True, maximum=1)
+    p.number(args.top_k, "--top-k", minimum=0, integer=True)
+    p.number(args.num_samples, "--num-samples", minimum=1, integer=True)
+    p.number(args.batch_size, "--batch-size", minimum=1, integer=True)
+    if command == "eval":
+        p.number(args.max_mutants, "--max-mutants", minimum=1, integer=True, optional=True)
+        p.number(args.repeats, "--repeats", minimum=1, integer=True)
+        p.number(args.workers, "--workers", minimum=1, integer=True, optional=True)
+    p.raise_if_any()
+
+
+def _run(parser, args, command: str) -> int:
+    from fastdistill.files import write_json_atomic
+
+    _check_args(args, command)
+    if command == "generate":
+        if not args.model or not args.dataset:
+            parser.error("generate needs --model and --dataset")
+        from fastdistill.evaluation.generation import generate
+
+        rows = generate(args.model, _dataset(args.dataset), args.out, settings=_settings(args),
+                        code_column=args.code_column)
+        sys.stderr.write(f"fastdistill generate: {len(rows)} completions written to {args.out}\n")
+        return 0
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    unknown = set(metrics) - {"mutation", "speed"}
+    if unknown or not metrics:
+        parser.error(f"--metrics takes mutation and/or speed, got {args.metrics!r}")
+    from fastdistill.evaluation.generation import generate, read_jsonl, write_jsonl
+    from fastdistill.evaluation.metrics import check_generation_rows, score_mutation, score_speed
+
+    if args.generations:
+        generations = read_jsonl(args.generations)
+        check_generation_rows(generations, args.generations)
+    elif args.model and args.dataset:
+        generations = generate(args.model, _dataset(args.dataset), settings=_settings(args),
+                               code_column=args.code_column)
+        if args.save_generations:
+            write_jsonl(generations, args.save_generations)
+    else:
+        parser.error("eval needs --generations, or --model and --dataset")
+    sandbox = _sandbox_settings(args)
+    result: dict = {"n": len(generations), "sandbox": sandbox.to_dict()}
+    if "mutation" in metrics:
+        result["mutation"] = score_mutation(generations, sandbox=sandbox)
+    if "speed" in metrics:
+        result["speed"] = score_speed(generations, repeats=args.repeats, sandbox=sandbox)
 
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2)
+        write_json_atomic(args.out, result)
     summary = {"n": result["n"]}
     if "mutation" in result:
         summary["mutation"] = _summary(result["mutation"], ("kill_rate", "pass_rate", "extract_rate"))

@@ -44,38 +44,56 @@ class GenerationSettings:
     repetition_penalty: float = 1.0
 
     def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.num_samples < 1 or self.batch_size < 1:
-            raise ValueError("num_samples and batch_size must be >= 1")
+        from fastdistill.validation import Problems
+
+        p = Problems("GenerationSettings")
+        p.number(self.max_new_tokens, "max_new_tokens", minimum=1, integer=True)
+        p.number(self.temperature, "temperature", minimum=0)
+        p.number(self.top_p, "top_p", minimum=0, exclusive_minimum=True, maximum=1)
+        p.number(self.top_k, "top_k", minimum=0, integer=True)
+        p.number(self.num_samples, "num_samples", minimum=1, integer=True)
+        p.number(self.batch_size, "batch_size", minimum=1, integer=True)
+        p.number(self.seed, "seed", integer=True)
+        p.number(self.repetition_penalty, "repetition_penalty", minimum=0, exclusive_minimum=True)
+        p.raise_if_any()
         if self.num_samples > 1 and self.temperature == 0:
             raise ValueError("num_samples > 1 needs temperature > 0 (greedy decoding gives identical samples)")
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSONL file into a list of dicts (blank lines skipped; bad lines named)."""
+    """Read a JSONL file into a list of dicts (blank lines skipped).
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file and line for
+    an empty file, a line that is not UTF-8 or not JSON, or a line that is not a JSON object.
+    """
+    path = os.fspath(path)
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}: line {line_no} is not valid JSON ({err.msg})") from None
+    with open(path, "rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}: line {line_no} is not valid UTF-8 ({err.reason} at byte {err.start})") from None
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}: line {line_no} is not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}: line {line_no} is a JSON {type(row).__name__}, not an object (one row per line)")
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: the file is empty (no rows)")
     return rows
 
 
 def write_jsonl(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> str:
-    """Write rows as JSONL (creating the parent folder); returns the path."""
+    """Write rows as JSONL atomically (temporary file renamed on success; parent folder created); returns the path."""
+    from fastdistill.files import atomic_open
+
     path = os.fspath(path)
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
+    with atomic_open(path) as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     return path

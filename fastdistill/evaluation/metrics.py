@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import statistics
-from concurrent.futures import ThreadPoolExecutor
 
 logger = logging.getLogger(__name__)
 
@@ -22,26 +21,23 @@ def mean_or_none(values) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def _map(fn, items, n_workers: int, desc: str, progress: bool):
+def _batched(rows: list, keys, score, chunk: int, desc: str, progress: bool) -> list:
+    """``score(rows_subset) -> results`` over ``rows`` grouped by ``keys`` (one engine call per group and
+    chunk, so the sandbox's batch scorer and warm workers do the work); results in row order."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(items), desc=desc, unit="ex", disable=not progress)
-    try:
-        if n_workers <= 1 or len(items) <= 1:
-            out = []
-            for item in items:
-                out.append(fn(item))
-                bar.update()
-            return out
-        with ThreadPoolExecutor(max_workers=min(n_workers, len(items))) as pool:
-            futures = [pool.submit(fn, item) for item in items]
-            out = []
-            for f in futures:
-                out.append(f.result())
-                bar.update()
-            return out
-    finally:
-        bar.close()
+    out: list = [None] * len(rows)
+    groups: dict = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    with tqdm(total=len(rows), desc=desc, unit="ex", disable=not progress) as bar:
+        for key, members in groups.items():
+            for start in range(0, len(members), chunk):
+                part = members[start:start + chunk]
+                for i, result in zip(part, score(key, part)):
+                    out[i] = result
+                bar.update(len(part))
+    return out
 
 
 def _generations(model_or_path, dataset, generations, tokenizer, generation_kwargs):
@@ -51,9 +47,7 @@ def _generations(model_or_path, dataset, generations, tokenizer, generation_kwar
         if isinstance(generations, (str, os.PathLike)):
             generations = read_jsonl(generations)
         rows = [dict(r) for r in generations]
-        for i, row in enumerate(rows):
-            if "code" not in row or "completion" not in row:
-                raise ValueError(f"generation row {i} needs 'code' and 'completion' (has {sorted(row)})")
+        check_generation_rows(rows)
         return rows
     if model_or_path is None:
         raise ValueError("give a model (or path) to generate with, or pre-generated completions via generations=")
@@ -62,47 +56,77 @@ def _generations(model_or_path, dataset, generations, tokenizer, generation_kwar
     return generate(model_or_path, dataset, tokenizer=tokenizer, **(generation_kwargs or {}))
 
 
+def check_generation_rows(rows, source: str | None = None) -> None:
+    """Refuse generations that cannot be scored, before any work: every row needs a non-empty string
+    ``code`` and a ``completion`` (string or messages). ``ValueError`` names the rows (up to 5) and
+    what is wrong; ``source`` (a file name) prefixes the message."""
+    problems = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            problems.append(f"row {i}: expected an object, got {type(row).__name__}")
+            continue
+        code = row.get("code")
+        if "code" not in row:
+            problems.append(f"row {i}: missing field 'code' (the code under test; fields present: {sorted(row)})")
+        elif not isinstance(code, str) or not code.strip():
+            problems.append(f"row {i}: field 'code' must be a non-empty string, got {code!r:.60}")
+        if "completion" not in row:
+            problems.append(f"row {i}: missing field 'completion' (fields present: {sorted(row)})")
+    if problems:
+        head = f"{source}: " if source else ""
+        more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise ValueError(f"{head}{len(problems)} bad generation row(s):\n  " + "\n  ".join(problems[:5]) + more)
+
+
 def _base_row(row: dict, tests: str | None) -> dict:
     return {"index": row.get("index"), "name": row.get("name"), "sample": row.get("sample", 0),
             "extracted": tests is not None}
 
 
-def score_mutation(generations, *, max_mutants: int | None = 40, n_workers: int | None = None,
-                   timeout_s: float = 60.0, memory_mb: int = 1024, keep_text: bool = True,
-                   progress: bool = True) -> dict:
+def score_mutation(generations, *, max_mutants=None, n_workers: int | None = None, timeout_s: float | None = None,
+                   memory_mb: int | None = None, keep_text: bool = True, progress: bool = True, sandbox=None) -> dict:
     """Mutation-score pre-generated completions (rows with ``code`` and ``completion``).
 
     For each row the test file is pulled out of the completion
     (:func:`fastdistill.rewards.functions.extract_test_code`) and run against the row's code and
-    its mutants (:func:`fastdistill.rewards.mutation_score`). A completion without a test file, or
-    whose tests fail on the original code, scores 0.
+    its mutants, every row through the reward engine's batch scorer
+    (:func:`fastdistill.rewards.mutation_scores`, warm workers). A completion without a test
+    file, or whose tests fail on the original code, scores 0. ``sandbox``: a
+    :class:`~fastdistill.rewards.SandboxSettings` (or dict); ``max_mutants``, ``n_workers``,
+    ``timeout_s`` (one whole mutation score) and ``memory_mb`` override it when given.
 
     Returns:
         ``{"kill_rate", "pass_rate", "extract_rate", "n", "rows"}``: ``kill_rate`` is the mean of
         the rows' ``kill_rate``, ``pass_rate`` the mean of their ``passed`` (tests pass on the
         original code), ``extract_rate`` the fraction with a parseable test file.
     """
-    from fastdistill.rewards import mutation_score
+    from fastdistill.rewards import SandboxSettings, mutation_scores
     from fastdistill.rewards.functions import extract_test_code
 
+    settings = SandboxSettings.coerce(sandbox).replace(max_mutants=max_mutants, workers=n_workers,
+                                                       pair_timeout_s=timeout_s, memory_mb=memory_mb)
     rows = list(generations)
-    n_workers = n_workers or os.cpu_count() or 1
+    check_generation_rows(rows)
+    extracted = [extract_test_code(row["completion"]) for row in rows]
+    scored = [None] * len(rows)
+    todo = [i for i, tests in enumerate(extracted) if tests is not None]
 
-    def one(row):
-        tests = extract_test_code(row["completion"])
-        out = _base_row(row, tests)
-        if tests is None:
-            out.update(passed=False, kill_rate=0.0, killed=0, total=0, reason="no test file in the completion")
-        else:
-            res = mutation_score(row["code"], tests, module_name=row.get("module_name") or "solution",
-                                 max_mutants=max_mutants, timeout_s=timeout_s, memory_mb=memory_mb)
-            out.update(passed=bool(res.baseline_ok), kill_rate=float(res.kill_rate), killed=int(res.killed),
-                       total=int(res.total), reason=res.reason)
+    def score(module_name, part):
+        return mutation_scores([rows[todo[k]]["code"] for k in part], [extracted[todo[k]] for k in part],
+                               module_name=module_name, settings=settings)
+
+    results = _batched(todo, [rows[i].get("module_name") or "solution" for i in todo],
+                       score, max(16, 8 * settings.n_workers), "mutation score", progress) if todo else []
+    for i, res in zip(todo, results):
+        scored[i] = {**_base_row(rows[i], extracted[i]), "passed": bool(res.baseline_ok),
+                     "kill_rate": float(res.kill_rate), "killed": int(res.killed), "total": int(res.total),
+                     "reason": res.reason}
+    for i, row in enumerate(rows):
+        if scored[i] is None:
+            scored[i] = {**_base_row(row, None), "passed": False, "kill_rate": 0.0, "killed": 0, "total": 0,
+                         "reason": "no test file in the completion"}
         if keep_text:
-            out["tests"] = tests
-        return out
-
-    scored = _map(one, rows, n_workers, "mutation score", progress)
+            scored[i]["tests"] = extracted[i]
     result = {
         "kill_rate": mean_or_none(r["kill_rate"] for r in scored) if scored else None,
         "pass_rate": mean_or_none(float(r["passed"]) for r in scored) if scored else None,
@@ -115,14 +139,17 @@ def score_mutation(generations, *, max_mutants: int | None = 40, n_workers: int 
     return result
 
 
-def score_speed(generations, *, repeats: int = 5, n_workers: int | None = None, timeout_s: float = 20.0,
-                memory_mb: int = 1024, progress: bool = True) -> dict:
+def score_speed(generations, *, repeats: int = 5, n_workers: int | None = None, timeout_s: float | None = None,
+                memory_mb: int | None = None, progress: bool = True, sandbox=None) -> dict:
     """Run each pre-generated test file ``repeats`` times on its code and measure runtime and stability.
 
-    Per row: ``runtime_s`` is the mean over repeats of the tests' own time (pytest setup + call +
+    Every row goes through :func:`fastdistill.rewards.run_tests_many` (warm workers). Per row:
+    ``runtime_s`` is the mean over repeats of the tests' own time (pytest setup + call +
     teardown, interpreter start-up excluded), ``cv`` the coefficient of variation across repeats,
     ``ran`` whether the tests ran to completion every time (pass or fail, no timeout/crash),
     ``passed`` whether they passed every time, ``flaky`` whether outcomes differed between repeats.
+    ``timeout_s`` is the budget of one file's runs, all repeats (default: twice
+    ``sandbox.test_timeout_s``).
 
     Returns:
         ``{"runtime_s", "cv", "runtime_all_s", "pass_rate", "stable_rate", "n", "n_timed", "n_ran", "rows"}``:
@@ -132,34 +159,43 @@ def score_speed(generations, *, repeats: int = 5, n_workers: int | None = None, 
         the ``n_ran`` rows whose tests ran, pass or fail; ``stable_rate`` is the fraction of all
         rows that passed every repeat without flakiness.
     """
-    from fastdistill.rewards import run_tests
+    from fastdistill.rewards import SandboxSettings, run_tests_many
     from fastdistill.rewards.functions import extract_test_code
 
-    if repeats < 1:
-        raise ValueError("repeats must be >= 1")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
+    settings = SandboxSettings.coerce(sandbox).replace(workers=n_workers, memory_mb=memory_mb)
+    budget = float(timeout_s) if timeout_s is not None else 2 * settings.test_timeout_s
     rows = list(generations)
-    n_workers = n_workers or os.cpu_count() or 1
+    check_generation_rows(rows)
+    extracted = [extract_test_code(row["completion"]) for row in rows]
+    todo = [i for i, tests in enumerate(extracted) if tests is not None]
 
-    def one(row):
-        tests = extract_test_code(row["completion"])
-        out = _base_row(row, tests)
+    def score(module_name, part):
+        part = [todo[k] for k in part]
+        return run_tests_many([rows[i]["code"] for i in part], [extracted[i] for i in part], repeats=repeats,
+                              timeout_s=budget, memory_mb=settings.memory_mb, module_name=module_name,
+                              n_workers=settings.n_workers, keep_warm=settings.keep_warm)
+
+    runs = _batched(todo, [rows[i].get("module_name") or "solution" for i in todo], score,
+                    max(16, 8 * settings.n_workers), "speed", progress) if todo else []
+    run_of = dict(zip(todo, runs))
+    timed = []
+    for i, row in enumerate(rows):
+        out = _base_row(row, extracted[i])
         out.update(ran=False, passed=False, flaky=False, runtime_s=None, cv=None, repeat_durations_s=[],
                    reason="no test file in the completion")
-        if tests is None:
-            return out
-        run = run_tests(row["code"], tests, repeats=repeats, timeout_s=timeout_s, memory_mb=memory_mb,
-                        module_name=row.get("module_name") or "solution")
-        durations = list(run.repeat_durations_s)
-        ran = bool(run.completed and not run.timed_out and len(durations) == repeats and run.tests)
-        out.update(ran=ran, passed=bool(run.ok and not run.flaky), flaky=bool(run.flaky), repeat_durations_s=durations,
-                   reason=run.reason)
-        if ran:
-            mean = statistics.fmean(durations)
-            out["runtime_s"] = mean
-            out["cv"] = statistics.pstdev(durations) / mean if mean > 0 else 0.0
-        return out
-
-    timed = _map(one, rows, n_workers, "speed", progress)
+        run = run_of.get(i)
+        if run is not None:
+            durations = list(run.repeat_durations_s)
+            ran = bool(run.completed and not run.timed_out and len(durations) == repeats and run.tests)
+            out.update(ran=ran, passed=bool(run.ok and not run.flaky), flaky=bool(run.flaky),
+                       repeat_durations_s=durations, reason=run.reason)
+            if ran:
+                mean = statistics.fmean(durations)
+                out["runtime_s"] = mean
+                out["cv"] = statistics.pstdev(durations) / mean if mean > 0 else 0.0
+        timed.append(out)
     result = {
         "runtime_s": mean_or_none(r["runtime_s"] for r in timed if r["ran"] and r["passed"]),
         "cv": mean_or_none(r["cv"] for r in timed if r["ran"] and r["passed"]),
@@ -173,7 +209,7 @@ def score_speed(generations, *, repeats: int = 5, n_workers: int | None = None, 
         "rows": timed,
     }
     logger.info("speed: mean runtime %s s, mean cv %s over %d/%d test files", result["runtime_s"], result["cv"],
-                result["n_timed"], len(timed))
+                len(timed) and result["n_timed"], len(timed))
     return result
 
 

@@ -26,7 +26,9 @@ from fastdistill.rewards.functions import (
     robustness_reward,
     speed_stability_reward,
 )
+from fastdistill.rewards.settings import DEFAULT_SETTINGS, SandboxSettings
 from fastdistill.rewards.sandbox import (
+    SandboxUnavailableError,
     TestOutcome,
     TestRun,
     close_idle_workers,
@@ -40,4 +42,5 @@ __all__ = [
     "extract_test_code", "make_composite_reward", "mutant_kill_reward", "robustness_reward", "speed_stability_reward",
     "Mutant", "MutantOutcome", "MutationResult", "TestOutcome", "TestRun", "clear_cache", "generate_mutants",
     "mutation_score", "mutation_scores", "run_tests", "run_tests_many", "close_idle_workers", "sandbox_capabilities",
+    "SandboxUnavailableError", "SandboxSettings", "DEFAULT_SETTINGS",
 ]

@@ -538,7 +538,8 @@ class _Server:
         if not errors:
             items, errors, forbidden = self._collect(session, test_file)
         collected = None
-        if items and not forbidden:
+        swaps = any(job.get("source") is not None and job["source"] != installed for job in spec["jobs"])
+        if items and not forbidden and swaps:  # only jobs that swap the CUT use it (~25 ms per pair)
             try:
                 collected = _Collected(session, items, pair_dir, name)
             except Exception:  # noqa: BLE001 - unusual layout: every swap recollects
@@ -760,7 +761,13 @@ def main():
     _libc().prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 0: /proc/<pid>/fd of the worker is off limits
     _set_limits(cfg)
     sys.dont_write_bytecode = False  # the rewritten test module is cached once for all forked jobs
-    import pytest  # noqa: PLC0415 - imported after the limits on purpose
+    try:
+        import pytest  # noqa: PLC0415 - imported after the limits on purpose
+    except BaseException as exc:  # noqa: BLE001 - the parent reports this as SandboxUnavailableError
+        sys.stderr.write(f"fastdistill sandbox: cannot import pytest in {sys.executable}: {exc!r}"
+                         " (install pytest into that interpreter)\n")
+        sys.stderr.flush()
+        os._exit(2)
 
     _install_guards(workdir, guard_writes=not isolated)
     plugin = _Server(cfg, result_fd, cmd_fd)

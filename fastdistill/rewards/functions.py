@@ -3,7 +3,9 @@
 All follow TRL's signature ``f(prompts, completions, **kwargs) -> list[float]``; the code under
 test comes from a dataset column passed as a keyword list (``code`` by default). Completions may
 be strings or conversational message lists. Output without a parseable test file scores 0.0;
-the functions never raise because of what a model generated.
+the functions never raise because of what a model generated. A sandbox that cannot run at all
+raises :class:`~fastdistill.rewards.sandbox.SandboxUnavailableError` (training on all-zero
+rewards from a dead sandbox would be worse than stopping).
 """
 
 from __future__ import annotations
@@ -11,18 +13,30 @@ from __future__ import annotations
 import ast
 import logging
 import math
-import os
 import re
 import statistics
+from dataclasses import replace
 from functools import lru_cache
 
 from fastdistill.augment import robust_augment
-from fastdistill.rewards.mutation import Mutant, _mutants_of, score_batch
+from fastdistill.rewards.mutation import FROM_SETTINGS, Mutant, _mutants_of, score_batch, strip_bom
+from fastdistill.rewards.sandbox import SandboxUnavailableError
+from fastdistill.rewards.settings import SandboxSettings
+from fastdistill.validation import Problems, check_weights
 
 logger = logging.getLogger(__name__)
 
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _CODE_START = re.compile(r"^(import |from |def |class |@|async def )")
+_PYTHON_TAGS = ("", "python", "py", "python3")
+_TAG = re.compile(r"[ \t]*([A-Za-z0-9_+-]*)")
+
+#: Completions longer than this many characters are not searched for a test file (``extract_test_code``
+#: returns None). Far above any real generation (4,096 tokens are ~16,000 characters); it bounds the
+#: parsing work one hostile sample can cost a GRPO step.
+MAX_COMPLETION_CHARS = 500_000
+#: Unfenced output is trimmed at the line of a syntax error at most this many times (each trim is one
+#: parse of at most the text's length), so extraction is linear in the text's length.
+MAX_TRIMS = 8
 
 
 def _completion_text(completion) -> str:
@@ -43,12 +57,65 @@ def _has_tests(tree: ast.Module) -> bool:
     return False
 
 
-def _parse(source: str):
+def _try_parse(source: str):
+    """``(tree or None, syntax error or None)``; never raises."""
     try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return None
-    return tree if _has_tests(tree) else None
+        return ast.parse(source), None
+    except SyntaxError as err:
+        return None, err
+    except (ValueError, RecursionError, MemoryError, SystemError) as err:  # NUL bytes, too deep, ...
+        return None, err
+
+
+def _parse(source: str):
+    tree, _ = _try_parse(source)
+    return tree if tree is not None and _has_tests(tree) else None
+
+
+def _fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """``(tag, body)`` of every Markdown code fence, in one left-to-right pass (linear time).
+
+    A fence opens at three backticks followed by an optional tag and the rest of that line; its
+    body runs to the next three backticks or to the end of the text (an unclosed last fence).
+    """
+    blocks, pos = [], 0
+    while True:
+        start = text.find("```", pos)
+        if start < 0:
+            return blocks
+        newline = text.find("\n", start + 3)
+        if newline < 0:
+            return blocks
+        tag = _TAG.match(text, start + 3, newline).group(1)
+        end = text.find("```", newline + 1)
+        blocks.append((tag, text[newline + 1:] if end < 0 else text[newline + 1:end]))
+        if end < 0:
+            return blocks
+        pos = end + 3
+
+
+def _trim_to_code(lines: list[str], start: int) -> str | None:
+    """The longest code from ``lines[start:]`` that parses and has a test, cutting at syntax errors.
+
+    Each attempt parses once; a failure cuts the text just before the line the error points at (or
+    at least one line), at most :data:`MAX_TRIMS` times, so the work is linear in the text's length.
+    """
+    end = len(lines)
+    while end > start and not lines[end - 1].strip():
+        end -= 1
+    for _ in range(MAX_TRIMS):
+        if end <= start:
+            return None
+        candidate = "\n".join(lines[start:end]) + "\n"
+        tree, err = _try_parse(candidate)
+        if tree is not None:
+            return candidate if _has_tests(tree) else None
+        line = getattr(err, "lineno", None)
+        new_end = start + line - 1 if isinstance(line, int) and line >= 1 else end - 1
+        end = min(new_end, end - 1)
+        while end > start and not lines[end - 1].strip():
+            end -= 1
+    return None
 
 
 def extract_test_code(completion) -> str | None:
@@ -56,12 +123,20 @@ def extract_test_code(completion) -> str | None:
 
     Tries, in order: fenced code blocks (python/py/untagged; the first with a test function, or
     all test-bearing blocks joined), the whole text, then the text from its first line that looks
-    like code, trimming trailing chat lines until it parses.
+    like code, cut before the line of each syntax error (trailing chat) until it parses. A leading
+    byte-order mark is ignored. Linear time: the text is scanned once for fences, and at most
+    ``MAX_TRIMS + 3`` parses of at most its length are made; completions longer than
+    :data:`MAX_COMPLETION_CHARS` characters give None.
     """
     text = _completion_text(completion)
+    if len(text) > MAX_COMPLETION_CHARS:
+        logger.debug("extract_test_code: completion of %d characters is over the %d cap", len(text),
+                     MAX_COMPLETION_CHARS)
+        return None
+    text = strip_bom(text)
     if not text.strip():
         return None
-    blocks = [body for lang, body in _FENCE.findall(text) if lang.lower() in ("", "python", "py", "python3")]
+    blocks = [strip_bom(body) for tag, body in _fenced_blocks(text) if tag.lower() in _PYTHON_TAGS]
     good = [b for b in blocks if _parse(b) is not None]
     if good:
         joined = "\n\n".join(good)
@@ -69,14 +144,10 @@ def extract_test_code(completion) -> str | None:
     if _parse(text) is not None:
         return text
     lines = text.splitlines()
-    starts = [i for i, line in enumerate(lines) if _CODE_START.match(line)]
-    if not starts:
+    start = next((i for i, line in enumerate(lines) if _CODE_START.match(line)), None)
+    if start is None:
         return None
-    for end in range(len(lines), starts[0], -1):
-        candidate = "\n".join(lines[starts[0]:end]) + "\n"
-        if _parse(candidate) is not None:
-            return candidate
-    return None
+    return _trim_to_code(lines, start)
 
 
 def _column(kwargs: dict, name: str, n: int) -> list:
@@ -108,15 +179,29 @@ class _Reward:
     __name__ = "reward"
 
     def __init__(self, code_column: str = "code", module_name: str = "solution", n_workers: int | None = None,
-                 max_mutants: int | None = 30, timeout_s: float = 60.0, memory_mb: int = 1024,
-                 keep_warm: bool = True):
+                 max_mutants=FROM_SETTINGS, timeout_s: float | None = None, memory_mb: int | None = None,
+                 keep_warm: bool | None = None, sandbox: SandboxSettings | dict | str | None = None):
+        p = Problems(type(self).__name__)
+        p.type(code_column, "code_column", str)
+        p.type(module_name, "module_name", str)
+        p.number(n_workers, "n_workers", minimum=1, integer=True, optional=True)
+        if max_mutants is not FROM_SETTINGS:
+            p.number(max_mutants, "max_mutants", minimum=1, integer=True, optional=True)
+        p.number(timeout_s, "timeout_s", minimum=0.0, exclusive_minimum=True, optional=True)
+        p.number(memory_mb, "memory_mb", minimum=1, integer=True, optional=True)
+        p.raise_if_any()
         self.code_column = code_column
-        self.keep_warm = keep_warm  # sandbox workers stay warm between calls (one call per GRPO step)
         self.module_name = module_name
-        self.n_workers = n_workers or os.cpu_count() or 1
-        self.max_mutants = max_mutants
-        self.timeout_s = timeout_s
-        self.memory_mb = memory_mb
+        # every sandbox knob comes from one SandboxSettings; the keywords override single fields
+        self.sandbox = SandboxSettings.coerce(sandbox).replace(workers=n_workers, pair_timeout_s=timeout_s,
+                                                               memory_mb=memory_mb, keep_warm=keep_warm)
+        self.max_mutants = self.sandbox.max_mutants if max_mutants is FROM_SETTINGS else max_mutants
+
+    # read-only views of the settings (names of the keyword arguments)
+    n_workers = property(lambda self: self.sandbox.n_workers)
+    timeout_s = property(lambda self: self.sandbox.pair_timeout_s)
+    memory_mb = property(lambda self: self.sandbox.memory_mb)
+    keep_warm = property(lambda self: self.sandbox.keep_warm)  # workers stay warm between calls (GRPO steps)
 
     def _pairs(self, completions, kwargs):
         codes = _column(kwargs, self.code_column, len(completions))
@@ -125,25 +210,62 @@ class _Reward:
 
     def _batch(self, mutation_requests, test_requests):
         """Run sandbox requests with this component's settings (see :func:`score_batch`)."""
-        return score_batch(mutation_requests, test_requests, n_workers=self.n_workers, module_name=self.module_name,
-                           timeout_s=self.timeout_s, memory_mb=self.memory_mb,
-                           test_timeout_s=min(self.timeout_s, 30.0), keep_warm=self.keep_warm)
+        return score_batch(mutation_requests, test_requests, module_name=self.module_name, settings=self.sandbox)
 
     def score(self, codes, tests):
         """Values for ``(code, tests)`` pairs (``tests`` None: unparseable, scores 0): the component's plan, run."""
         m_req, t_req, finish = self._plan(codes, tests)
         return finish(*self._batch(m_req, t_req))
 
-    def __call__(self, prompts=None, completions=None, **kwargs) -> list[float]:
+    def _bad_rows(self, codes) -> dict[int, str]:
+        """Rows whose code under test cannot be scored at all (not a non-empty string): row -> reason."""
+        bad = {}
+        for i, code in enumerate(codes):
+            if not isinstance(code, str):
+                bad[i] = f"column {self.code_column!r} is {type(code).__name__}, not a string"
+            elif not code.strip():
+                bad[i] = f"column {self.code_column!r} is empty"
+        return bad
+
+    def __call__(self, prompts=None, completions=None, **kwargs) -> list[float | None]:
+        """Rewards for a batch; a row whose dataset input is unusable gets ``None`` (TRL: "not applicable").
+
+        Bad rows (code under test missing, not a string or empty) are counted in the log and in
+        ``last_bad_rows`` (row -> reason) and never change the other rows' values: the rest of
+        the batch is scored as if they were not there.
+        """
         completions = completions or []
+        codes, tests = self._pairs(completions, kwargs)  # a missing column is a ValueError: a setup error
+        bad = self._bad_rows(codes)
+        self.last_bad_rows = bad
+        if bad:
+            first = min(bad)
+            logger.warning("%s: %d of %d rows cannot be scored and get None (row %d: %s)", self.__name__, len(bad),
+                           len(codes), first, bad[first])
+        rows = [i for i in range(len(codes)) if i not in bad]
+        if not rows:
+            return [None] * len(codes)
         try:
-            codes, tests = self._pairs(completions, kwargs)
-            return [float(x) for x in self.score(codes, tests)]
-        except ValueError:
+            values = self.score([codes[i] for i in rows], [tests[i] for i in rows])
+            out: list[float | None] = [None] * len(codes)
+            for i, v in zip(rows, values):
+                out[i] = float(v)
+            if bad and getattr(self, "last_components", None):
+                self.last_components = {name: _scatter(vals, rows, len(codes))
+                                        for name, vals in self.last_components.items()}
+            return out
+        except (ValueError, SandboxUnavailableError):
             raise
         except Exception:  # noqa: BLE001 - a reward must never take the trainer down
             logger.exception("%s failed; scoring the batch 0", self.__name__)
             return [0.0] * len(completions)
+
+
+def _scatter(values, rows, n):
+    out = [None] * n
+    for i, v in zip(rows, values):
+        out[i] = v
+    return out
 
 
 class MutantKillReward(_Reward):
@@ -179,6 +301,10 @@ class SpeedStabilityReward(_Reward):
 
     def __init__(self, repeats: int = 3, ref_s: float = 0.005, **kwargs):
         super().__init__(**kwargs)
+        p = Problems(type(self).__name__)
+        p.number(repeats, "repeats", minimum=1, integer=True)
+        p.number(ref_s, "ref_s", minimum=0.0, exclusive_minimum=True)
+        p.raise_if_any()
         self.repeats = repeats
         self.ref_s = ref_s
 
@@ -239,6 +365,10 @@ class RobustnessReward(_Reward):
 
     def __init__(self, n_variants: int = 1, max_mutants: int | None = 5, flip_docstrings: float = 1.0, **kwargs):
         super().__init__(max_mutants=max_mutants, **kwargs)
+        p = Problems(type(self).__name__)
+        p.number(n_variants, "n_variants", minimum=1, integer=True)
+        p.number(flip_docstrings, "flip_docstrings", minimum=0.0, maximum=1.0)
+        p.raise_if_any()
         self.n_variants = n_variants
         self.flip_docstrings = flip_docstrings
 
@@ -307,13 +437,14 @@ class CompositeReward(_Reward):
                  fused: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.fused = fused
-        weights = dict(weights or PRESETS["mutant"])
-        unknown = set(weights) - set(_COMPONENTS)
-        if unknown:
-            raise ValueError(f"unknown reward components {sorted(unknown)}; choose from {sorted(_COMPONENTS)}")
+        weights = dict(PRESETS["mutant"] if weights is None else weights)
+        # every problem at once: unknown component (closest name), NaN / inf / negative weight, none > 0
+        check_weights(weights, _COMPONENTS, "weights")
+        if component_kwargs is not None:
+            p = Problems("component_kwargs")
+            p.keys(component_kwargs, _COMPONENTS, "")
+            p.raise_if_any()
         total = sum(w for w in weights.values() if w > 0)
-        if total <= 0:
-            raise ValueError("at least one weight must be positive")
         self.weights = {k: w / total for k, w in weights.items() if w > 0}
         component_kwargs = component_kwargs or {}
         self.components = {name: _COMPONENTS[name](**{**kwargs, **component_kwargs.get(name, {})})
@@ -321,7 +452,7 @@ class CompositeReward(_Reward):
         self.last_components: dict[str, list[float]] = {}
 
     def _fusable(self) -> bool:
-        settings = {(c.module_name, c.memory_mb, c.timeout_s, c.n_workers, c.keep_warm) for c in self.components.values()}
+        settings = {(c.module_name, replace(c.sandbox, max_mutants=None)) for c in self.components.values()}
         return self.fused and len(settings) == 1
 
     def _score_fused(self, codes, tests):
@@ -348,12 +479,16 @@ class CompositeReward(_Reward):
         if self._fusable():
             try:
                 return self._combine(codes, self._score_fused(codes, tests))
+            except SandboxUnavailableError:
+                raise
             except Exception:  # noqa: BLE001 - fall back to running the components one by one
                 logger.exception("fused reward scoring failed; scoring component by component")
         values = {}
         for name, component in self.components.items():
             try:
                 values[name] = [float(v) for v in component.score(codes, tests)]
+            except SandboxUnavailableError:
+                raise
             except Exception:  # noqa: BLE001
                 logger.exception("reward component %s failed; scoring it 0", name)
                 values[name] = [0.0] * len(codes)
@@ -372,6 +507,7 @@ class CompositeReward(_Reward):
         log_metric = kwargs.get("log_metric")
         if callable(log_metric):
             for name, values in self.last_components.items():
+                values = [v for v in values if v is not None]
                 if name != "composite" and values:
                     log_metric(f"rewards/{name}", statistics.fmean(values))
         return rewards
@@ -382,7 +518,8 @@ def composite_reward(weights: dict[str, float] | None = None, *, preset: str | N
 
     Components: ``mutant_kill``, ``speed_stability``, ``robustness``. Presets (see ``PRESETS``):
     ``"mutant"`` and ``"speed"``, the two GRPO branches. Keyword arguments (``code_column``,
-    ``max_mutants``, ``n_workers``, ...) go to every component.
+    ``max_mutants``, ``n_workers``, ``sandbox`` (a :class:`~fastdistill.rewards.SandboxSettings` or a
+    dict of its fields), ...) go to every component.
     """
     if preset is not None:
         if weights is not None:

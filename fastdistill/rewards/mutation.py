@@ -1,57 +1,37 @@
-"""AST mutation engine and a fast, sandboxed mutation score.
+"""Sandboxed mutation scores, their cache, and the batch scorer every caller goes through.
 
 Speed: pytest is imported and configured once per sandbox worker, and a worker serves many
 (code, tests) pairs. Per pair a zygote collects the tests once; each mutant then runs in a child
 forked from it that swaps the mutant in (fresh module object, test module re-executed against it),
 runs the already-collected items, stops at its first failing test and has its own wall-clock
-timeout and CPU budget (multiples of the original run's time). Many pairs are scored in parallel
-with :func:`mutation_scores`; results are cached by a content hash of (code, tests, parameters)
-so a repeated pair is never run twice.
+timeout and CPU budget (multiples of the original run's time). :func:`score_batch` runs a whole
+batch of requests in one sandbox call; :func:`mutation_scores` and :func:`mutation_score` are thin
+wrappers over it. Results are cached by a content hash of (code, tests, parameters) so a repeated
+pair is never run twice. The mutants themselves come from :mod:`fastdistill.rewards.mutants`.
 """
 
 from __future__ import annotations
 
 import ast
 import copy
-import functools
 import hashlib
 import json
 import logging
-import os
-import random
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from fastdistill.rewards.sandbox import execute_pairs
+from fastdistill.rewards.mutants import (  # noqa: F401 - re-exported: the public names lived here
+    OPERATORS,
+    Mutant,
+    _memoised_mutants,
+    _mutants_of,
+    generate_mutants,
+)
+from fastdistill.rewards.sandbox import TestRun, _to_test_run, execute_pairs
+from fastdistill.rewards.settings import SandboxSettings
 
 logger = logging.getLogger(__name__)
-
-_ARITH = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.FloorDiv: ast.Div,
-          ast.Mod: ast.FloorDiv, ast.Pow: ast.Mult, ast.BitAnd: ast.BitOr, ast.BitOr: ast.BitAnd,
-          ast.LShift: ast.RShift, ast.RShift: ast.LShift}
-_COMPARE = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
-            ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn, ast.NotIn: ast.In}
-_DELETABLE = (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Expr, ast.Raise)
-
-OPERATORS = ("arithmetic", "comparison", "boolean", "unary", "constant", "off_by_one", "return_value",
-             "negate_condition", "delete_statement", "break_continue", "slice_index")
-
-
-@dataclass
-class Mutant:
-    """One mutated version of the code: ``operator`` applied at ``line``; ``source`` is runnable.
-
-    ``pairs_with`` (explicit mutants of a rewritten CUT, see :func:`score_batch`): the source of the
-    original CUT's mutant this one rewrites; it then runs only if that mutant was killed, and is
-    reported as not killed without running otherwise (robustness only looks at killed pairs).
-    """
-
-    operator: str
-    line: int
-    description: str
-    source: str
-    pairs_with: str | None = None
 
 
 @dataclass
@@ -70,7 +50,7 @@ class MutationResult:
     """Result of :func:`mutation_score`. ``kill_rate = killed / total`` (timeouts count as killed).
 
     ``baseline_ok`` is False when the tests do not pass on the original code; the score is then 0
-    and ``reason`` says why.
+    and ``reason`` says why. ``baseline_run`` holds that run's per-test outcomes.
     """
 
     total: int = 0
@@ -85,171 +65,9 @@ class MutationResult:
     duration_s: float = 0.0
     reason: str = ""
     cached: bool = False
-
-
-def _is_docstring(node, parent) -> bool:
-    return (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
-            and isinstance(parent, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
-            and parent.body and parent.body[0] is node)
-
-
-def _candidates(tree: ast.AST) -> list[tuple[ast.AST, str, str, object]]:
-    """Every (node, operator, description, payload) mutation point, in a deterministic order."""
-    points = []
-    docstring_values = set()
-    in_function = set()
-    for parent in ast.walk(tree):
-        for name, value in ast.iter_fields(parent):
-            children = value if isinstance(value, list) else [value]
-            for child in children:
-                if not isinstance(child, ast.AST):
-                    continue
-                if _is_docstring(child, parent):
-                    docstring_values.add(id(child.value))
-                if isinstance(parent, (ast.FunctionDef, ast.AsyncFunctionDef)) or id(parent) in in_function:
-                    in_function.add(id(child))
-    for node in ast.walk(tree):
-        if isinstance(node, ast.BinOp) and type(node.op) in _ARITH:
-            points.append((node, "arithmetic", f"{type(node.op).__name__} -> {_ARITH[type(node.op)].__name__}", None))
-        elif isinstance(node, ast.AugAssign) and type(node.op) in _ARITH:
-            points.append((node, "arithmetic", f"{type(node.op).__name__}= -> {_ARITH[type(node.op)].__name__}=", None))
-        elif isinstance(node, ast.Compare):
-            for i, op in enumerate(node.ops):
-                if type(op) in _COMPARE:
-                    points.append((node, "comparison", f"{type(op).__name__} -> {_COMPARE[type(op)].__name__}", i))
-        elif isinstance(node, ast.BoolOp):
-            points.append((node, "boolean", "and <-> or", None))
-        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.Not, ast.USub, ast.Invert)):
-            points.append((node, "unary", f"drop {type(node.op).__name__}", None))
-        elif isinstance(node, ast.Constant) and id(node) not in docstring_values:
-            value = node.value
-            if isinstance(value, bool):
-                points.append((node, "constant", f"{value} -> {not value}", not value))
-            elif isinstance(value, (int, float)) and not isinstance(value, bool):
-                points.append((node, "off_by_one", f"{value} -> {value + 1}", value + 1))
-                points.append((node, "off_by_one", f"{value} -> {value - 1}", value - 1))
-                if value not in (0, 1):
-                    points.append((node, "constant", f"{value} -> 0", 0))
-            elif isinstance(value, str):
-                points.append((node, "constant", "string -> " + ("'XX'" if value else "''"), "XX" if not value else ""))
-        elif isinstance(node, ast.Return) and node.value is not None and not (
-                isinstance(node.value, ast.Constant) and node.value.value is None):
-            points.append((node, "return_value", "return value -> None", None))
-        elif isinstance(node, (ast.If, ast.While, ast.IfExp)):
-            points.append((node, "negate_condition", "condition -> not condition", None))
-        elif isinstance(node, ast.Break):
-            points.append((node, "break_continue", "break -> continue", None))
-        elif isinstance(node, ast.Continue):
-            points.append((node, "break_continue", "continue -> break", None))
-        elif isinstance(node, ast.Slice):
-            for bound in ("lower", "upper"):
-                if getattr(node, bound) is not None:
-                    points.append((node, "slice_index", f"slice {bound} + 1", bound))
-        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and not isinstance(node.slice, (ast.Slice, ast.Constant, ast.Tuple)):
-            points.append((node, "slice_index", "index + 1", None))
-        if isinstance(node, _DELETABLE) and id(node) in in_function and not (
-                isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
-            points.append((node, "delete_statement", "statement -> pass", None))
-    return points
-
-
-def _apply(node: ast.AST, operator: str, payload) -> ast.AST | None:
-    """Mutate ``node`` in place; return a node that replaces it in its parent, or None."""
-    if operator == "arithmetic":
-        node.op = _ARITH[type(node.op)]()
-    elif operator == "comparison":
-        node.ops[payload] = _COMPARE[type(node.ops[payload])]()
-    elif operator == "boolean":
-        node.op = ast.Or() if isinstance(node.op, ast.And) else ast.And()
-    elif operator == "unary":
-        return node.operand
-    elif operator in ("constant", "off_by_one"):
-        node.value = payload
-    elif operator == "return_value":
-        node.value = ast.Constant(None)
-    elif operator == "negate_condition":
-        node.test = ast.UnaryOp(ast.Not(), node.test)
-    elif operator == "break_continue":
-        return ast.Continue() if isinstance(node, ast.Break) else ast.Break()
-    elif operator == "slice_index":
-        if payload is None:
-            node.slice = ast.BinOp(node.slice, ast.Add(), ast.Constant(1))
-        else:
-            setattr(node, payload, ast.BinOp(getattr(node, payload), ast.Add(), ast.Constant(1)))
-    elif operator == "delete_statement":
-        return ast.Pass()
-    return None
-
-
-def _slots(tree: ast.AST) -> dict[int, tuple[ast.AST, str, int | None]]:
-    """``id(node) -> (parent, field, index in the field's list or None)`` for every node below ``tree``."""
-    slots = {}
-    for parent in ast.walk(tree):
-        for name, value in ast.iter_fields(parent):
-            if isinstance(value, list):
-                for i, child in enumerate(value):
-                    if isinstance(child, ast.AST):
-                        slots[id(child)] = (parent, name, i)
-            elif isinstance(value, ast.AST):
-                slots[id(value)] = (parent, name, None)
-    return slots
-
-
-def _mutated_source(tree, slots, node, operator, payload) -> str:
-    """``ast.unparse`` of ``tree`` with one mutation applied, leaving ``tree`` as it was.
-
-    The mutation is applied in place and undone afterwards (the node's fields, and its slot in its
-    parent for replacing operators), instead of deep-copying the tree for every mutant.
-    """
-    saved = {name: list(value) if isinstance(value, list) else value for name, value in ast.iter_fields(node)}
-    parent, field_name, index = slots[id(node)]
-    replacement = _apply(node, operator, payload)
-    if replacement is not None:  # (locations are not needed: only the unparsed source is kept)
-        if index is None:
-            setattr(parent, field_name, replacement)
-        else:
-            getattr(parent, field_name)[index] = replacement
-    try:
-        return ast.unparse(tree)
-    finally:
-        if replacement is not None:
-            if index is None:
-                setattr(parent, field_name, node)
-            else:
-                getattr(parent, field_name)[index] = node
-        for name, value in saved.items():
-            setattr(node, name, value)
-
-
-def generate_mutants(code: str, *, max_mutants: int | None = None, seed: int = 0) -> list[Mutant]:
-    """Return the distinct, compilable mutants of ``code`` (AST-based, deterministic for a seed).
-
-    Operators: see :data:`OPERATORS`. With ``max_mutants`` a seeded random subset is kept, in the
-    original order; samples are nested (for one seed, the subset kept under a smaller cap is part
-    of the subset kept under a larger one), so requests with different caps share their runs.
-    Raises ``SyntaxError`` if ``code`` does not parse.
-    """
-    tree = ast.parse(code)
-    original = ast.unparse(tree)
-    slots = _slots(tree)
-    mutants, seen = [], {original}
-    for node, operator, description, payload in _candidates(tree):
-        try:
-            source = _mutated_source(tree, slots, node, operator, payload)
-            compile(source, "<mutant>", "exec")
-        except (SyntaxError, ValueError, TypeError, RecursionError):
-            continue
-        if source in seen:
-            continue
-        seen.add(source)
-        mutants.append(Mutant(operator=operator, line=getattr(node, "lineno", 0), description=description,
-                              source=source))
-    if max_mutants is not None and len(mutants) > max_mutants:
-        order = list(range(len(mutants)))
-        random.Random(seed).shuffle(order)  # a prefix of one seeded permutation: nested samples
-        keep = sorted(order[:max_mutants])
-        mutants = [mutants[i] for i in keep]
-    return mutants
+    baseline_run: TestRun | None = None
+    """The run of the tests on the original code, as :func:`~fastdistill.rewards.sandbox.run_tests`
+    reports a run (None when nothing ran: the code or the tests do not parse)."""
 
 
 class _ResultCache:
@@ -301,10 +119,38 @@ def _cache_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def mutation_score(code: str, tests: str, *, module_name: str = "solution", max_mutants: int | None = 40,
-                   seed: int = 0, timeout_s: float = 60.0, memory_mb: int = 1024, baseline_timeout_s: float = 10.0,
-                   mutant_timeout_factor: float = 3.0, mutant_timeout_min_s: float = 0.3,
-                   mutant_cpu_min_s: float = 0.02, use_cache: bool = True) -> MutationResult:
+def strip_bom(source):
+    """``source`` without a leading UTF-8 byte-order mark (U+FEFF), which ``ast.parse`` refuses on a str.
+
+    A file saved with a BOM runs under pytest (Python decodes files as utf-8-sig), so it must also
+    parse for mutation; anything that is not a str is returned unchanged.
+    """
+    return source[1:] if isinstance(source, str) and source.startswith("\ufeff") else source
+
+
+class _FromSettings:
+    """Default of a keyword whose value comes from the call's :class:`SandboxSettings`."""
+
+    def __repr__(self):
+        return "<from settings>"
+
+
+FROM_SETTINGS = _FromSettings()
+
+
+def _settings(settings, **explicit) -> SandboxSettings:
+    """``settings`` (default: :data:`DEFAULT_SETTINGS`) with the keywords given explicitly applied."""
+    base = SandboxSettings.coerce(settings)
+    changes = {k: v for k, v in explicit.items() if v is not FROM_SETTINGS}
+    return replace(base, **changes) if changes else base
+
+
+def mutation_score(code: str, tests: str, *, module_name: str = "solution", max_mutants=FROM_SETTINGS,
+                   seed=FROM_SETTINGS, timeout_s=FROM_SETTINGS, memory_mb=FROM_SETTINGS,
+                   baseline_timeout_s=FROM_SETTINGS, mutant_timeout_factor=FROM_SETTINGS,
+                   mutant_timeout_min_s=FROM_SETTINGS, mutant_cpu_min_s=FROM_SETTINGS, use_cache: bool = True,
+                   n_workers=FROM_SETTINGS, keep_warm=FROM_SETTINGS,
+                   settings: SandboxSettings | dict | None = None) -> MutationResult:
     """Mutation score of the pytest file ``tests`` against ``code``, run in the sandbox.
 
     The tests first run on the original code; if any fails (or none is collected) the result has
@@ -314,13 +160,18 @@ def mutation_score(code: str, tests: str, *, module_name: str = "solution", max_
     (or the test module against it) fails to import, or it times out: after
     ``max(mutant_timeout_min_s, mutant_timeout_factor * baseline time)`` of wall clock, or after
     ``max(mutant_cpu_min_s, mutant_timeout_factor * baseline time)`` of CPU time (hot infinite
-    loops). ``timeout_s`` bounds the whole call: mutants not reached in time count as survived.
-    Never raises for bad input.
+    loops). ``timeout_s`` (``settings.pair_timeout_s``) bounds the whole call: mutants not reached
+    in time count as survived. Every keyword not given comes from ``settings`` (see
+    :class:`~fastdistill.rewards.settings.SandboxSettings` for the defaults). The mutants are
+    spread over the warm workers, so a single call uses every core.
+    Never raises for bad input; raises
+    :class:`~fastdistill.rewards.sandbox.SandboxUnavailableError` when the sandbox cannot run at all.
     """
-    return mutation_scores([code], [tests], n_workers=1, module_name=module_name, max_mutants=max_mutants, seed=seed,
-                           timeout_s=timeout_s, memory_mb=memory_mb, baseline_timeout_s=baseline_timeout_s,
+    return mutation_scores([code], [tests], n_workers=n_workers, module_name=module_name, max_mutants=max_mutants,
+                           seed=seed, timeout_s=timeout_s, memory_mb=memory_mb, baseline_timeout_s=baseline_timeout_s,
                            mutant_timeout_factor=mutant_timeout_factor, mutant_timeout_min_s=mutant_timeout_min_s,
-                           mutant_cpu_min_s=mutant_cpu_min_s, use_cache=use_cache)[0]
+                           mutant_cpu_min_s=mutant_cpu_min_s, use_cache=use_cache, keep_warm=keep_warm,
+                           settings=settings)[0]
 
 
 def _cached_copy(result: MutationResult) -> MutationResult:
@@ -329,43 +180,32 @@ def _cached_copy(result: MutationResult) -> MutationResult:
     return clone
 
 
-@functools.lru_cache(maxsize=1024)  # thread-safe; a code that does not parse raises and is not cached
-def _memoised_mutants(code: str, max_mutants: int | None, seed: int) -> tuple[Mutant, ...]:
-    return tuple(generate_mutants(code, max_mutants=max_mutants, seed=seed))
-
-
-def _mutants_of(code: str, max_mutants, seed: int) -> list[Mutant]:
-    """:func:`generate_mutants`, memoised: in a GRPO batch every generation of a prompt shares its CUT.
-
-    ``max_mutants`` may also be an explicit sequence of :class:`Mutant` (returned as a list).
-    """
-    if isinstance(max_mutants, (list, tuple)):
-        return list(max_mutants)
-    return list(_memoised_mutants(code, max_mutants, seed))
-
-
-def _prepare(code, tests, *, module_name, max_mutants, seed, timeout_s, baseline_timeout_s, factor, min_s, cpu_min_s):
-    """Mutants and the sandbox spec for one pair, or an early :class:`MutationResult`."""
+def _prepare(code, tests, *, max_mutants, seed):
+    """The mutants of one pair, or an early :class:`MutationResult` when the code or tests do not parse."""
     try:
         mutants = _mutants_of(code, max_mutants, seed)
     except (SyntaxError, ValueError, RecursionError) as exc:
-        return None, None, MutationResult(reason=f"code under test does not parse: {exc}")
+        return None, MutationResult(reason=f"code under test does not parse: {exc}")
     try:
         ast.parse(tests)
     except (SyntaxError, ValueError, RecursionError) as exc:
-        return None, None, MutationResult(total=len(mutants), survived=len(mutants), reason=f"tests do not parse: {exc}")
-    jobs = [{"source": code, "stop_first": False, "timeout_s": baseline_timeout_s}]
-    jobs += [{"source": m.source, "stop_first": True, "timeout_s": None} for m in mutants]
-    spec = {"code": code, "tests": tests, "module_name": module_name, "write_module": False, "jobs": jobs,
-            "timeout_s": timeout_s, "gate": {"factor": factor, "min_s": min_s, "max_s": max(min_s, timeout_s),
-                                             "cpu_min_s": min(cpu_min_s, min_s)}}
-    return mutants, spec, None
+        return None, MutationResult(total=len(mutants), survived=len(mutants), reason=f"tests do not parse: {exc}")
+    return mutants, None
+
+
+def _baseline_run(raw, baseline) -> TestRun:
+    """The baseline job (job 0) of a pair as a one-repeat :class:`TestRun`."""
+    if baseline is None:
+        return _to_test_run({**raw, "jobs": [], "completed": False}, 1)
+    return _to_test_run({**raw, "jobs": [dict(baseline, i=0)], "completed": True, "reason": "",
+                         "timed_out": False, "duration_s": baseline["duration_s"]}, 1)
 
 
 def _finish(mutants, raw) -> MutationResult:
     result = MutationResult(total=len(mutants), duration_s=raw["duration_s"])
     by_index = {job["i"]: job for job in raw["jobs"]}
     baseline = by_index.get(0)
+    result.baseline_run = _baseline_run(raw, baseline)
     if baseline is None:
         result.survived = len(mutants)
         result.reason = f"tests did not finish on the original code: {raw['reason']}"
@@ -413,52 +253,29 @@ def _finish(mutants, raw) -> MutationResult:
     return result
 
 
-def mutation_scores(codes: list[str], tests: list[str], *, n_workers: int | None = None, module_name: str = "solution",
-                    max_mutants: int | None = 40, seed: int = 0, timeout_s: float = 60.0, memory_mb: int = 1024,
-                    baseline_timeout_s: float = 10.0, mutant_timeout_factor: float = 3.0,
-                    mutant_timeout_min_s: float = 0.3, mutant_cpu_min_s: float = 0.02,
-                    use_cache: bool = True, keep_warm: bool = False) -> list[MutationResult]:
+def mutation_scores(codes: list[str], tests: list[str], *, n_workers=FROM_SETTINGS, module_name: str = "solution",
+                    max_mutants=FROM_SETTINGS, seed=FROM_SETTINGS, timeout_s=FROM_SETTINGS, memory_mb=FROM_SETTINGS,
+                    baseline_timeout_s=FROM_SETTINGS, mutant_timeout_factor=FROM_SETTINGS,
+                    mutant_timeout_min_s=FROM_SETTINGS, mutant_cpu_min_s=FROM_SETTINGS,
+                    use_cache: bool = True, keep_warm=FROM_SETTINGS,
+                    settings: SandboxSettings | dict | None = None) -> list[MutationResult]:
     """Score many (code, tests) pairs; parameters as in :func:`mutation_score`.
 
-    Duplicate pairs in the batch run once and cached pairs not at all. The rest are spread over
-    ``n_workers`` sandbox workers (default: one per core); each worker pays pytest's start-up once
-    and serves pairs one after another (largest first), each pair isolated from the next.
-    ``keep_warm=True`` keeps the workers for the next call (see
+    A thin wrapper over :func:`score_batch`: duplicate pairs in the batch run once and cached pairs
+    not at all. The rest are spread over ``n_workers`` sandbox workers (default: one per core);
+    each worker pays pytest's start-up once and serves pairs one after another (largest first),
+    each pair isolated from the next; with fewer pairs than workers a pair's mutants are split.
+    Workers stay warm for the next call unless ``keep_warm=False`` (see
     :func:`fastdistill.rewards.sandbox.execute_pairs`).
     """
     if len(codes) != len(tests):
         raise ValueError("codes and tests must have the same length")
-    n_workers = n_workers or os.cpu_count() or 1
-    unique: dict[tuple[str, str], int] = {}
-    for pair in zip(codes, tests):
-        unique.setdefault(pair, len(unique))
-    pairs = list(unique)
-    results: list = [None] * len(pairs)
-    keys = [_cache_key("v2", c, t, module_name, max_mutants, seed, memory_mb, mutant_timeout_factor,
-                       mutant_timeout_min_s, mutant_cpu_min_s) for c, t in pairs]
-    pending = []
-    for index, ((code, test), key) in enumerate(zip(pairs, keys)):
-        hit = _CACHE.get(key) if use_cache else None
-        if hit is not None:
-            results[index] = hit
-            continue
-        mutants, spec, early = _prepare(code, test, module_name=module_name, max_mutants=max_mutants, seed=seed,
-                                        timeout_s=timeout_s, baseline_timeout_s=baseline_timeout_s,
-                                        factor=mutant_timeout_factor, min_s=mutant_timeout_min_s,
-                                        cpu_min_s=mutant_cpu_min_s)
-        if early is not None:
-            results[index] = early
-        else:
-            pending.append((index, mutants, spec))
-    if pending:
-        raws = execute_pairs([spec for _, _, spec in pending], memory_mb=memory_mb, n_workers=n_workers,
-                             keep_warm=keep_warm)
-        for (index, mutants, _), raw in zip(pending, raws):
-            results[index] = _finish(mutants, raw)
-    if use_cache:
-        for result, key in zip(results, keys):
-            _CACHE.put(key, result)
-    return [results[unique[pair]] for pair in zip(codes, tests)]
+    s = _settings(settings, workers=n_workers, max_mutants=max_mutants, seed=seed, pair_timeout_s=timeout_s,
+                  memory_mb=memory_mb, baseline_timeout_s=baseline_timeout_s,
+                  mutant_timeout_factor=mutant_timeout_factor, mutant_timeout_min_s=mutant_timeout_min_s,
+                  mutant_cpu_min_s=mutant_cpu_min_s, keep_warm=keep_warm)
+    return score_batch([(c, t, s.max_mutants, None) for c, t in zip(codes, tests)], module_name=module_name,
+                       use_cache=use_cache, settings=s)[0]
 
 
 _MIN_MUTANTS_PER_SHARD = 8  # a shard repeats its pair's collection and baselines (~30-40 ms): not for a few mutants
@@ -531,11 +348,12 @@ def _merge_shards(raws: list[dict], shards: list[tuple[int, list[int]]], n_pairs
     return merged
 
 
-def score_batch(mutation_requests: list[tuple], test_requests: list[tuple] = (), *, n_workers: int | None = None,
-                module_name: str = "solution", seed: int = 0, timeout_s: float = 60.0, memory_mb: int = 1024,
-                baseline_timeout_s: float = 10.0, mutant_timeout_factor: float = 3.0,
-                mutant_timeout_min_s: float = 0.3, mutant_cpu_min_s: float = 0.02, test_timeout_s: float = 10.0,
-                use_cache: bool = True, keep_warm: bool = False) -> tuple[list, list]:
+def score_batch(mutation_requests: list[tuple], test_requests: list[tuple] = (), *, n_workers=FROM_SETTINGS,
+                module_name: str = "solution", seed=FROM_SETTINGS, timeout_s=FROM_SETTINGS, memory_mb=FROM_SETTINGS,
+                baseline_timeout_s=FROM_SETTINGS, mutant_timeout_factor=FROM_SETTINGS,
+                mutant_timeout_min_s=FROM_SETTINGS, mutant_cpu_min_s=FROM_SETTINGS, test_timeout_s=FROM_SETTINGS,
+                use_cache: bool = True, keep_warm=FROM_SETTINGS,
+                settings: SandboxSettings | dict | None = None) -> tuple[list, list]:
     """Mutation scores and repeated test runs for a whole batch in one sandbox call, one pair per test file.
 
     ``mutation_requests``: ``(code, tests, max_mutants, needs)`` tuples, scored exactly as
@@ -554,11 +372,16 @@ def score_batch(mutation_requests: list[tuple], test_requests: list[tuple] = (),
     version has its own baseline, which sets its mutants' time budgets. Mutants shared by several
     requests of one CUT (different ``max_mutants``) run once. Returns ``(mutation_results, test_runs)``.
     """
-    from fastdistill.rewards.sandbox import _to_test_run
-
-    n_workers = n_workers or os.cpu_count() or 1
-    factor, min_s, cpu_min_s = mutant_timeout_factor, mutant_timeout_min_s, mutant_cpu_min_s
+    s = _settings(settings, workers=n_workers, seed=seed, pair_timeout_s=timeout_s, memory_mb=memory_mb,
+                  baseline_timeout_s=baseline_timeout_s, mutant_timeout_factor=mutant_timeout_factor,
+                  mutant_timeout_min_s=mutant_timeout_min_s, mutant_cpu_min_s=mutant_cpu_min_s,
+                  test_timeout_s=test_timeout_s, keep_warm=keep_warm)
+    n_workers, seed, timeout_s, memory_mb = s.n_workers, s.seed, s.pair_timeout_s, s.memory_mb
+    baseline_timeout_s, test_timeout_s, keep_warm = s.baseline_timeout_s, s.test_timeout_s, s.keep_warm
+    factor, min_s, cpu_min_s = s.mutant_timeout_factor, s.mutant_timeout_min_s, s.mutant_cpu_min_s
     mutation_requests, test_requests = list(mutation_requests), list(test_requests)
+    mutation_requests = [(strip_bom(c), strip_bom(t), *rest) for c, t, *rest in mutation_requests]
+    test_requests = [(strip_bom(c), strip_bom(t), *rest) for c, t, *rest in test_requests]
     m_results: list = [None] * len(mutation_requests)
     keys = [_cache_key("v2", c, t, module_name, _mutants_key(mm), seed, memory_mb, factor, min_s, cpu_min_s)
             for c, t, mm, _ in mutation_requests]
@@ -577,9 +400,7 @@ def score_batch(mutation_requests: list[tuple], test_requests: list[tuple] = (),
         if hit is not None:
             m_results[i] = hit
             continue
-        mutants, _, early = _prepare(code, tests, module_name=module_name, max_mutants=mm, seed=seed,
-                                     timeout_s=timeout_s, baseline_timeout_s=baseline_timeout_s, factor=factor,
-                                     min_s=min_s, cpu_min_s=cpu_min_s)
+        mutants, early = _prepare(code, tests, max_mutants=mm, seed=seed)
         if early is not None:
             m_results[i] = early
             continue
@@ -669,7 +490,8 @@ def score_batch(mutation_requests: list[tuple], test_requests: list[tuple] = (),
                       "jobs": jobs, "gate": gate,
                       "timeout_s": timeout_s * plan["n_mut"] + (float(test_timeout_s) if plan["n_test"] else 0.0)})
     run_specs, shards = _shard_specs(specs, n_workers)
-    raws = _merge_shards(execute_pairs(run_specs, memory_mb=memory_mb, n_workers=n_workers, keep_warm=keep_warm),
+    raws = _merge_shards(execute_pairs(run_specs, memory_mb=memory_mb, n_workers=n_workers, keep_warm=keep_warm,
+                                       nproc=s.max_processes),
                          shards, len(specs)) if specs else []
     # 3. split each pair's jobs back into the requests' results
     t_results: list = [None] * len(test_requests)

@@ -46,6 +46,27 @@ _CFG_NAME = ".fastdistill_sandbox.json"
 OUTPUT_CAP = 64 * 1024
 SANDBOX_MARK = "--fastdistill-sandbox="
 
+SANDBOX_PYTHON: str | None = None
+"""Interpreter the sandbox workers run (it must be able to import pytest). ``None`` (the default)
+means the environment variable ``FASTDISTILL_SANDBOX_PYTHON`` if set, else ``sys.executable``."""
+
+_TAIL_CHARS = 2000
+
+
+class SandboxUnavailableError(RuntimeError):
+    """The sandbox cannot run tests at all: a worker could not start, or died before it was ready.
+
+    Raised instead of a score (a dead sandbox must never look like "the tests failed"): pytest
+    missing in the worker's interpreter, namespace set-up failing, the interpreter crashing at
+    start. The message names the cause and ends with the tail of the worker's output.
+    Ordinary outcomes of the tests themselves (failing, timing out, crashing) are never raised.
+    """
+
+
+def sandbox_python() -> str:
+    """The interpreter sandbox workers run: :data:`SANDBOX_PYTHON`, ``$FASTDISTILL_SANDBOX_PYTHON`` or ours."""
+    return SANDBOX_PYTHON or os.environ.get("FASTDISTILL_SANDBOX_PYTHON") or sys.executable
+
 
 @dataclass
 class TestOutcome:
@@ -145,7 +166,8 @@ class _Worker:
     def __init__(self, *, memory_mb: int, nproc: int = 64, cpu_s: int = 86400):
         caps = sandbox_capabilities()
         self.namespaces = bool(caps["namespaces"])
-        self.limits = (memory_mb, nproc)
+        python = sandbox_python()
+        self.limits = (memory_mb, nproc, python)
         self.owner_pid = os.getpid()
         self.alive = False
         self.proc = None
@@ -167,7 +189,7 @@ class _Worker:
             result_r, result_w = os.pipe()
             cmd_r, cmd_w = os.pipe()
             self.result_r, self.cmd_w = result_r, cmd_w
-            cmd = [sys.executable, "-I", str(_CHILD), str(result_w), str(cmd_r), SANDBOX_MARK + token]
+            cmd = [python, "-I", str(_CHILD), str(result_w), str(cmd_r), SANDBOX_MARK + token]
             if self.namespaces:
                 cmd = [caps["unshare"], "-rmnpf", "--kill-child", *cmd]
             preexec = None
@@ -198,10 +220,40 @@ class _Worker:
             self.sel.register(self.result_r, selectors.EVENT_READ, "res")
             ready = self._wait(time.monotonic() + self.START_TIMEOUT_S, lambda m: m.get("t") == "ready")
             self.alive = ready == "ok"
-            self.start_error = "" if self.alive else f"sandbox worker did not start ({ready})"
+            self.start_error = ""
+            if not self.alive:
+                self._drain_output()
+                self.close()
+                how = (f"timed out after {self.START_TIMEOUT_S:.0f}s waiting for it to be ready"
+                       if ready == "timeout" else f"it exited with return code {self.proc.returncode}")
+                tail = self._output.decode("utf-8", "replace").strip()[-_TAIL_CHARS:]
+                self.start_error = (f"sandbox worker did not start: {how} (interpreter {python}"
+                                    + (f", via {caps['unshare']} -rmnpf" if self.namespaces else "") + "); "
+                                    + (f"its output ends with:\n{tail}" if tail else "it wrote nothing"))
         except BaseException:
             self.close()
             raise
+
+    def _drain_output(self) -> None:
+        """Read what the (dead or stuck) worker left on its output pipe, for the error message."""
+        if self.proc is None or self.proc.stdout is None:
+            return
+        deadline = time.monotonic() + 1.0
+        fd = self.proc.stdout.fileno()
+        os.set_blocking(fd, False)
+        while len(self._output) < OUTPUT_CAP and time.monotonic() < deadline:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.01)
+                continue
+            except OSError:
+                break
+            if not chunk:
+                break
+            self._output += chunk[: OUTPUT_CAP - len(self._output)]
 
     def _wait(self, deadline: float, want) -> str:
         """Pump both pipes until a message satisfies ``want`` ("ok"), EOF ("died") or "timeout"."""
@@ -292,17 +344,43 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+KEEP_WARM = True
+"""Default of every ``keep_warm=None`` argument: keep sandbox workers alive between calls (a warm
+pool, started lazily by the first call, reused by the next ones, stopped after
+:data:`IDLE_TIMEOUT_S` without use, at interpreter exit and by :func:`close_idle_workers`)."""
+
+IDLE_TIMEOUT_S = 60.0
+"""A warm worker unused this long is stopped (checked every few seconds by a daemon thread)."""
+
 _IDLE: list = []
 _IDLE_LOCK = threading.Lock()
+_REAPER: list = []  # the idle reaper thread of this process, once started
+
+
+def _keep_warm(keep_warm: bool | None) -> bool:
+    return KEEP_WARM if keep_warm is None else bool(keep_warm)
 
 
 def _acquire_worker(memory_mb: int, nproc: int, keep_warm: bool) -> _Worker:
     if keep_warm:
+        key = (memory_mb, nproc, sandbox_python())
+        stale = []
         with _IDLE_LOCK:
+            found = None
             for index, worker in enumerate(_IDLE):
-                if (worker.owner_pid == os.getpid() and worker.limits == (memory_mb, nproc)
-                        and worker.proc is not None and worker.proc.poll() is None):
-                    return _IDLE.pop(index)
+                if worker.owner_pid != os.getpid() or worker.limits != key:
+                    continue
+                if worker.proc is None or worker.proc.poll() is not None:
+                    stale.append(worker)
+                    continue
+                found = worker
+                break
+            for worker in [*stale, *([found] if found else [])]:
+                _IDLE.remove(worker)
+        for worker in stale:
+            worker.close()
+        if found is not None:
+            return found
     return _Worker(memory_mb=memory_mb, nproc=nproc)
 
 
@@ -310,13 +388,40 @@ def _release_worker(worker: _Worker, keep_warm: bool) -> None:
     if keep_warm and worker.alive and worker.namespaces and worker.owner_pid == os.getpid():
         with _IDLE_LOCK:
             if len(_IDLE) < max(2, os.cpu_count() or 1):
+                worker.idle_since = time.monotonic()
                 _IDLE.append(worker)
+                _start_reaper()
                 return
     worker.close()
 
 
+def _start_reaper() -> None:
+    """Start (once per process, with ``_IDLE_LOCK`` held) the thread that stops idle workers."""
+    if _REAPER and _REAPER[0].is_alive():
+        return
+    thread = threading.Thread(target=_reap_idle, name="fastdistill-sandbox-reaper", daemon=True)
+    _REAPER[:] = [thread]
+    thread.start()
+
+
+def _reap_idle() -> None:
+    while True:
+        time.sleep(min(5.0, max(0.05, IDLE_TIMEOUT_S / 4)))
+        now = time.monotonic()
+        with _IDLE_LOCK:
+            old = [w for w in _IDLE if w.owner_pid == os.getpid() and now - w.idle_since >= IDLE_TIMEOUT_S]
+            for worker in old:
+                _IDLE.remove(worker)
+            if not _IDLE:
+                _REAPER.clear()
+        for worker in old:
+            worker.close()
+        if not _REAPER:
+            return
+
+
 def close_idle_workers() -> None:
-    """Stop the warm sandbox workers kept by ``keep_warm=True`` calls (also done at interpreter exit)."""
+    """Stop the warm sandbox workers of this process (also done after idling and at interpreter exit)."""
     with _IDLE_LOCK:
         workers = [w for w in _IDLE if w.owner_pid == os.getpid()]
         _IDLE.clear()
@@ -324,37 +429,53 @@ def close_idle_workers() -> None:
         worker.close()
 
 
+def _forget_pool_after_fork() -> None:
+    """In a forked child the parent's workers are not ours: forget them (without touching them)."""
+    global _IDLE_LOCK
+    _IDLE_LOCK = threading.Lock()
+    _IDLE.clear()
+    _REAPER.clear()
+
+
 atexit.register(close_idle_workers)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 def execute_pairs(specs: list[dict], *, memory_mb: int, n_workers: int = 1, nproc: int = 64,
-                  keep_warm: bool = False) -> list[dict]:
+                  keep_warm: bool | None = None) -> list[dict]:
     """Run many (code, tests, jobs) pairs on up to ``n_workers`` sandbox workers; one raw dict each.
+
+    Raises :class:`SandboxUnavailableError` when a worker cannot start (see its docstring).
 
     Each spec: ``{"code", "tests", "module_name", "write_module", "jobs", "timeout_s", "gate"?}``
     (see :func:`execute_jobs` for jobs). With namespaces a worker serves many pairs (start-up paid
     once per worker); without them every pair gets a fresh worker. Pairs are handed out largest
-    first, one at a time, to whichever worker is free. ``keep_warm=True`` keeps the workers alive
-    after the call for the next one (a GRPO run scores a batch every step); they are stopped by
-    :func:`close_idle_workers` or at interpreter exit. By default nothing outlives the call.
+    first, one at a time, to whichever worker is free. ``keep_warm`` (default :data:`KEEP_WARM`,
+    True) keeps the workers alive after the call for the next one (a GRPO run scores a batch every
+    step; a loop of single calls reuses them); they are stopped after :data:`IDLE_TIMEOUT_S`
+    unused, by :func:`close_idle_workers` or at interpreter exit. ``keep_warm=False``: nothing
+    outlives the call.
     """
     for spec in specs:
         if not spec["module_name"].isidentifier():
             raise ValueError(f"module_name must be a Python identifier, got {spec['module_name']!r}")
     if not specs:
         return []
+    keep_warm = _keep_warm(keep_warm)
     specs = [dict(spec, id=i) for i, spec in enumerate(specs)]
     per_worker = None if sandbox_capabilities()["namespaces"] else 1
     order = sorted(range(len(specs)), key=lambda i: -len(specs[i]["jobs"]))
     queue_lock = threading.Lock()
     results: list = [None] * len(specs)
+    unavailable: list[SandboxUnavailableError] = []
 
     def serve():
         worker, served = None, 0
         try:
             while True:
                 with queue_lock:
-                    if not order:
+                    if not order or unavailable:
                         return
                     index = order.pop(0)
                 spec = specs[index]
@@ -363,14 +484,17 @@ def execute_pairs(specs: list[dict], *, memory_mb: int, n_workers: int = 1, npro
                         worker = _acquire_worker(memory_mb, nproc, keep_warm)
                     except OSError as exc:
                         worker = None
-                        results[index] = _failed(f"could not start the sandbox worker: {exc}")
-                        continue
+                        with queue_lock:
+                            unavailable.append(SandboxUnavailableError(
+                                f"could not start the sandbox worker ({sandbox_python()}): {exc}"))
+                        return
                     served = 0
-                    if not worker.alive:
-                        results[index] = _failed(worker.start_error)
+                    if not worker.alive:  # a sandbox that cannot start is an error, never a score
+                        with queue_lock:
+                            unavailable.append(SandboxUnavailableError(worker.start_error))
                         worker.close()
                         worker = None
-                        continue
+                        return
                 results[index] = worker.run_pair(spec)
                 served += 1
                 if not worker.alive or (per_worker is not None and served >= per_worker):
@@ -389,6 +513,8 @@ def execute_pairs(specs: list[dict], *, memory_mb: int, n_workers: int = 1, npro
             thread.start()
         for thread in threads:
             thread.join()
+    if unavailable:
+        raise unavailable[0]
     return results
 
 
@@ -452,7 +578,7 @@ def _summarise_job(job: dict) -> list[TestOutcome]:
 
 
 def run_tests(code: str, tests: str, *, timeout_s: float = 10.0, memory_mb: int = 1024, repeats: int = 1,
-              module_name: str = "solution") -> TestRun:
+              module_name: str = "solution", keep_warm: bool | None = None) -> TestRun:
     """Run the pytest file ``tests`` against ``code`` (importable as ``module_name``) in the sandbox.
 
     Args:
@@ -463,20 +589,25 @@ def run_tests(code: str, tests: str, *, timeout_s: float = 10.0, memory_mb: int 
         repeats: run the tests this many times (each in a fresh forked process, pytest start-up paid
             once); a test passes only if it passes every time, ``flaky`` says whether outcomes varied.
         module_name: import name of the CUT.
+        keep_warm: reuse a warm worker and leave it warm (default :data:`KEEP_WARM`), see
+            :func:`execute_pairs`.
 
-    Never raises for anything the tests do; problems are reported in ``reason``.
+    Never raises for anything the tests do; problems are reported in ``reason``. Raises
+    :class:`SandboxUnavailableError` when the sandbox itself cannot run (a worker does not start).
     """
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
     per_job = max(0.5, float(timeout_s) - 0.5)
     jobs = [{"source": None, "stop_first": False, "timeout_s": per_job} for _ in range(repeats)]
-    raw = execute_jobs(code, tests, jobs, timeout_s=timeout_s, memory_mb=memory_mb, module_name=module_name)
+    spec = {"code": code, "tests": tests, "module_name": module_name, "write_module": True, "jobs": jobs,
+            "timeout_s": timeout_s, "gate": None}
+    raw = execute_pairs([spec], memory_mb=memory_mb, n_workers=1, keep_warm=keep_warm)[0]
     return _to_test_run(raw, repeats)
 
 
 def run_tests_many(codes: list[str], tests: list[str], *, timeout_s: float = 10.0, memory_mb: int = 1024,
                    repeats: int = 1, module_name: str = "solution", n_workers: int | None = None,
-                   keep_warm: bool = False) -> list[TestRun]:
+                   keep_warm: bool | None = None) -> list[TestRun]:
     """:func:`run_tests` for many (code, tests) pairs at once, spread over ``n_workers`` sandbox workers."""
     if repeats < 1:
         raise ValueError("repeats must be >= 1")

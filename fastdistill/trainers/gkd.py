@@ -80,10 +80,12 @@ class GKDConfig(_TRLGKDConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        from fastdistill.validation import Problems
+
+        p = Problems("GKDConfig")
         for name in ("ce_lambda", "jsd_lambda", "rkl_lambda"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
+            p.number(getattr(self, name), name, minimum=0.0, optional=name != "ce_lambda")
+        p.raise_if_any()
 
 
 def _to_prompt_completion(example: dict) -> dict:
@@ -159,6 +161,11 @@ class GKDTrainer(_TRLGKDTrainer):
         if self.ce_lambda + self.jsd_lambda + self.rkl_lambda == 0:
             raise ValueError("ce_lambda, jsd_lambda and rkl_lambda are all 0: nothing to train")
 
+        from fastdistill.data.loading import check_teacher_columns
+
+        check_teacher_columns(train_dataset, "train")  # NaN teacher log-probs would make every weight NaN
+        for split, ds in (eval_dataset.items() if isinstance(eval_dataset, dict) else [("eval", eval_dataset)]):
+            check_teacher_columns(ds, split)
         train_dataset = self._tokenize(train_dataset, processing_class, args.max_length, "train")
         if isinstance(eval_dataset, dict):
             eval_dataset = {k: self._tokenize(v, processing_class, args.max_length, k) for k, v in eval_dataset.items()}

@@ -59,6 +59,10 @@ class GRPOConfig(_TRLGRPOConfig):
             sandbox uses the CPU cores), off on CPU, where both would compete for the same cores. Never
             used under DeepSpeed ZeRO-3 (the teacher's forward gathers weights collectively) or when the
             teacher is the policy with adapters off.
+        sandbox (`dict` or `str`, *optional*):
+            Settings of the test sandbox the default reward functions run in: a mapping (or, on the command
+            line, a JSON object) of ``fastdistill.rewards.SandboxSettings`` fields, e.g.
+            ``{"memory_mb": 512, "max_mutants": 10, "workers": 4}``; unset fields keep their defaults.
     """
 
     # like TRL's own dict fields: a JSON string from the command line becomes a dict in __post_init__
@@ -78,22 +82,32 @@ class GRPOConfig(_TRLGRPOConfig):
         default=None, metadata={"help": "Run the teacher forward for the JSD term while the rewards are computed "
                                         "(default: when the teacher is on an accelerator)."}
     )
+    sandbox: dict | str | None = field(
+        default=None, metadata={"help": "Test sandbox settings for the default rewards: a JSON object of "
+                                        "fastdistill.rewards.SandboxSettings fields, e.g. '{\"memory_mb\": 512}'."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
-        if self.jsd_lambda < 0:
-            raise ValueError(f"jsd_lambda must be >= 0, got {self.jsd_lambda}")
-        if not 0.0 <= self.jsd_beta <= 1.0:
-            raise ValueError(f"jsd_beta must be in [0, 1], got {self.jsd_beta}")
-        if self.reward_preset not in REWARD_PRESETS:
-            raise ValueError(f"reward_preset must be one of {REWARD_PRESETS}, got {self.reward_preset!r}")
+        from fastdistill.validation import Problems
+
+        p = Problems("GRPOConfig")  # every problem of our fields at once; NaN / inf refused
+        p.number(self.jsd_lambda, "jsd_lambda", minimum=0.0)
+        p.number(self.jsd_beta, "jsd_beta", minimum=0.0, maximum=1.0)
+        p.choice(self.reward_preset, "reward_preset", REWARD_PRESETS)
+        p.type(self.code_column, "code_column", str)
+        p.raise_if_any()
+        if self.sandbox is not None:  # validated now (unknown or bad fields fail here, not at the first step)
+            from fastdistill.rewards import SandboxSettings
+
+            self.sandbox = SandboxSettings.coerce(self.sandbox).to_dict()
 
 
-def default_reward_funcs(preset: str, code_column: str = "code") -> list:
+def default_reward_funcs(preset: str, code_column: str = "code", sandbox: dict | None = None) -> list:
     """The reward functions of a preset: the composite reward that really runs the generated tests."""
     from fastdistill.rewards import composite_reward
 
-    return [composite_reward(preset=preset, code_column=code_column)]
+    return [composite_reward(preset=preset, code_column=code_column, sandbox=sandbox)]
 
 
 def _shared_prefix_forward(backbone, input_ids, attention_mask, prompt_len: int) -> torch.Tensor:
@@ -156,7 +170,7 @@ class GRPOTrainer(_TRLGRPOTrainer):
         if args is None:
             raise ValueError("pass a fastdistill.GRPOConfig as `args`")
         if reward_funcs is None:
-            reward_funcs = default_reward_funcs(args.reward_preset, args.code_column)
+            reward_funcs = default_reward_funcs(args.reward_preset, args.code_column, args.sandbox)
         super().__init__(model=model, reward_funcs=reward_funcs, args=args, **kwargs)
         self.add_callback(_CloseSandboxWorkers())
         self.jsd_lambda, self.jsd_beta = float(args.jsd_lambda), float(args.jsd_beta)

@@ -61,10 +61,13 @@ class SFTConfig(_TRLSFTConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not 0.0 <= self.augment_probability <= 1.0:
-            raise ValueError(f"augment_probability must be in [0, 1], got {self.augment_probability}")
-        if self.augment_mode not in ("replace", "append"):
-            raise ValueError(f"augment_mode must be 'replace' or 'append', got {self.augment_mode!r}")
+        from fastdistill.validation import Problems
+
+        p = Problems("SFTConfig")  # every problem of our fields at once; NaN / inf refused
+        p.number(self.augment_probability, "augment_probability", minimum=0.0, maximum=1.0)
+        p.choice(self.augment_mode, "augment_mode", ("replace", "append"))
+        p.number(self.augment_seed, "augment_seed", integer=True)
+        p.raise_if_any()
 
 
 def augment_dataset(dataset, fn: AugmentFn, probability: float, mode: str, seed: int):

@@ -40,7 +40,7 @@ def _naive_mutants(code):
     import ast
     import copy
 
-    from fastdistill.rewards.mutation import _apply, _candidates
+    from fastdistill.rewards.mutants import _apply, _candidates
 
     tree = ast.parse(code)
     seen, out = {ast.unparse(tree)}, []

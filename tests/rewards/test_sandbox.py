@@ -33,8 +33,13 @@ def _procs_named(mark):
 
 
 def _leftover_sandbox_dirs(before):
+    """Sandbox directories that appeared since ``before``, once the warm workers are stopped (a warm
+    worker keeps its own directory by design; after stopping, nothing may remain)."""
     import tempfile
 
+    from fastdistill.rewards import close_idle_workers
+
+    close_idle_workers()
     root = tempfile.gettempdir()
     return {d for d in os.listdir(root) if d.startswith(f"fastdistill-sb-{os.getpid()}-")} - before
 

@@ -1,0 +1,132 @@
+"""Bad input to the reward functions: bad rows isolated, weights and settings refused, bounded extraction."""
+
+import ast
+import math
+
+import pytest
+
+from fastdistill.data.examples import load_examples
+from fastdistill.rewards import composite_reward, extract_test_code, mutation_score
+from fastdistill.rewards import functions as F
+from fastdistill.rewards.functions import MutantKillReward, RobustnessReward, SpeedStabilityReward
+
+EX = {e["name"]: e for e in load_examples()}
+CODE = EX["clamp"]["code"]
+TESTS = EX["clamp"]["tests"]
+
+
+class _LengthReward(MutantKillReward):
+    """No sandbox: the value of a row is a function of its own code and tests only."""
+
+    def score(self, codes, tests):
+        return [len(c) + (len(t) if t else 0) for c, t in zip(codes, tests)]
+
+
+@pytest.mark.parametrize("bad", [None, 3, "", "   ", ["def f(): pass"]])
+def test_one_bad_code_row_changes_no_other_row(bad):
+    reward = _LengthReward()
+    completions = [f"```python\n{TESTS}```", "no tests", f"```python\n{TESTS}```"]
+    alone = reward(completions=[completions[0], completions[2]], code=[CODE, CODE + "\n"])
+    mixed = reward(completions=completions, code=[CODE, bad, CODE + "\n"])
+    assert mixed[1] is None  # its own error value, not 0 for everyone
+    assert [mixed[0], mixed[2]] == alone
+    assert list(reward.last_bad_rows) == [1]
+    assert reward(completions=["x"], code=[bad]) == [None]
+
+
+def test_none_code_row_with_the_real_sandbox():
+    weak = "```python\nfrom solution import clamp\n\ndef test_one():\n    assert clamp(5, 0, 10) == 5\n```"
+    reward = MutantKillReward(max_mutants=4, n_workers=1)
+    alone = reward(completions=[f"```python\n{TESTS}```", weak], code=[CODE, CODE])
+    mixed = reward(completions=[f"```python\n{TESTS}```", weak, weak], code=[CODE, None, CODE])
+    assert mixed[1] is None and alone[0] > 0 and [mixed[0], mixed[2]] == alone
+
+
+def test_missing_code_column_is_a_setup_error():
+    with pytest.raises(ValueError, match="'code'"):
+        _LengthReward()(completions=["x"])
+
+
+@pytest.mark.parametrize("weights, match", [
+    ({"mutant_kill": math.inf}, "weights.mutant_kill: expected a finite number"),
+    ({"mutant_kill": 1.0, "speed_stability": -1}, "weights.speed_stability: must be >= 0"),
+    ({"mutant_kill": math.nan}, "weights.mutant_kill: expected a finite number"),
+    ({"mutant_kil": 1.0}, "did you mean 'mutant_kill'"),
+    ({"mutant_kill": 0.0}, "at least one weight must be > 0"),
+    ({"mutant_kill": True}, "expected a finite number"),
+])
+def test_reward_weights_refused(weights, match):
+    with pytest.raises(ValueError, match=match):
+        composite_reward(weights)
+
+
+def test_all_bad_weights_reported_together():
+    with pytest.raises(ValueError) as err:
+        composite_reward({"mutant_kill": math.inf, "robustness": -1, "speed": 1})
+    msg = str(err.value)
+    assert "mutant_kill" in msg and "robustness" in msg and "did you mean 'speed_stability'" in msg
+
+
+@pytest.mark.parametrize("cls, kwargs, match", [
+    (MutantKillReward, dict(timeout_s=-1), "timeout_s"),
+    (MutantKillReward, dict(max_mutants=0), "max_mutants"),
+    (MutantKillReward, dict(memory_mb=math.nan), "memory_mb"),
+    (SpeedStabilityReward, dict(repeats=0), "repeats"),
+    (SpeedStabilityReward, dict(ref_s=math.inf), "ref_s"),
+    (RobustnessReward, dict(flip_docstrings=2.0), "flip_docstrings"),
+])
+def test_reward_settings_refused(cls, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        cls(**kwargs)
+
+
+def _prose_after_tests(n: int) -> str:
+    return ("import pytest\n" + "".join(f"def test_{i}():\n    assert {i} == {i}\n" for i in range(n))
+            + "".join(f"This line {i} is prose that explains the tests above.\n" for i in range(n)))
+
+
+def test_extract_unfenced_tests_then_prose_keeps_every_test():
+    out = extract_test_code(_prose_after_tests(1000))
+    assert out is not None and out.count("def test_") == 1000 and "prose" not in out
+
+
+def _parsed_chars(monkeypatch, text: str) -> int:
+    total = [0]
+    real = ast.parse
+
+    def counting(source, *args, **kwargs):
+        total[0] += len(source)
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(F.ast, "parse", counting)
+    extract_test_code(text)
+    monkeypatch.setattr(F.ast, "parse", real)
+    return total[0]
+
+
+@pytest.mark.parametrize("make", [
+    _prose_after_tests,
+    lambda n: "def test_a():\n    x = (\n" + "prose line without a closing bracket\n" * n,  # error only at the end
+    lambda n: "```python\n" * n,  # many unclosed fences
+    lambda n: "``` ``` ```" * n,  # fences without a newline
+    lambda n: "def test_a():\n    pass\n" + "def broken(:\n" * n,
+])
+def test_extract_work_is_linear(monkeypatch, make):
+    # work = characters handed to the parser; quadratic extraction would do ~16x the work for 4x the text
+    small, big = make(200), make(800)
+    w_small, w_big = _parsed_chars(monkeypatch, small), _parsed_chars(monkeypatch, big)
+    assert w_big <= 6 * max(w_small, len(small)), (w_small, w_big)
+    assert w_big <= (F.MAX_TRIMS + 4) * len(big)
+
+
+def test_extract_size_cap_and_bom():
+    assert extract_test_code("def test_a():\n    pass\n" + "#" * F.MAX_COMPLETION_CHARS) is None
+    assert extract_test_code("\ufeff" + TESTS).strip() == TESTS.strip()
+    assert extract_test_code("```python\n\ufeff" + TESTS + "```").strip() == TESTS.strip()
+
+
+def test_bom_test_file_parses_for_mutation():
+    plain = mutation_score(CODE, TESTS, max_mutants=4)
+    bom = mutation_score(CODE, "\ufeff" + TESTS, max_mutants=4)
+    assert plain.baseline_ok and bom.baseline_ok
+    assert bom.kill_rate == plain.kill_rate > 0
