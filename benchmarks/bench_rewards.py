@@ -138,7 +138,7 @@ def mutmut_run(example, workers, timeout):
         return {"mutants": total, "killed": int(counts[-1][2]), "timed_out": None, "seconds": seconds}
 
 
-def callers(examples, workers, max_mutants=20, single_calls=21, run_tests_calls=20):
+def callers(examples, workers, max_mutants=20, single_calls=21, run_tests_calls=20, cold_rows=34):
     """One engine for every caller: curation's ``tests_exec_eval`` (batched vs row by row, warm vs the old cold
     per-call workers), single ``mutation_score`` calls in a loop vs one batched call, a warm ``run_tests``."""
     import datasets
@@ -162,19 +162,20 @@ def callers(examples, workers, max_mutants=20, single_calls=21, run_tests_calls=
     batched = tests_exec_eval(ds, max_mutants=max_mutants, num_proc=workers)
     out["tests_exec_eval_batched_s"] = time.perf_counter() - t  # includes starting the warm workers
     batched_rows = [strip({k: batched[k][i] for k in TESTS_COLUMNS}) for i in range(len(rows))]
-    for label, warm in (("row_by_row_warm", True), ("row_by_row_cold", False)):
+    for label, warm, n in (("row_by_row_warm", True, len(rows)), ("row_by_row_cold", False, cold_rows)):
         close_idle_workers()
         clear_cache()
         sandbox.KEEP_WARM = warm  # cold: a worker per call, as every call did before the warm pool
         try:
             t = time.perf_counter()
-            ref = [strip(eval_tests_one(e["code"], e["tests"], max_mutants=max_mutants)) for e in rows]
+            ref = [strip(eval_tests_one(e["code"], e["tests"], max_mutants=max_mutants)) for e in rows[:n]]
             out[f"tests_exec_eval_{label}_s"] = time.perf_counter() - t
         finally:
             sandbox.KEEP_WARM = True
-        out[f"identical_to_{label}"] = ref == batched_rows
-    for key in ("batched", "row_by_row_warm", "row_by_row_cold"):
-        out[f"tests_exec_eval_{key}_rows_per_s"] = round(len(rows) / out[f"tests_exec_eval_{key}_s"], 2)
+        out[f"identical_to_{label}"] = ref == batched_rows[:n]
+        out[f"tests_exec_eval_{label}_rows"] = n
+        out[f"tests_exec_eval_{label}_rows_per_s"] = round(n / out[f"tests_exec_eval_{label}_s"], 2)
+    out["tests_exec_eval_batched_rows_per_s"] = round(len(rows) / out["tests_exec_eval_batched_s"], 2)
 
     problems = examples[:single_calls]
     close_idle_workers()
@@ -206,6 +207,18 @@ def callers(examples, workers, max_mutants=20, single_calls=21, run_tests_calls=
             assert run_tests(code, small, keep_warm=warm).ok
             times.append(time.perf_counter() - t)
         out[f"run_tests_small_{label}_median_ms"] = round(1000 * statistics.median(times), 1)
+    for label, sealed in (("sealed", True), ("unsealed", False)):  # the sealed view's cost: once per worker
+        sandbox.SEALED_VIEW = sealed
+        starts = []
+        try:
+            for _ in range(3):
+                close_idle_workers()
+                t = time.perf_counter()
+                run_tests(code, small, keep_warm=True)
+                starts.append(time.perf_counter() - t)
+        finally:
+            sandbox.SEALED_VIEW = True
+        out[f"worker_start_{label}_median_s"] = round(statistics.median(starts), 3)
     close_idle_workers()
     return out
 
@@ -232,7 +245,7 @@ def main():
                 "tests_exec_eval_row_by_row_cold_rows_per_s", "identical_to_row_by_row_warm",
                 "identical_to_row_by_row_cold", "single_calls_mutants_per_s", "batched_mutants_per_s",
                 "single_vs_batched_time_ratio", "single_vs_batched_same_killed", "run_tests_small_warm_median_ms",
-                "run_tests_small_cold_median_ms"):
+                "run_tests_small_cold_median_ms", "worker_start_sealed_median_s", "worker_start_unsealed_median_s"):
         print(f"{key:58s} {str(c[key]):>10s}")
     print(f"curation batched vs row-by-row cold (previous path): "
           f"{c['tests_exec_eval_batched_rows_per_s'] / c['tests_exec_eval_row_by_row_cold_rows_per_s']:.2f}x; "

@@ -60,8 +60,13 @@ def _re2_class(ranges) -> str:
 
 _WS_PY = re.compile("[" + re.escape(WHITESPACE_CHARS) + "]+")
 _WS_RE2_RUN = _re2_class(_WS_RANGES) + "+"
+_WS_RE2_NON_SPACE = _re2_class([r for r in _WS_RANGES if r != (0x1C, 0x20)] + [(0x1C, 0x1F)])
 # A row needs the collapse rule iff it has a non-space whitespace char, two spaces, or a space at an end.
-_WS_RE2_INNER = _re2_class([r for r in _WS_RANGES if r != (0x1C, 0x20)] + [(0x1C, 0x1F)]) + "|  "
+_WS_RE2_INNER = _WS_RE2_NON_SPACE + "|  "
+# The whitespace runs that the collapse rule changes: every maximal run except a lone " " (which it
+# would replace by itself). Same result as replacing every run, but code has a lone space between
+# most tokens, and RE2's replace pays per match: about 2x faster on code-shaped rows.
+_WS_RE2_CHANGED_RUN = _WS_RE2_NON_SPACE + _re2_class(_WS_RANGES) + "*| " + _re2_class(_WS_RANGES) + "+"
 _WS_RE2_NEEDS = _WS_RE2_INNER + "|^ | $"
 # json.dumps(ensure_ascii=False) escapes exactly these characters.
 _JSON_NEEDS_ESCAPE = r'[\x{0}-\x{1f}\\"]'
@@ -257,7 +262,7 @@ def _canonical_text_arrow(arr: pa.Array, whitespace: str, lowercase: bool, sql: 
         needs = pc.fill_null(pc.match_substring_regex(arr, _WS_RE2_NEEDS), False)
         inner = _sub_mask(arr, needs, lambda sub: pc.match_substring_regex(sub, _WS_RE2_INNER))
         arr = _patch_rows(arr, pc.and_(needs, pc.invert(inner)), lambda sub: pc.utf8_trim(sub, " "))
-        arr = _patch_rows(arr, inner, lambda sub: pc.utf8_trim(pc.replace_substring_regex(sub, _WS_RE2_RUN, " "), " "))
+        arr = _patch_rows(arr, inner, lambda sub: pc.utf8_trim(pc.replace_substring_regex(sub, _WS_RE2_CHANGED_RUN, " "), " "))
     elif whitespace == "strip":
         arr = pc.utf8_trim(arr, WHITESPACE_CHARS)
     if lowercase:
@@ -378,7 +383,7 @@ def canonicalize(ds, columns: str | Sequence[str], *, out_column: str = "canonic
     _check_columns(ds.column_names, cols)
     return map_arrow_columns(
         ds, lambda t: {out_column: canonicalize_arrow(t, cols, whitespace=whitespace, lowercase=lowercase, sql=sql)},
-        num_proc=num_proc, batch_size=batch_size, desc="canonicalize",
+        num_proc=num_proc, batch_size=batch_size, desc="canonicalize", input_columns=cols,
         params=dict(columns=cols, whitespace=whitespace, lowercase=lowercase, sql=sql))
 
 
@@ -400,5 +405,5 @@ def compute_hash(ds, columns: str | Sequence[str], *, out_column: str = "hash", 
     return map_arrow_columns(
         ds, lambda t: {out_column: hash_arrow(t, cols, canonical=canonical, whitespace=whitespace,
                                               lowercase=lowercase, sql=sql)},
-        num_proc=num_proc, batch_size=batch_size, desc="compute_hash",
+        num_proc=num_proc, batch_size=batch_size, desc="compute_hash", input_columns=cols,
         params=dict(columns=cols, canonical=canonical, whitespace=whitespace, lowercase=lowercase, sql=sql))

@@ -159,8 +159,12 @@ def validate_config(config, source: str | None = None) -> list[tuple[str, dict]]
     return steps
 
 
-def run_pipeline(config: dict, base: Path) -> tuple[int, dict]:
-    """Run a parsed config; returns ``(exit_code, summary)``. Used by :func:`main` and tests."""
+def run_pipeline(config: dict, base: Path, engine: str = "datasets") -> tuple[int, dict]:
+    """Run a parsed config; returns ``(exit_code, summary)``. Used by :func:`main` and tests.
+
+    ``engine="ray"`` runs the same steps on Ray Data (:mod:`fastdistill.curation.ray`); the output,
+    manifest and reports are written by the same code from the result.
+    """
     from tqdm.auto import tqdm
 
     from fastdistill.curation.reports import quality_gate, quality_report, timing_report, write_manifest
@@ -176,6 +180,15 @@ def run_pipeline(config: dict, base: Path) -> tuple[int, dict]:
 
     ds, source = load_input(config.get("input") or {}, base)
     input_ds = ds
+    if engine not in ("datasets", "ray"):
+        raise ConfigError(f"engine: {engine!r} (datasets or ray)")
+    ray_engine = None
+    if engine == "ray":
+        from fastdistill.curation.ray import RayEngine
+
+        ray_engine = RayEngine()
+        registry = RayEngine.steps
+        ds = ray_engine.prepare(ds)
     logger.info("curate: %d rows from %s, %d steps", len(ds), source, len(steps))
     records, evaluated = [], None
     for i, (name, params) in enumerate(tqdm(steps, desc="curate", unit="step")):
@@ -187,27 +200,34 @@ def run_pipeline(config: dict, base: Path) -> tuple[int, dict]:
             call["num_proc"] = default_num_proc
         if name == "keep_by_score" and evaluated is None:
             evaluated = ds
-        rows_in = len(ds)
+        rows_in = ray_engine.length(ds) if ray_engine else len(ds)
         record = {"name": name, "params": params, "rows_in": rows_in}
         logger.info("step %d/%d %s(%s)", i + 1, len(steps), name, params)
         t0 = time.perf_counter()
         if name == "rule_filter" and call.get("mode", "drop") == "drop":
             # run in mark mode to count the reasons, then drop: nothing disappears unexplained
             reason_col = call.get("reason_column", "rule_reason")
-            marked = fn(ds, **{**call, "mode": "mark"})
-            from fastdistill.curation._ds import arrow_column
+            if ray_engine:
+                marked = ray_engine.run(fn, ds, {**call, "mode": "mark"})
+                reasons = ray_engine.column(marked, reason_col).to_pylist()
+            else:
+                marked = fn(ds, **{**call, "mode": "mark"})
+                from fastdistill.curation._ds import arrow_column
 
-            reasons = arrow_column(marked, reason_col).to_pylist()
+                reasons = arrow_column(marked, reason_col).to_pylist()
             record["reasons"] = {r: reasons.count(r) for r in sorted(set(reasons) - {None})}
-            keep = [j for j, r in enumerate(reasons) if r is None]
-            ds = marked.remove_columns(reason_col)
-            ds = ds if len(keep) == len(ds) else ds.select(keep)
+            if ray_engine:
+                ds = ray_engine.drop_marked(marked, reason_col)
+            else:
+                keep = [j for j, r in enumerate(reasons) if r is None]
+                ds = marked.remove_columns(reason_col)
+                ds = ds if len(keep) == len(ds) else ds.select(keep)
         else:
-            ds = fn(ds, **call)
+            ds = ray_engine.run(fn, ds, call) if ray_engine else fn(ds, **call)
         record["time_s"] = time.perf_counter() - t0
-        record["rows_out"] = len(ds)
+        record["rows_out"] = ray_engine.length(ds) if ray_engine else len(ds)
         error_column = _ERROR_COLUMNS.get(name)
-        if error_column and error_column in ds.column_names and len(ds):
+        if error_column and not ray_engine and error_column in ds.column_names and len(ds):
             from fastdistill.curation._ds import arrow_column
 
             errors = [e for e in arrow_column(ds, error_column).to_pylist() if e is not None]
@@ -218,6 +238,9 @@ def run_pipeline(config: dict, base: Path) -> tuple[int, dict]:
         records.append(record)
         logger.info("step %s: %d -> %d rows in %.2fs", name, rows_in, len(ds), record["time_s"])
 
+    if ray_engine:  # back to a datasets.Dataset (index order): output, manifest and reports by the same code
+        ds = ray_engine.finish(ds)
+        evaluated = None if evaluated is None else ray_engine.finish(evaluated)
     out_dir.mkdir(parents=True, exist_ok=True)
     data_path = out_dir / f"curated.{out_fmt}"
     with atomic_path(data_path) as tmp:  # a failed write leaves the previous output as it was
@@ -245,6 +268,9 @@ def main(argv: list[str] | None = None, command: str = "curate") -> int:
     parser.add_argument("--config", required=True, help="YAML file declaring input, steps, output and gate")
     parser.add_argument("--output-dir", default=None, help="override output.dir")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser.add_argument("--engine", choices=("datasets", "ray"), default="datasets",
+                        help="datasets (one machine) or ray (Ray Data: `pip install 'fastdistill[ray]'`; connects to "
+                             "the cluster in RAY_ADDRESS, else starts a local Ray)")
     args = parser.parse_args(argv)
     return guarded(command, lambda: _main(args, command), debug=args.debug or None)
 
@@ -268,7 +294,7 @@ def _main(args, command: str) -> int:
         if config["output"] is None:
             config["output"] = {}
         config["output"]["dir"] = str(Path(args.output_dir).resolve())
-    code, summary = run_pipeline(config, cfg_path.resolve().parent)
+    code, summary = run_pipeline(config, cfg_path.resolve().parent, engine=args.engine)
     state = "PASSED" if code == 0 else "FAILED"
     logger.info("curate: %d -> %d rows, gate %s %s", summary["rows_in"], summary["rows_out"], state,
                 summary["gate_failures"] or "")

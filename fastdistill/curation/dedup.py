@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
-from fastdistill.curation._ds import arrow_column, select_rows
+from fastdistill.curation._ds import add_columns, arrow_column, select_rows
 
 logger = logging.getLogger(__name__)
 
@@ -73,20 +73,21 @@ def first_occurrence_python(values: Sequence) -> tuple[np.ndarray, np.ndarray]:
     return keep, cluster
 
 
-def first_occurrence_arrow(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+def first_occurrence_arrow(values: pa.Array | pa.ChunkedArray, num_threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """``(keep, cluster_id)`` for an Arrow column: ``keep[i]`` is True for the first row of each value,
     ``cluster_id[i]`` is the index of that first row. Nulls are one value.
 
     Fixed-width binary-like values (the 64-character hex ``hash`` of :func:`compute_hash`, raw
     digests) take :func:`_first_occurrence_fixed_width` (64-bit keys, numpy sort, verified); any
     other column, or a key collision there, takes Arrow's ``dictionary_encode``. Both give the same
-    answer."""
+    answer. ``num_threads`` > 1 computes the 64-bit keys of blocks of rows on that many threads
+    (the decision after it is one global pass, so the answer does not depend on it)."""
     if isinstance(values, pa.Array):
         values = pa.chunked_array([values])
     n = len(values)
     if n == 0:
         return np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
-    fast = _first_occurrence_fixed_width(values)
+    fast = _first_occurrence_fixed_width(values, num_threads)
     if fast is not None:
         return fast
     return _first_occurrence_dictionary(values)
@@ -186,7 +187,23 @@ def _verify_groups(parts: list[np.ndarray], width: int, first: np.ndarray) -> np
     return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
 
 
-def _first_occurrence_fixed_width(values: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray] | None:
+_KEY_BLOCK = 1 << 18
+
+
+def _mix_keys(words: np.ndarray, k: np.ndarray) -> None:
+    """64-bit key of each row of ``words`` (uint64 words of one value per row) into ``k``."""
+    with np.errstate(over="ignore"):
+        k[:] = words[:, 0]
+        for j in range(1, words.shape[1]):
+            k *= _M1
+            k += words[:, j]
+        k ^= k >> np.uint64(31)
+        k *= _M2
+        k ^= k >> np.uint64(29)
+
+
+def _first_occurrence_fixed_width(values: pa.ChunkedArray, num_threads: int = 1
+                                  ) -> tuple[np.ndarray, np.ndarray] | None:
     """:func:`first_occurrence_arrow` for columns whose non-null values all have one byte length
     ``w`` (a multiple of 8), e.g. the hex SHA-256 of :func:`compute_hash`; None for other columns.
 
@@ -220,18 +237,21 @@ def _first_occurrence_fixed_width(values: pa.ChunkedArray) -> tuple[np.ndarray, 
     n_valid = sum(len(p) for p in parts)
     if n_valid:
         keys = np.empty(n_valid, dtype=np.uint64)
-        at = 0
-        with np.errstate(over="ignore"):
-            for words in parts:
-                k = keys[at:at + len(words)]
-                k[:] = words[:, 0]
-                for j in range(1, words.shape[1]):
-                    k *= _M1
-                    k += words[:, j]
-                k ^= k >> np.uint64(31)
-                k *= _M2
-                k ^= k >> np.uint64(29)
-                at += len(words)
+        blocks, at = [], 0
+        for words in parts:  # blocks of <= _KEY_BLOCK rows: bounded temporaries, and units of parallel work
+            for off in range(0, len(words), _KEY_BLOCK):
+                block = words[off:off + _KEY_BLOCK]
+                blocks.append((block, keys[at + off:at + off + len(block)]))
+            at += len(words)
+        if num_threads > 1 and len(blocks) > 1:
+            # numpy releases the GIL in these ufunc loops, so threads use several cores with no copies
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(num_threads) as pool:
+                list(pool.map(lambda wk: _mix_keys(*wk), blocks))
+        else:
+            for words, k in blocks:
+                _mix_keys(words, k)
         # One sort of (key bits, row) packed in a uint64: equal keys end up adjacent, in row order, so the
         # first of a run is the group's first occurrence. (numpy sorts plain uint64 with SIMD, several
         # times faster than argsort.) The key keeps its top 64 - b bits, b = bits of the row number.
@@ -402,100 +422,194 @@ def _flat_shingle_hashes(chunk: pa.Array, ngram: int) -> tuple[np.ndarray, np.nd
 _PREFILTER_BANDS, _PREFILTER_ROWS = 8, 2
 
 
-def _candidate_rows(texts: pa.ChunkedArray, *, ngram: int, seed: int, batch_size: int) -> np.ndarray:
-    """Bool mask of rows that may have a near-duplicate: a small bulk MinHash sketch in numpy
-    (16 hash functions over the n-gram hashes of :func:`_flat_shingle_hashes`, 8 bands of 2 rows).
-    A pair with Jaccard J shares a band with probability 1 - (1 - J**2)**8 (0.995 at J = 0.7,
-    0.99997 at 0.85); rows sharing no band with any other row are skipped by the verified pass."""
+def _sketch_params(seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     n_hash = _PREFILTER_BANDS * _PREFILTER_ROWS
     mult = rng.integers(1, 2**63, n_hash, dtype=np.uint64) | np.uint64(1)
     add = rng.integers(0, 2**63, n_hash, dtype=np.uint64)
-    sketches, empties = [], []
+    return mult, add
+
+
+def minhash_band_keys(texts: pa.Array | pa.ChunkedArray, *, ngram: int = 5, seed: int = 42) -> np.ndarray:
+    """Batched row function of the MinHash prefilter: ``(n, 8)`` uint64 LSH band keys per row.
+
+    A small bulk MinHash sketch in numpy (16 hash functions over the n-gram hashes of
+    :func:`_flat_shingle_hashes`, no Python object per row or token), cut into 8 bands of 2 rows;
+    each band is folded into one 64-bit key. Rows with no token get key 0 in every band (they are
+    never candidates). The keys of a row depend on that row alone, so any split of the rows into
+    batches, processes or Ray blocks gives the same keys.
+    """
+    texts = pa.chunked_array([texts]) if isinstance(texts, pa.Array) else texts
+    mult, add = _sketch_params(seed)
+    out = np.zeros((len(texts), _PREFILTER_BANDS), dtype=np.uint64)
+    pos = 0
     for chunk in texts.chunks:
-        for off in range(0, len(chunk), batch_size):
-            part = chunk.slice(off, batch_size)
-            hashes, offsets = _flat_shingle_hashes(part, ngram)
-            nonempty = offsets[1:] > offsets[:-1]
-            sk = np.zeros((len(part), n_hash), dtype=np.uint64)
-            if len(hashes):
-                with np.errstate(over="ignore"):
-                    for j in range(n_hash):
-                        sk[nonempty, j] = np.minimum.reduceat(hashes * mult[j] + add[j], offsets[:-1][nonempty])
-            sketches.append(sk)
-            empties.append(~nonempty)
-    if not sketches:
+        n = len(chunk)
+        hashes, offsets = _flat_shingle_hashes(chunk, ngram)
+        nonempty = offsets[1:] > offsets[:-1]
+        if len(hashes):
+            starts = offsets[:-1][nonempty]
+            sk = np.empty((int(nonempty.sum()), 2), dtype=np.uint64)
+            with np.errstate(over="ignore"):
+                for b in range(_PREFILTER_BANDS):
+                    for r in range(_PREFILTER_ROWS):
+                        j = b * _PREFILTER_ROWS + r
+                        sk[:, r] = np.minimum.reduceat(hashes * mult[j] + add[j], starts)
+                    key = sk[:, 0] * _M1 + sk[:, 1]
+                    key |= np.uint64(1)  # never 0, the key of empty rows
+                    out[pos:pos + n, b][nonempty] = key
+        pos += n
+    return out
+
+
+def minhash_candidates(band_keys: np.ndarray) -> np.ndarray:
+    """Global half of the prefilter: bool mask of rows sharing at least one band key with another row.
+
+    A pair with Jaccard J shares a band with probability 1 - (1 - J**2)**8 (0.995 at J = 0.7,
+    0.99997 at 0.85); rows sharing no band with any other row cannot be near-duplicates of it.
+    """
+    n = len(band_keys)
+    candidate = np.zeros(n, dtype=bool)
+    empty = band_keys[:, 0] == 0 if n else np.zeros(0, dtype=bool)
+    for b in range(band_keys.shape[1] if n else 0):
+        key = band_keys[:, b][~empty]
+        _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+        candidate[~empty] |= counts[inverse] > 1
+    return candidate
+
+
+def _candidate_rows(texts: pa.ChunkedArray, *, ngram: int, seed: int, batch_size: int) -> np.ndarray:
+    """Bool mask of rows that may have a near-duplicate (:func:`minhash_band_keys` batch by batch,
+    then :func:`minhash_candidates`)."""
+    keys = [minhash_band_keys(chunk.slice(off, batch_size), ngram=ngram, seed=seed)
+            for chunk in texts.chunks for off in range(0, len(chunk), batch_size)]
+    if not keys:
         return np.zeros(0, dtype=bool)
-    sk = np.concatenate(sketches)
-    empty = np.concatenate(empties)
-    candidate = np.zeros(len(sk), dtype=bool)
-    with np.errstate(over="ignore"):
-        for b in range(_PREFILTER_BANDS):
-            key = sk[:, 2 * b] * _M1 + sk[:, 2 * b + 1]
-            key[empty] = np.arange(int(empty.sum()), dtype=np.uint64)  # empty rows never collide via this
-            _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
-            candidate |= counts[inverse] > 1
-    return candidate & ~empty
+    return minhash_candidates(np.concatenate(keys))
+
+
+def minhash_verified_pass(candidate_texts: pa.ChunkedArray | pa.Array, rows: np.ndarray, *, threshold: float = 0.8,
+                          num_perm: int = 128, ngram: int = 5, seed: int = 42, tokenizer: str = "words",
+                          backend: str | None = None, batch_size: int = 10_000, progress: bool = True
+                          ) -> tuple[np.ndarray, np.ndarray, str]:
+    """The ordered insert-if-no-match pass over the rows that may be near-duplicates.
+
+    ``candidate_texts[k]`` is the text of row ``rows[k]`` (``rows`` increasing). Returns
+    ``(is_duplicate, cluster_id, backend_name)`` for those rows, where ``cluster_id`` is the row
+    number of the lowest kept row that a duplicate matches (its own row number when kept).
+    """
+    if isinstance(candidate_texts, pa.Array):
+        candidate_texts = pa.chunked_array([candidate_texts])
+    rows = np.asarray(rows, dtype=np.int64)
+    engine = _Backend(num_perm, seed, threshold, backend)
+    dup = np.zeros(len(rows), dtype=bool)
+    cluster = rows.copy()
+    kept_sigs: dict[int, object] = {}
+    bar = tqdm(total=len(rows), desc=f"minhash dedup ({engine.name})", unit="rows",
+               disable=not progress or len(rows) < 50_000)
+    for off in range(0, len(rows), batch_size):
+        # Python strings exist for one batch at a time only.
+        batch = candidate_texts.slice(off, batch_size).to_pylist()
+        sets = [shingles(t, ngram, tokenizer) for t in batch]
+        sigs = engine.signatures(sets)
+        for k, (i, s, mh) in enumerate(zip(rows[off:off + batch_size].tolist(), sets, sigs)):
+            if not s:
+                continue
+            match = None
+            for j in sorted(engine.query(mh)):
+                if mh.jaccard(kept_sigs[j]) >= threshold:
+                    match = j
+                    break
+            if match is None:
+                engine.insert(i, mh)
+                kept_sigs[i] = mh
+            else:
+                dup[off + k] = True
+                cluster[off + k] = match
+        bar.update(len(batch))
+    bar.close()
+    return dup, cluster, engine.name
+
+
+def uses_prefilter(tokenizer: str, threshold: float, prefilter: bool = True) -> bool:
+    """Whether :func:`minhash_duplicates` runs the bulk prefilter for these settings."""
+    return tokenizer == "words" and prefilter and threshold >= 0.5
 
 
 def minhash_duplicates(texts: pa.ChunkedArray | pa.Array, *, threshold: float = 0.8, num_perm: int = 128,
                        ngram: int = 5, seed: int = 42, tokenizer: str = "words", backend: str | None = None,
-                       batch_size: int = 10_000, progress: bool = True, prefilter: bool = True
-                       ) -> tuple[np.ndarray, np.ndarray, str]:
+                       batch_size: int = 10_000, progress: bool = True, prefilter: bool = True,
+                       band_keys: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """``(keep, cluster_id, backend_name)`` for a string column by MinHash-LSH (see the module docstring).
 
     With the ``"words"`` tokenizer, ``prefilter=True`` and ``threshold >= 0.5``, a bulk pass first
-    finds the rows that may have a near-duplicate at all (:func:`_candidate_rows`: token hashing in
-    Arrow, a 16-hash sketch and banding in numpy, no Python object per row); the others cannot
-    match anything and are kept without further work. The ordered insert-if-no-match pass with
-    verified Jaccard (rensa or datasketch) then runs on the candidate rows only. The prefilter
-    changes speed, not the definition: a pair at Jaccard 0.7 survives it with probability 0.995,
-    at 0.85 with 0.99997 (measured recall in ``benchmarks/bench_curation.py``).
+    finds the rows that may have a near-duplicate at all (:func:`minhash_band_keys`, a per-row
+    function, then :func:`minhash_candidates`, one global ``numpy.unique`` per band); the others
+    cannot match anything and are kept without further work. The ordered insert-if-no-match pass
+    with verified Jaccard (:func:`minhash_verified_pass`, rensa or datasketch) then runs on the
+    candidate rows only. ``band_keys`` may be given when they were computed elsewhere (in
+    parallel processes or Ray workers). The prefilter changes speed, not the definition: a pair at
+    Jaccard 0.7 survives it with probability 0.995, at 0.85 with 0.99997 (measured recall in
+    ``benchmarks/bench_curation.py``).
     """
     if isinstance(texts, pa.Array):
         texts = pa.chunked_array([texts])
     if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
         raise TypeError(f"minhash dedup needs a string column, got {texts.type}")
     n = len(texts)
-    engine = _Backend(num_perm, seed, threshold, backend)
+    if uses_prefilter(tokenizer, threshold, prefilter) and n:
+        if band_keys is None:
+            mask = _candidate_rows(texts, ngram=ngram, seed=seed, batch_size=max(batch_size, 50_000))
+        else:
+            mask = minhash_candidates(band_keys)
+        rows = np.flatnonzero(mask)
+        logger.debug("minhash prefilter: %d of %d rows are candidates", len(rows), n)
+        cand = texts.take(pa.array(rows)) if len(rows) < n else texts
+    else:
+        rows, cand = np.arange(n), texts
+    dup, sub_cluster, name = minhash_verified_pass(cand, rows, threshold=threshold, num_perm=num_perm, ngram=ngram,
+                                                   seed=seed, tokenizer=tokenizer, backend=backend,
+                                                   batch_size=batch_size, progress=progress)
     keep = np.ones(n, dtype=bool)
     cluster = np.arange(n, dtype=np.int64)
-    if tokenizer == "words" and prefilter and threshold >= 0.5 and n:
-        rows = np.flatnonzero(_candidate_rows(texts, ngram=ngram, seed=seed, batch_size=max(batch_size, 50_000)))
-        logger.debug("minhash prefilter: %d of %d rows are candidates", len(rows), n)
-    else:
-        rows = np.arange(n)
-    kept_sigs: dict[int, object] = {}
-    bar = tqdm(total=len(rows), desc=f"minhash dedup ({engine.name})", unit="rows",
-               disable=not progress or len(rows) < 50_000)
-    for off in range(0, len(rows), batch_size):
-        idx = rows[off:off + batch_size]
-        # Python strings exist for one batch at a time only.
-        batch = texts.take(pa.array(idx)).to_pylist()
-        sets = [shingles(t, ngram, tokenizer) for t in batch]
-        sigs = engine.signatures(sets)
-        for i, s, mh in zip(idx.tolist(), sets, sigs):
-            if not s:
-                continue
-            match = None
-            for k in sorted(engine.query(mh)):
-                if mh.jaccard(kept_sigs[k]) >= threshold:
-                    match = k
-                    break
-            if match is None:
-                engine.insert(i, mh)
-                kept_sigs[i] = mh
-            else:
-                keep[i] = False
-                cluster[i] = match
-        bar.update(len(idx))
-    bar.close()
-    return keep, cluster, engine.name
+    keep[rows[dup]] = False
+    cluster[rows] = sub_cluster
+    return keep, cluster, name
 
 
 # ----------------------------------------------------------------------------------------------
 # step
 # ----------------------------------------------------------------------------------------------
+
+BAND_KEYS_COLUMN = "__minhash_band_keys"
+
+
+def band_keys_to_arrow(keys: np.ndarray) -> pa.Array:
+    """``(n, 8)`` uint64 band keys as an Arrow ``fixed_size_list<uint64>[8]`` column (zero-copy)."""
+    keys = np.ascontiguousarray(keys, dtype=np.uint64)
+    return pa.FixedSizeListArray.from_arrays(pa.array(keys.reshape(-1)), keys.shape[1])
+
+
+def band_keys_from_arrow(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Inverse of :func:`band_keys_to_arrow` for a (chunked) column."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    width = column.type.list_size
+    parts = [c.flatten().to_numpy(zero_copy_only=False).reshape(-1, width) for c in chunks if len(c)]
+    return np.concatenate(parts) if parts else np.zeros((0, width), dtype=np.uint64)
+
+
+def minhash_band_keys_dataset(ds, column: str, *, ngram: int = 5, seed: int = 42, num_proc: int | None = None,
+                              batch_size: int = 10_000) -> np.ndarray:
+    """:func:`minhash_band_keys` of every row of ``ds[column]``, computed with ``datasets.map`` on
+    ``num_proc`` processes (the per-row half of MinHash dedup); ``(len(ds), 8)`` uint64."""
+    from fastdistill.curation._ds import map_arrow_columns
+
+    keyed = map_arrow_columns(
+        ds.select_columns([column]),
+        lambda t: {BAND_KEYS_COLUMN: band_keys_to_arrow(minhash_band_keys(t.column(column), ngram=ngram, seed=seed))},
+        num_proc=num_proc, batch_size=batch_size, desc="minhash band keys", params=dict(ngram=ngram, seed=seed))
+    return band_keys_from_arrow(arrow_column(keyed, BAND_KEYS_COLUMN))
+
 
 def deduplicate(ds, column: str, *, method: str = "exact", threshold: float = 0.8, mode: str = "drop",
                 num_proc: int | None = None, num_perm: int = 128, ngram: int = 5, seed: int = 42,
@@ -513,7 +627,10 @@ def deduplicate(ds, column: str, *, method: str = "exact", threshold: float = 0.
         method: ``"exact"`` or ``"minhash"``.
         threshold: MinHash: estimated Jaccard at or above which a row duplicates a kept row.
         mode: ``"drop"`` or ``"mark"``.
-        num_proc: accepted for a uniform step signature; the decision is a single global pass.
+        num_proc: workers for the per-row work: exact dedup computes the 64-bit keys of the values
+            on that many threads; MinHash computes the band keys of its prefilter in that many
+            processes (``datasets.map``). The keep-first decision after it is one global pass, so
+            the result is identical for every ``num_proc``.
         num_perm, ngram, seed, tokenizer, backend: MinHash settings (``backend`` None = rensa,
             falling back to datasketch).
         cluster_column: if set (e.g. ``"cluster_id"``), add the index (in ``ds``) of the kept row
@@ -525,24 +642,28 @@ def deduplicate(ds, column: str, *, method: str = "exact", threshold: float = 0.
     """
     if mode not in ("drop", "mark"):
         raise ValueError(f"mode must be 'drop' or 'mark', got {mode!r}")
-    values = arrow_column(ds, column)
+    workers = max(1, int(num_proc or 1))
     if method == "exact":
-        keep, cluster = first_occurrence_arrow(values)
+        keep, cluster = first_occurrence_arrow(arrow_column(ds, column), num_threads=workers)
         used = "arrow"
     elif method == "minhash":
-        keep, cluster, used = minhash_duplicates(values, threshold=threshold, num_perm=num_perm, ngram=ngram,
-                                                 seed=seed, tokenizer=tokenizer, backend=backend)
+        band_keys = None
+        if workers > 1 and len(ds) and uses_prefilter(tokenizer, threshold):
+            band_keys = minhash_band_keys_dataset(ds, column, ngram=ngram, seed=seed, num_proc=workers)
+        keep, cluster, used = minhash_duplicates(arrow_column(ds, column), threshold=threshold, num_perm=num_perm,
+                                                 ngram=ngram, seed=seed, tokenizer=tokenizer, backend=backend,
+                                                 band_keys=band_keys)
     else:
         raise ValueError(f"method must be 'exact' or 'minhash', got {method!r}")
     n_dup = int(len(keep) - keep.sum())
     logger.info("deduplicate(%s, method=%s via %s): %d of %d rows are duplicates", column, method, used, n_dup, len(keep))
-    if mode == "mark":
-        out = ds.add_column(mark_column, pa.array(~keep))
-        if cluster_column:
-            out = out.add_column(cluster_column, pa.array(cluster))
-        return out
+    new = {mark_column: pa.array(~keep)} if mode == "mark" else {}
     if cluster_column:
-        ds = ds.add_column(cluster_column, pa.array(cluster))
+        new[cluster_column] = pa.array(cluster)
+    if new:
+        ds = add_columns(ds, new, desc="deduplicate", params=dict(column=column, method=method, mode=mode))
+    if mode == "mark":
+        return ds
     if not n_dup:
         return ds
     return select_rows(ds, np.flatnonzero(keep), desc="deduplicate", params=dict(column=column, method=method))

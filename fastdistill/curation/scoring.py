@@ -60,6 +60,17 @@ def score_from_exec_eval(ds, *, out_column: str = "score", weights: dict | None 
                              desc="score_from_exec_eval", params=dict(weights=weights))
 
 
+def kept_positions(scores: pa.Array | pa.ChunkedArray, *, min_score: float = 0.5, top_k: int | None = None
+                   ) -> np.ndarray:
+    """Positions (increasing) of the rows :func:`keep_by_score` keeps, given the score column in row order."""
+    values = pc.fill_null(pc.cast(scores, pa.float64()), -np.inf).to_numpy() if len(scores) else np.zeros(0)
+    keep = np.flatnonzero(values >= min_score)
+    if top_k is not None and len(keep) > top_k:
+        order = np.argsort(-values[keep], kind="stable")[:top_k]
+        keep = np.sort(keep[order])
+    return keep
+
+
 def keep_by_score(ds, *, min_score: float = 0.5, column: str = "score", top_k: int | None = None):
     """Keep rows with ``column >= min_score`` (nulls fail), in their original order.
 
@@ -69,11 +80,6 @@ def keep_by_score(ds, *, min_score: float = 0.5, column: str = "score", top_k: i
     from fastdistill.curation._params import check_step_params
 
     check_step_params("keep_by_score", min_score=min_score, column=column, top_k=top_k)
-    scores = arrow_column(ds, column)
-    values = pc.fill_null(pc.cast(scores, pa.float64()), -np.inf).to_numpy() if len(scores) else np.zeros(0)
-    keep = np.flatnonzero(values >= min_score)
-    if top_k is not None and len(keep) > top_k:
-        order = np.argsort(-values[keep], kind="stable")[:top_k]
-        keep = np.sort(keep[order])
+    keep = kept_positions(arrow_column(ds, column), min_score=min_score, top_k=top_k)
     logger.info("keep_by_score(%s >= %s): keeping %d of %d rows", column, min_score, len(keep), len(ds))
     return ds if len(keep) == len(ds) else ds.select(keep)

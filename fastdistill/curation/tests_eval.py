@@ -26,7 +26,7 @@ def eval_tests_one(code: str | None, tests: str | None, *, timeout_s: float = 10
 
     out = {"tests_passed": False, "tests_n_passed": 0, "tests_n_failed": 0, "tests_timed_out": False,
            "tests_time_s": 0.0, "tests_error": None, "kill_rate": None}
-    if not isinstance(code, str) or not isinstance(tests, str) or not code.strip() or not tests.strip():
+    if not _usable(code) or not _usable(tests):
         out["tests_error"] = "missing_input"
         return out
     try:
@@ -83,6 +83,11 @@ def _columns_from_run(out: dict, run) -> dict:
     return out
 
 
+def _usable(text) -> bool:
+    """A code or tests cell worth running: a string with something besides whitespace."""
+    return isinstance(text, str) and bool(text.strip())
+
+
 def _empty_row() -> dict:
     return {"tests_passed": False, "tests_n_passed": 0, "tests_n_failed": 0, "tests_timed_out": False,
             "tests_time_s": 0.0, "tests_error": None, "kill_rate": None}
@@ -109,7 +114,7 @@ def eval_tests_batch(codes: list, tests: list, *, timeout_s: float | None = None
     rows = [_empty_row() for _ in codes]
     todo = []
     for i, (code, test) in enumerate(zip(codes, tests)):
-        if not code or not test:
+        if not _usable(code) or not _usable(test):  # the same rule as eval_tests_one
             rows[i]["tests_error"] = "missing_input"
         else:
             todo.append(i)
@@ -175,8 +180,9 @@ def tests_exec_eval(ds, *, code_column: str = "code", tests_column: str = "tests
 
     from fastdistill.curation._params import check_step_params
 
-    check_step_params("tests_exec_eval", timeout_s=timeout_s, mutation=mutation, max_mutants=max_mutants, seed=seed,
-                      num_proc=num_proc, batch_size=batch_size)
+    given = {"timeout_s": timeout_s, "max_mutants": max_mutants, "seed": seed}  # None: from the sandbox settings
+    check_step_params("tests_exec_eval", mutation=mutation, num_proc=num_proc, batch_size=batch_size,
+                      **{k: v for k, v in given.items() if v is not None})
     for c in (code_column, tests_column):
         if c not in ds.column_names:
             raise KeyError(f"tests_exec_eval: column {c!r} missing (columns: {ds.column_names})")

@@ -37,7 +37,7 @@ def _read_rows(path_or_rows: str | os.PathLike | Iterable[Mapping[str, Any]]) ->
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a JSON list of rows (or {{'data': [...]}}), got {type(data).__name__}")
         return data
-    return [dict(row) for row in path_or_rows]
+    return [dict(row) if isinstance(row, Mapping) else row for row in path_or_rows]  # _normalise_row names a non-object row
 
 
 def _as_messages(value: Any, role: str, where: str) -> list[dict]:

@@ -3,7 +3,7 @@
 The kernels here take the hidden states and the ``lm_head`` weights of both models instead of their
 logits. Tokens are processed in chunks of ``chunk_size`` rows; for each chunk the student and the
 teacher are projected **once**, the per-token divergence and its gradient wrt the student logits
-are computed (the same math as :mod:`fastdistill.losses.divergences`), and that gradient is pushed
+are computed (the chunk kernels of :mod:`fastdistill.losses.kernels`), and that gradient is pushed
 through the projection right away (Liger-Kernel's fused-linear style)::
 
     grad_hidden[chunk] = g @ W_s            grad_W_s += g.T @ h_s[chunk]      grad_b_s += g.sum(0)
@@ -39,29 +39,20 @@ from __future__ import annotations
 
 import torch
 
-from fastdistill.losses.divergences import (
-    _partition_kl,
-    _reduce,
-    _StudentJSDChunks,
-    _teacher_targets,
-    _valid_mask,
+from fastdistill.losses.core import (
+    check_reduction,
+    check_token_ids,
+    divisor,
+    fused_chunk_size,
+    teacher_targets,
+    valid_mask,
 )
+from fastdistill.losses.kernels import StudentJSDChunks, chosen_chunk_
 
 __all__ = ["fused_jsd_loss", "fused_reverse_kl_on_chosen", "fused_chunk_size"]
 
 _FUSED_REDUCTIONS = ("mean", "sum", "batchmean")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
-# elements of one [chunk, vocab] fp32 buffer (2**25 = 128 MiB)
-_FUSED_CHUNK_ELEMENTS = 1 << 25
-
-
-def fused_chunk_size(vocab_size: int, budget_elements: int = _FUSED_CHUNK_ELEMENTS) -> int:
-    """Token rows per chunk so that one ``[chunk, vocab]`` fp32 buffer holds ~``budget_elements``.
-
-    Rounded down to a multiple of 8 (matmul-friendly) and kept within ``[8, 1024]``.
-    """
-    rows = budget_elements // max(int(vocab_size), 1)
-    return int(max(8, min(1024, rows - rows % 8)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,40 +214,19 @@ def _check_head(name: str, hidden: torch.Tensor, weight: torch.Tensor, bias: tor
         raise ValueError(f"{name}_bias has shape {tuple(bias.shape)}, expected ({weight.shape[0]},)")
 
 
-def _check_reduction(reduction: str) -> None:
-    if reduction not in _FUSED_REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduction!r}; expected one of {_FUSED_REDUCTIONS}")
-
-
-def _rows_and_divisor(mask, leading, device, vocab, reduction, num_items_in_batch, default_mask=None):
+def _rows_and_scale(mask, leading, device, reduction, num_items_in_batch, default_mask=None):
     """Compacted row indices (``None`` = all rows) and ``1 / divisor`` of the requested reduction."""
-    if mask is not None and tuple(mask.shape) != tuple(leading):
-        n_mask = mask.numel()
-        n_hidden = 1
-        for d in leading:
-            n_hidden *= d
-        raise ValueError(
-            f"mask has shape {tuple(mask.shape)} ({n_mask} positions) but the hidden states have leading shape "
-            f"{tuple(leading)} ({n_hidden} positions); pass one mask entry per token position"
-        )
-    if mask is None:
-        mask = default_mask
-    valid = _valid_mask(mask, leading, device)
+    valid = valid_mask(mask if mask is not None else default_mask, leading, device)
     n_total = 1
     for d in leading:
-        n_total *= d
+        n_total *= int(d)
     if valid is None or bool(valid.all()):
         rows, n_valid = None, n_total
     else:
         rows = valid.nonzero().squeeze(-1)
         n_valid = int(rows.numel())
     first_dim = leading[0] if len(leading) > 1 else n_total
-    one = torch.ones((), dtype=torch.float32)
-    if num_items_in_batch is None and reduction == "mean":
-        divisor = float(max(n_valid, 1))
-    else:
-        divisor = float(1.0 / _reduce(one, n_valid, first_dim, vocab, reduction, num_items_in_batch, valid is not None))
-    return rows, 1.0 / divisor
+    return rows, 1.0 / float(divisor(reduction, n_valid, first_dim, valid is not None, num_items_in_batch))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,10 +267,9 @@ def fused_jsd_loss(
         temperature: both logits are divided by it (no ``T**2`` rescaling).
         mask: leading-shape bool/0-1 mask or labels (``-100`` = ignore).
         student_bias / teacher_bias: optional ``(V,)`` ``lm_head`` biases.
-        reduction: ``"mean"`` (sum / number of unmasked tokens — note: *per token*, unlike
-            ``jsd_loss``'s ``"mean"``, which also divides by ``V``), ``"sum"``, or ``"batchmean"``
-            (GKD's / ``jsd_loss``'s: sum / number of unmasked tokens with a mask, sum / ``B``
-            (``shape[0]``) without one).
+        reduction: ``"mean"`` (sum / number of unmasked tokens), ``"sum"``, or ``"batchmean"``
+            (GKD's: sum / number of unmasked tokens with a mask, sum / ``B`` (``shape[0]``) without
+            one); the same meanings as in ``jsd_loss`` (see :mod:`fastdistill.losses.core`).
         chunk_size: token rows per chunk; default :func:`fused_chunk_size` of ``V``.
         num_items_in_batch: if given, the loss is ``sum / num_items_in_batch`` whatever ``reduction``
             (gradient-accumulation-correct normalisation, as in TRL).
@@ -312,7 +281,7 @@ def fused_jsd_loss(
         raise ValueError(f"beta must be in [0, 1], got {beta}")
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    _check_reduction(reduction)
+    check_reduction(reduction, _FUSED_REDUCTIONS)
     _check_head("student", student_hidden, student_weight, student_bias)
     _check_head("teacher", teacher_hidden, teacher_weight, teacher_bias)
     if student_weight.shape[0] != teacher_weight.shape[0]:
@@ -327,7 +296,7 @@ def fused_jsd_loss(
             "the same leading (token) shape"
         )
     vocab = student_weight.shape[0]
-    rows, scale = _rows_and_divisor(mask, leading, student_hidden.device, vocab, reduction, num_items_in_batch)
+    rows, scale = _rows_and_scale(mask, leading, student_hidden.device, reduction, num_items_in_batch)
     h_s = student_hidden.reshape(-1, student_hidden.shape[-1])
     h_t = teacher_hidden.reshape(-1, teacher_hidden.shape[-1])
     beta, temperature = float(beta), float(temperature)
@@ -336,7 +305,7 @@ def fused_jsd_loss(
     # the chunks' logits are fresh fp32 buffers the kernel may overwrite; the compiled kernel (CUDA) writes the scaled
     # gradient in the dtype the matmuls consume
     grad_dtype = student_weight.dtype if _cuda_low(student_weight) else torch.float32
-    chunks = _StudentJSDChunks(beta, temperature, scale, min(chunk, h_s.shape[0]), vocab, student_hidden.device,
+    chunks = StudentJSDChunks(beta, temperature, scale, min(chunk, h_s.shape[0]), vocab, student_hidden.device,
                                grad_dtype)
 
     def chunk_fn(s_logits, t_logits, _sl, need_grad):
@@ -375,41 +344,21 @@ def fused_reverse_kl_on_chosen(
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    _check_reduction(reduction)
+    check_reduction(reduction, _FUSED_REDUCTIONS)
     _check_head("student", student_hidden, student_weight, student_bias)
     leading = student_hidden.shape[:-1]
     vocab = student_weight.shape[0]
-    ids, t_lp, default_mask = _teacher_targets(leading, chosen_ids, teacher_logprobs, teacher_topk_ids,
-                                               teacher_topk_logprobs, "student_hidden")
+    ids, t_lp, default_mask = teacher_targets(leading, chosen_ids, teacher_logprobs, teacher_topk_ids,
+                                              teacher_topk_logprobs, "student_hidden")
     device = student_hidden.device
-    rows, scale = _rows_and_divisor(mask, leading, device, vocab, reduction, num_items_in_batch, default_mask)
+    rows, scale = _rows_and_scale(mask, leading, device, reduction, num_items_in_batch, default_mask)
     sel_ids = (ids if rows is None else ids[rows.to(ids.device)]).to(device).long()
     sel_t_lp = (t_lp if rows is None else t_lp[rows.to(t_lp.device)]).to(device).float()
-    if sel_ids.numel() and (sel_ids.min() < 0 or sel_ids.max() >= vocab):
-        raise ValueError(
-            f"token ids must lie in [0, {vocab}) at unmasked positions; got range "
-            f"[{int(sel_ids.min())}, {int(sel_ids.max())}]"
-        )
-    temperature = float(temperature)
-    inv_t = 1.0 / temperature
+    check_token_ids(sel_ids, vocab)
+    inv_t = 1.0 / float(temperature)
 
     def chunk_fn(z, _t_logits, sl, need_grad):
-        chunk_ids = sel_ids[sl]
-        if temperature != 1.0:
-            z.mul_(inv_t)
-        z.sub_(z.amax(-1, keepdim=True))
-        picked = z.gather(1, chunk_ids)
-        total = z.exp_().sum(-1, keepdim=True)  # z now holds exp(z - max)
-        s_lp = (picked - total.log()).requires_grad_(need_grad)
-        with torch.enable_grad():
-            loss = _partition_kl(s_lp, sel_t_lp[sl])
-            if not need_grad:
-                return loss.detach(), None, 1.0
-            (g_lp,) = torch.autograd.grad(loss.sum(), s_lp)
-        # d log p(id_j) / d z = (onehot(id_j) - softmax(z)) / T; the buffer becomes the gradient
-        grad = z.mul_(-g_lp.sum(-1, keepdim=True) / total)
-        grad.scatter_add_(1, chunk_ids, g_lp)
-        return loss.detach(), grad, inv_t
+        return chosen_chunk_(z, sel_ids[sl], sel_t_lp[sl], inv_t, need_grad)
 
     chunk = int(chunk_size or fused_chunk_size(vocab))
     h_s = student_hidden.reshape(-1, student_hidden.shape[-1])

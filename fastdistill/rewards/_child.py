@@ -78,6 +78,114 @@ def _isolate_filesystem(workdir):
             pass
 
 
+_MS = {"rdonly": 1, "nosuid": 2, "nodev": 4, "noexec": 8, "remount": 32, "bind": 4096, "rec": 16384,
+       "private": 1 << 18, "noatime": 1024, "nodiratime": 2048, "relatime": 1 << 21}
+_ST_TO_MS = ((1, 1), (2, 2), (4, 4), (8, 8), (1024, 1024), (2048, 2048), (4096, 1 << 21))  # statvfs bit -> MS_*
+_DEVICES = ("null", "zero", "full", "random", "urandom")
+
+
+def _mount(libc, src, tgt, fstype, flags, data=None):
+    enc = (lambda v: None if v is None else os.fsencode(v))
+    if libc.mount(enc(src), enc(tgt), enc(fstype), flags, enc(data)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {src} -> {tgt}: {os.strerror(err)}")
+
+
+def _sealed_paths():
+    """What the sealed view shows of the host, read-only: the Python installation, every
+    ``sys.path`` entry, and the shared libraries the interpreter links against."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+             os.path.dirname(sys.executable), os.path.dirname(os.path.realpath(sys.executable)),
+             "/usr/lib", "/usr/lib64", "/lib", "/lib64"}
+    paths.update(p for p in sys.path if p)
+    keep = []
+    for path in sorted(paths, key=len):
+        if not os.path.isabs(path) or not os.path.lexists(path):
+            continue
+        keep.append(path)
+    return keep
+
+
+def _seal_view(cfg):
+    """``pivot_root`` into a minimal tree (needs user + mount namespaces; we are PID 1 of a new PID ns).
+
+    The new root is a small tmpfs holding: the Python installation, ``sys.path`` entries and the
+    system's shared libraries bound read-only (nosuid, nodev); the worker directory bound read-write
+    (nosuid, nodev); a size-capped tmpfs ``/tmp`` and ``/dev/shm``; a ``/dev`` with only null,
+    zero, full, random and urandom; a fresh read-only ``/proc`` of our PID namespace. Nothing else of
+    the host is reachable. Raises OSError when the kernel refuses a step (the caller falls back).
+    """
+    libc = _libc()
+    ms = _MS
+    root = cfg["root_dir"]
+    _mount(libc, "none", "/", None, ms["rec"] | ms["private"])
+    _mount(libc, "fastdistill", root, "tmpfs", ms["nosuid"] | ms["nodev"], "size=16m,mode=0755")
+
+    def locked_flags(path):
+        flags = 0
+        st = os.statvfs(path).f_flag
+        for st_bit, ms_bit in _ST_TO_MS:
+            if st & st_bit:
+                flags |= ms_bit
+        return flags
+
+    def make_target(src, dst):
+        if os.path.isdir(src):
+            os.makedirs(dst, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            with open(dst, "a"):
+                pass
+
+    def bind(src, flags, extra=0):
+        dst = root + src
+        make_target(src, dst)
+        _mount(libc, src, dst, None, ms["bind"])
+        _mount(libc, None, dst, None, ms["bind"] | ms["remount"] | flags | locked_flags(dst) | extra)
+
+    links = []
+    for path in _sealed_paths():
+        inside = root + path
+        if os.path.lexists(inside):  # under a directory bound already (or made for a link)
+            continue
+        if os.path.islink(path):  # e.g. /lib -> usr/lib: the same link inside, its target bound too
+            os.makedirs(os.path.dirname(inside), exist_ok=True)
+            links.append((os.readlink(path), inside))
+            target = os.path.realpath(path)
+            if not os.path.lexists(root + target):
+                bind(target, ms["rdonly"] | ms["nosuid"] | ms["nodev"])
+            continue
+        bind(path, ms["rdonly"] | ms["nosuid"] | ms["nodev"])
+    for target, inside in links:
+        if not os.path.lexists(inside):
+            os.symlink(target, inside)
+    tmp = root + "/tmp"
+    os.makedirs(tmp, exist_ok=True)
+    _mount(libc, "tmpfs", tmp, "tmpfs", ms["nosuid"] | ms["nodev"], f"size={int(cfg.get('tmp_mb', 64))}m,mode=1777")
+    bind(cfg["workdir"], ms["nosuid"] | ms["nodev"])  # the only host directory that is writable
+    dev = root + "/dev"
+    os.makedirs(dev, exist_ok=True)
+    _mount(libc, "tmpfs", dev, "tmpfs", ms["nosuid"], "size=64k,mode=0755")
+    for name in _DEVICES:
+        with open(os.path.join(dev, name), "a"):
+            pass
+        _mount(libc, "/dev/" + name, os.path.join(dev, name), None, ms["bind"])
+    os.makedirs(dev + "/shm", exist_ok=True)
+    _mount(libc, "tmpfs", dev + "/shm", "tmpfs", ms["nosuid"] | ms["nodev"], "size=16m,mode=1777")
+    _mount(libc, None, dev, None, ms["remount"] | ms["nosuid"] | ms["rdonly"], "size=64k,mode=0755")
+    os.makedirs(root + "/proc", exist_ok=True)
+    _mount(libc, "proc", root + "/proc", "proc", ms["nosuid"] | ms["nodev"] | ms["noexec"] | ms["rdonly"])
+    os.chdir(root)
+    if libc.syscall(155, b".", b".") != 0:  # SYS_pivot_root (x86_64): the old root stacks under the new
+        err = ctypes.get_errno()
+        raise OSError(err, f"pivot_root: {os.strerror(err)}")
+    if libc.umount2(b".", 2) != 0:  # MNT_DETACH: drop the host's tree
+        err = ctypes.get_errno()
+        raise OSError(err, f"umount old root: {os.strerror(err)}")
+    os.chdir("/")
+    _mount(libc, None, "/", None, ms["remount"] | ms["rdonly"] | ms["nosuid"] | ms["nodev"], "size=16m,mode=0755")
+
+
 def _drop_capabilities():
     """Lock securebits and clear every capability so root-in-namespace cannot undo the sandbox."""
     libc = _libc()
@@ -279,6 +387,22 @@ def _exit_info(wstatus):
     return ""
 
 
+def _oom_kills(fd):
+    """The worker's memory cgroup OOM-kill counter (``oom_kill`` line), or None without a cgroup."""
+    if fd is None:
+        return None
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    for line in data.splitlines():
+        key, _, value = line.partition(b" ")
+        if key == b"oom_kill":
+            return int(value)
+    return None
+
+
 def _install_module(name, path, source):
     """Execute ``source`` into a fresh module registered as ``sys.modules[name]``; error text or None."""
     module = types.ModuleType(name)
@@ -402,7 +526,7 @@ class _Server:
     def pytest_collection(self, session):
         gc.collect()
         gc.freeze()  # forked children then do not touch (copy) the worker's pages when collecting garbage
-        self._send({"t": "ready"})
+        self._send({"t": "ready", "view": self._cfg.get("view", "")})
         while True:
             spec = _recv(self._cmd_fd)
             if spec is None:
@@ -455,6 +579,7 @@ class _Server:
             fh.write(spec["tests"])
         nonce = os.urandom(8).hex().encode()
         read_fd, write_fd = os.pipe()
+        oom_before = _oom_kills(self._cfg.get("oom_fd"))
         pid = os.fork()
         if pid == 0:  # zygote: runs untrusted code (the test module's import)
             code = 0
@@ -487,8 +612,10 @@ class _Server:
         wstatus = _kill_and_wait(pid)
         os.close(read_fd)
         self._clean_between_pairs(pair_dir)
+        after = _oom_kills(self._cfg.get("oom_fd"))
         return {"jobs": jobs, "completed": bool(finished), "timed_out": status == "timeout",
-                "exit": _exit_info(wstatus), "duration_s": time.monotonic() - start}
+                "exit": _exit_info(wstatus), "duration_s": time.monotonic() - start,
+                "oom_kills": (after - oom_before) if after is not None and oom_before is not None else 0}
 
     # -- zygote side ---------------------------------------------------------------------------------
     def pytest_collectreport(self, report):
@@ -580,9 +707,11 @@ class _Server:
                 result = self._run_job(session, items, collected, job, swap, path, test_file, float(wall),
                                        cpu_budget, errors)
             result.update({"t": "job", "i": index})
+            if job.get("stop_first"):  # a mutant: the verdict is given here, and only here
+                result["killed"] = self._killed(result)
+                if result["killed"]:
+                    killed.add(index)
             emit(result)
-            if job.get("stop_first") and self._killed(result):
-                killed.add(index)
             if is_base:
                 baselines[group] = (result["duration_s"], result.get("cpu_s") or result["duration_s"])
                 if gate and not self._all_passed(result):
@@ -591,8 +720,10 @@ class _Server:
 
     @staticmethod
     def _killed(result):
-        """A mutant job's outcome as :func:`fastdistill.rewards.mutation` scores it."""
-        return (result["status"] in ("timeout", "crash") or bool(result["collect_errors"])
+        """The one rule that says whether a mutant job killed its mutant: a test failed or errored, the
+        module (or the test module against it) did not import, or the job timed out, crashed or was
+        killed for exceeding the memory budget."""
+        return (result["status"] in ("timeout", "crash", "memory") or bool(result["collect_errors"])
                 or any(t[1] in ("failed", "error") for t in result["tests"]))
 
     @staticmethod
@@ -623,6 +754,7 @@ class _Server:
         except OSError:
             pass
         tests, collect_errors, finished, cpu = [], [], [], []
+        oom_before = _oom_kills(self._cfg.get("oom_fd"))
 
         def on_message(msg):
             kind = msg.get("t")
@@ -646,6 +778,9 @@ class _Server:
             status = "timeout"
         elif status == "overflow" or not finished:
             status = "crash"
+            oom_after = _oom_kills(self._cfg.get("oom_fd"))
+            if oom_after is not None and oom_before is not None and oom_after > oom_before:
+                status = "memory"  # the cgroup's OOM killer ended it: the memory budget was exceeded
         else:
             status = "ok"
         return {"status": status, "tests": tests, "collect_errors": collect_errors, "duration_s": duration,
@@ -748,16 +883,24 @@ def main():
         cfg = json.load(fh)
     os.unlink(cfg_path)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    isolated = False
+    isolated, sealed = False, ""
     if cfg["namespaces"]:
+        if cfg.get("root_dir"):
+            try:
+                _seal_view(cfg)
+                sealed = "sealed"
+            except OSError as exc:  # this host refuses a step: fall back to the read-only host view
+                sealed = f"not sealed: {exc}"
         try:
-            _isolate_filesystem(workdir)
+            if sealed != "sealed":
+                _isolate_filesystem(workdir)
             _drop_capabilities()
             os.chdir(workdir)  # re-enter through the writable bind mount
             isolated = True
         except OSError as exc:
             sys.stderr.write(f"fastdistill sandbox: namespace isolation failed, using guards: {exc}\n")
     cfg["namespaces"] = isolated
+    cfg["view"] = sealed or ("not sealed: no namespaces" if not isolated else "not sealed: disabled (SEALED_VIEW)")
     _libc().prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 0: /proc/<pid>/fd of the worker is off limits
     _set_limits(cfg)
     sys.dont_write_bytecode = False  # the rewritten test module is cached once for all forked jobs

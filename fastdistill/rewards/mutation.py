@@ -215,8 +215,8 @@ def _finish(mutants, raw) -> MutationResult:
     result.baseline_duration_s = baseline["duration_s"]
     problems = []
     if baseline["status"] != "ok":
-        problems.append("timed out" if baseline["status"] == "timeout" else
-                        f"the test process ended early ({baseline.get('exit') or 'no final report'})")
+        problems.append({"timeout": "timed out", "memory": "killed for exceeding the sandbox memory budget"}.get(
+            baseline["status"], f"the test process ended early ({baseline.get('exit') or 'no final report'})"))
     if baseline["collect_errors"]:
         problems.append("collection/import error: " + baseline["collect_errors"][0][1][-300:])
     bad = [t for t in baseline["tests"] if t[1] in ("failed", "error")]
@@ -234,10 +234,9 @@ def _finish(mutants, raw) -> MutationResult:
         if job is None or job["status"] == "skipped":  # not reached, or a paired rewrite whose original survived
             outcome = MutantOutcome(mutant.operator, mutant.line, mutant.description, killed=False)
         else:
-            timed_out = job["status"] == "timeout"
-            killed = (timed_out or job["status"] == "crash" or bool(job["collect_errors"])
-                      or any(t[1] in ("failed", "error") for t in job["tests"]))
-            outcome = MutantOutcome(mutant.operator, mutant.line, mutant.description, killed=killed, timed_out=timed_out)
+            timed_out = job["status"] == "timeout"  # the verdict is the worker's (one rule, in _child._killed)
+            outcome = MutantOutcome(mutant.operator, mutant.line, mutant.description, killed=bool(job["killed"]),
+                                    timed_out=timed_out)
         result.mutants.append(outcome)
     result.killed = sum(m.killed for m in result.mutants)
     result.timed_out = sum(m.timed_out for m in result.mutants)

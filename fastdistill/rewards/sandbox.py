@@ -52,6 +52,21 @@ means the environment variable ``FASTDISTILL_SANDBOX_PYTHON`` if set, else ``sys
 
 _TAIL_CHARS = 2000
 
+SEALED_VIEW = True
+"""With namespaces, ``pivot_root`` each worker into a minimal tree (see ``_child._seal_view``); where
+the kernel refuses, the worker falls back to a read-only view of the host and a warning is logged once."""
+
+TMP_MB = 64
+"""Size cap of the sealed view's ``/tmp`` tmpfs (MB)."""
+
+_WARNED: set = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning(message)
+
 
 class SandboxUnavailableError(RuntimeError):
     """The sandbox cannot run tests at all: a worker could not start, or died before it was ready.
@@ -102,6 +117,9 @@ class TestRun:
     flaky: bool = False
     completed: bool = False
     output: str = ""
+    out_of_memory: bool = False
+    """A process of the tests was killed for exceeding the sandbox's memory budget (the memory cgroup's
+    OOM killer; only where the host has a memory cgroup, see :func:`sandbox_capabilities`)."""
 
     @property
     def ok(self) -> bool:
@@ -111,31 +129,62 @@ class TestRun:
 
 @lru_cache(maxsize=1)
 def sandbox_capabilities() -> dict:
-    """Which isolation layers this machine allows: ``{"namespaces": bool, "cgroup": str | None}``."""
+    """Which isolation layers this machine allows.
+
+    ``{"namespaces": bool, "unshare": path, "cgroup": pids cgroup root or None, "memory_cgroup": memory
+    cgroup root or None, "memory_cgroup_version": 1, 2 or None}``; each is found by trying (creating a
+    cgroup, running ``unshare``), and a missing layer is logged once, naming what is not enforced.
+    """
     unshare = shutil.which("unshare")
-    namespaces = False
+    namespaces, flags = False, None
     if unshare and sys.platform.startswith("linux"):
-        try:
-            done = subprocess.run([unshare, "-rmnpf", "--kill-child", "true"], stdin=subprocess.DEVNULL,
-                                  capture_output=True, timeout=10)
-            namespaces = done.returncode == 0
-        except (OSError, subprocess.SubprocessError):
-            namespaces = False
-    cgroup = None
-    for base in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup"):
-        probe = Path(base) / f"fastdistill-probe-{os.getpid()}"
-        try:
-            probe.mkdir()
-            ok = (probe / "pids.max").exists()
-            probe.rmdir()
-            if ok:
-                cgroup = base
+        for candidate in ("-rmnpfiu", "-rmnpf"):  # + IPC and UTS namespaces where allowed
+            try:
+                done = subprocess.run([unshare, candidate, "--kill-child", "true"], stdin=subprocess.DEVNULL,
+                                      capture_output=True, timeout=10, check=False)
+            except (OSError, subprocess.SubprocessError):
+                continue
+            if done.returncode == 0:
+                namespaces, flags = True, candidate
                 break
-        except OSError:
-            continue
+        if namespaces and flags != "-rmnpfiu":
+            logger.warning("fastdistill sandbox: no IPC/UTS namespaces here; SysV IPC objects are shared with the host")
+    cgroup = _probe_cgroup(("/sys/fs/cgroup/pids", "/sys/fs/cgroup"), "pids.max")
+    memory = _probe_cgroup(("/sys/fs/cgroup/memory",), "memory.limit_in_bytes")
+    memory_version = 1 if memory else None
+    if memory is None:
+        memory = _probe_cgroup(("/sys/fs/cgroup",), "memory.max")
+        memory_version = 2 if memory else None
     if not namespaces:
         logger.warning("fastdistill sandbox: namespaces unavailable, falling back to rlimits + audit-hook guards")
-    return {"namespaces": namespaces, "cgroup": cgroup, "unshare": unshare}
+    if memory is None:
+        logger.warning("fastdistill sandbox: no memory cgroup can be created here; memory is bounded per process "
+                       "(RLIMIT_AS) only, not for a worker as a whole")
+    if cgroup is None:
+        logger.warning("fastdistill sandbox: no pids cgroup can be created here; RLIMIT_NPROC does not bind root, "
+                       "so forks are bounded only by the per-pair kill and timeouts")
+    return {"namespaces": namespaces, "cgroup": cgroup, "unshare": unshare, "unshare_flags": flags or "-rmnpf",
+            "memory_cgroup": memory,
+            "memory_cgroup_version": memory_version}
+
+
+def _probe_cgroup(bases, control: str) -> str | None:
+    """The first of ``bases`` under which we may create a cgroup that has the ``control`` file."""
+    for base in bases:
+        probe = Path(base) / f"fastdistill-probe-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            probe.mkdir()
+        except OSError:
+            continue
+        try:
+            if (probe / control).exists():
+                return base
+        finally:
+            try:
+                probe.rmdir()
+            except OSError:
+                pass
+    return None
 
 
 def _scrubbed_env(workdir: str) -> dict:
@@ -171,7 +220,10 @@ class _Worker:
         self.owner_pid = os.getpid()
         self.alive = False
         self.proc = None
-        self.cgroup_dir = None
+        self.cgroup_dirs: list[Path] = []
+        self.memory_cgroup: Path | None = None
+        self.rootdir = None
+        self.view = ""
         self.result_r = self.cmd_w = -1
         self._buf = b""
         self._output = bytearray()
@@ -182,43 +234,51 @@ class _Worker:
             os.chmod(self.workdir, 0o700)
             ini_file = os.path.join(self.workdir, "fastdistill_pytest.ini")
             Path(ini_file).write_text("[pytest]\naddopts =\n", encoding="utf-8")
+            if self.namespaces and SEALED_VIEW:  # mount point of the worker's own root (see _child._seal_view)
+                self.rootdir = tempfile.mkdtemp(prefix=f"fastdistill-root-{os.getpid()}-")
             cfg = {"nonce": self.nonce.decode(), "workdir": self.workdir, "ini_file": ini_file,
                    "memory_mb": memory_mb, "fsize_mb": 64, "nproc": nproc, "cpu_s": cpu_s,
-                   "namespaces": self.namespaces}
+                   "namespaces": self.namespaces, "root_dir": self.rootdir, "tmp_mb": TMP_MB}
             Path(self.workdir, _CFG_NAME).write_text(json.dumps(cfg), encoding="utf-8")
             result_r, result_w = os.pipe()
             cmd_r, cmd_w = os.pipe()
             self.result_r, self.cmd_w = result_r, cmd_w
             cmd = [python, "-I", str(_CHILD), str(result_w), str(cmd_r), SANDBOX_MARK + token]
             if self.namespaces:
-                cmd = [caps["unshare"], "-rmnpf", "--kill-child", *cmd]
-            preexec = None
-            if caps["cgroup"]:
+                cmd = [caps["unshare"], caps.get("unshare_flags") or "-rmnpf", "--kill-child", *cmd]
+            self.cgroup_dirs = self._make_cgroups(caps, token, memory_mb, nproc)
+            oom_fd = None
+            if self.memory_cgroup is not None:  # the worker reads its OOM-kill counter through this fd
+                events = "memory.oom_control" if caps["memory_cgroup_version"] == 1 else "memory.events"
                 try:
-                    cgroup_dir = Path(caps["cgroup"]) / f"fastdistill-{token}"
-                    cgroup_dir.mkdir()
-                    self.cgroup_dir = cgroup_dir
-                    (cgroup_dir / "pids.max").write_text(str(nproc))
-                    procs = str(cgroup_dir / "cgroup.procs")
-
-                    def preexec():  # runs in the child between fork and exec
-                        with open(procs, "w") as fh:
-                            fh.write(str(os.getpid()))
+                    oom_fd = os.open(self.memory_cgroup / events, os.O_RDONLY)
                 except OSError:
-                    self.cgroup_dir = None
+                    oom_fd = None
+            cfg["oom_fd"] = oom_fd
+            Path(self.workdir, _CFG_NAME).write_text(json.dumps(cfg), encoding="utf-8")
             try:
                 self.proc = subprocess.Popen(
                     cmd, cwd=self.workdir, env=_scrubbed_env(self.workdir), stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(result_w, cmd_r),
-                    start_new_session=True, preexec_fn=preexec,
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                    pass_fds=(result_w, cmd_r) + ((oom_fd,) if oom_fd is not None else ()),
+                    start_new_session=True,
                 )
+                self._confine(self.proc.pid)  # as early as possible; again once it is ready (see below)
             finally:
                 os.close(result_w)
                 os.close(cmd_r)
+                if oom_fd is not None:
+                    os.close(oom_fd)
             self.sel = selectors.DefaultSelector()
             self.sel.register(self.proc.stdout, selectors.EVENT_READ, "out")
             self.sel.register(self.result_r, selectors.EVENT_READ, "res")
             ready = self._wait(time.monotonic() + self.START_TIMEOUT_S, lambda m: m.get("t") == "ready")
+            if ready == "ok":  # nothing untrusted has run yet: every process of the worker goes in now
+                self._confine(self.proc.pid)
+                self.view = str(self._last.get("view") or "")
+                if self.view != "sealed" and SEALED_VIEW:
+                    _warn_once(f"fastdistill sandbox: the sealed view is not enforced here ({self.view}); tests "
+                               "see the host's files read-only (secrets readable by the sandbox's uid included)")
             self.alive = ready == "ok"
             self.start_error = ""
             if not self.alive:
@@ -228,11 +288,61 @@ class _Worker:
                        if ready == "timeout" else f"it exited with return code {self.proc.returncode}")
                 tail = self._output.decode("utf-8", "replace").strip()[-_TAIL_CHARS:]
                 self.start_error = (f"sandbox worker did not start: {how} (interpreter {python}"
-                                    + (f", via {caps['unshare']} -rmnpf" if self.namespaces else "") + "); "
+                                    + (f", via {caps['unshare']} {caps.get('unshare_flags') or '-rmnpf'}"
+                                       if self.namespaces else "") + "); "
                                     + (f"its output ends with:\n{tail}" if tail else "it wrote nothing"))
         except BaseException:
             self.close()
             raise
+
+    def _make_cgroups(self, caps: dict, token: str, memory_mb: int, nproc: int) -> list[Path]:
+        """This worker's pids cgroup (process cap, binds root too) and memory cgroup (budget of the
+        worker as a whole, no swap), where the host lets us create them."""
+        made = []
+        if caps.get("cgroup"):
+            try:
+                path = Path(caps["cgroup"]) / f"fastdistill-{os.getpid()}-{token}"  # owner pid: leak checks
+                path.mkdir()
+                made.append(path)
+                (path / "pids.max").write_text(str(nproc))
+            except OSError as exc:
+                logger.warning("fastdistill sandbox: pids cgroup not set up (%s); processes not capped", exc)
+        if caps.get("memory_cgroup"):
+            budget = str(int(memory_mb) * 1024 * 1024)
+            try:
+                path = Path(caps["memory_cgroup"]) / f"fastdistill-mem-{os.getpid()}-{token}"
+                path.mkdir()
+                made.append(path)
+                if caps["memory_cgroup_version"] == 1:
+                    (path / "memory.limit_in_bytes").write_text(budget)
+                    if (path / "memory.memsw.limit_in_bytes").exists():  # swap accounting on: no swap either
+                        (path / "memory.memsw.limit_in_bytes").write_text(budget)
+                else:
+                    (path / "memory.max").write_text(budget)
+                    for name, value in (("memory.swap.max", "0"), ("memory.oom.group", "1")):
+                        if (path / name).exists():
+                            (path / name).write_text(value)
+                self.memory_cgroup = path
+            except OSError as exc:
+                logger.warning("fastdistill sandbox: memory cgroup not set up (%s); memory bounded per process only",
+                               exc)
+        return made
+
+    def _confine(self, pid: int) -> None:
+        """Move ``pid`` and its descendants into this worker's cgroups and make them the OOM killer's
+        first choice (``oom_score_adj`` 1000, inherited by every process they start)."""
+        pids = _descendants(pid)
+        for cgroup_dir in self.cgroup_dirs:
+            for p in pids:
+                try:
+                    (cgroup_dir / "cgroup.procs").write_text(str(p))
+                except OSError:
+                    pass  # already gone
+        for p in pids:
+            try:
+                Path(f"/proc/{p}/oom_score_adj").write_text("1000")
+            except OSError:
+                pass
 
     def _drain_output(self) -> None:
         """Read what the (dead or stuck) worker left on its output pipe, for the error message."""
@@ -289,7 +399,7 @@ class _Worker:
         start = time.monotonic()
         self._output = bytearray()
         out = {"jobs": [], "completed": False, "timed_out": False, "output": "", "returncode": None,
-               "reason": "", "exit": ""}
+               "reason": "", "exit": "", "oom_kills": 0}
         payload = json.dumps(spec).encode()
         try:
             _write_all(self.cmd_w, len(payload).to_bytes(8, "big") + payload)
@@ -300,7 +410,8 @@ class _Worker:
         out["output"] = self._output.decode("utf-8", "replace")
         if status == "ok":
             msg = self._last
-            out.update(jobs=msg["jobs"], completed=msg["completed"], timed_out=msg["timed_out"], exit=msg["exit"])
+            out.update(jobs=msg["jobs"], completed=msg["completed"], timed_out=msg["timed_out"], exit=msg["exit"],
+                       oom_kills=int(msg.get("oom_kills") or 0))
         else:
             self.alive = False
             out["timed_out"] = status == "timeout"
@@ -330,12 +441,19 @@ class _Worker:
         if self.result_r >= 0:
             os.close(self.result_r)
             self.result_r = -1
-        if self.cgroup_dir is not None:
-            _remove_cgroup(self.cgroup_dir)
-            self.cgroup_dir = None
+        for cgroup_dir in self.cgroup_dirs:
+            _remove_cgroup(cgroup_dir)
+        self.cgroup_dirs = []
+        self.memory_cgroup = None
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
+        if self.rootdir:
+            try:
+                os.rmdir(self.rootdir)  # an empty mount point (the tree lived in the worker's mount namespace)
+            except OSError:
+                shutil.rmtree(self.rootdir, ignore_errors=True)
+            self.rootdir = None
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -520,7 +638,7 @@ def execute_pairs(specs: list[dict], *, memory_mb: int, n_workers: int = 1, npro
 
 def _failed(reason: str) -> dict:
     return {"jobs": [], "completed": False, "timed_out": False, "output": "", "returncode": None,
-            "reason": reason, "exit": "", "duration_s": 0.0}
+            "reason": reason, "exit": "", "duration_s": 0.0, "oom_kills": 0}
 
 
 def execute_jobs(code: str, tests: str, jobs: list[dict], *, timeout_s: float, memory_mb: int,
@@ -548,6 +666,25 @@ def _kill_group(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         logger.error("sandbox process %s did not die after SIGKILL", proc.pid)
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (through ``/proc/<pid>/task/*/children``)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{current}/task/{task}/children") as fh:
+                    todo.extend(int(c) for c in fh.read().split())
+            except (OSError, ValueError):
+                continue
+    return found
 
 
 def _remove_cgroup(path: Path) -> None:
@@ -636,6 +773,9 @@ def _to_test_run(raw: dict, repeats: int) -> TestRun:
         elif job["status"] == "crash":
             reasons.append(f"repeat {job['i'] + 1}: test process ended before pytest finished"
                            f" ({job.get('exit') or 'no final report'}; os._exit or a crash?)")
+        elif job["status"] == "memory":
+            run.out_of_memory = True
+            reasons.append(f"repeat {job['i'] + 1}: killed for exceeding the sandbox memory budget")
         run.repeat_durations_s.append(sum(float(t[2]) for t in job["tests"]))
         for outcome in _summarise_job(job):
             seen_outcomes.setdefault(outcome.nodeid, set()).add(outcome.outcome)
@@ -652,6 +792,9 @@ def _to_test_run(raw: dict, repeats: int) -> TestRun:
             run.errors += 1
         else:
             run.skipped += 1
+    if raw.get("oom_kills") and not run.out_of_memory:  # the OOM killer ended one of the tests' processes
+        run.out_of_memory = True
+        reasons.append(f"{raw['oom_kills']} process(es) killed for exceeding the sandbox memory budget")
     finished = [j for j in raw["jobs"] if j["status"] == "ok"]
     if len(finished) != repeats:
         run.completed = False

@@ -256,7 +256,12 @@ def test_choose_num_bands():
 
 
 @pytest.mark.slow
-def test_dedup_identical_for_num_proc_1_and_2():
+def test_dedup_identical_for_num_proc_1_and_2(monkeypatch):
+    """num_proc spreads the per-row work (hashes, exact keys on threads, MinHash band keys in
+    processes); the keep-first decision stays global, so every output is identical."""
+    from fastdistill.curation import dedup
+
+    monkeypatch.setattr(dedup, "_KEY_BLOCK", 64)  # several key blocks, so the thread pool really runs
     originals, copies = _near_dup_data(n=120)
     texts = originals + copies + originals[:40] + ["", None] * 3
     ds = datasets.Dataset.from_dict({"text": texts, "i": list(range(len(texts)))})
@@ -264,10 +269,19 @@ def test_dedup_identical_for_num_proc_1_and_2():
     for num_proc in (1, 2):
         h = C.compute_hash(ds, "text", num_proc=num_proc, batch_size=50)
         exact = C.deduplicate(h, "hash", num_proc=num_proc, mode="mark", cluster_column="cluster_id")
-        near = C.deduplicate(h, "text", method="minhash", num_proc=num_proc)
-        results.append((list(h["hash"]), list(exact["is_duplicate"]), list(exact["cluster_id"]), list(near["i"])))
+        near = C.deduplicate(h, "text", method="minhash", num_proc=num_proc, mode="mark", cluster_column="cluster_id")
+        near_drop = C.deduplicate(h, "text", method="minhash", num_proc=num_proc)
+        keys = dedup.minhash_band_keys_dataset(ds, "text", num_proc=num_proc, batch_size=37)
+        results.append((list(h["hash"]), list(exact["is_duplicate"]), list(exact["cluster_id"]),
+                        list(near["is_duplicate"]), list(near["cluster_id"]), list(near_drop["i"]), keys.tolist()))
     assert results[0] == results[1]
     assert sum(results[0][1]) >= 40 + 2  # the exact copies (and repeated empties/nulls) are flagged
+    assert sum(results[0][3]) >= len(copies) + 40  # near copies and exact copies
+    # the band keys computed in processes are those of the row function on the whole column
+    assert np.array_equal(np.array(results[0][6], dtype=np.uint64),
+                          dedup.minhash_band_keys(pa.array(texts, pa.string())))
+    ref_keep, ref_cluster = first_occurrence_python(results[0][0])
+    assert results[1][1] == (~ref_keep).tolist() and results[1][2] == ref_cluster.tolist()
 
 
 def test_rule_filter_rules_and_reasons():

@@ -7,7 +7,7 @@ without a GPU; tests/losses/test_cuda.py covers it on a GPU.
 import pytest
 import torch
 
-import fastdistill.losses.divergences as div
+from fastdistill.losses import kernels
 from fastdistill.losses import fused_jsd_loss, jsd_loss, reverse_kl_on_chosen
 
 pytestmark = pytest.mark.slow  # one Inductor compilation per beta branch (~15 s each on 2 cores)
@@ -35,10 +35,10 @@ def test_compiled_kernel_equals_eager(monkeypatch, beta):
     eager = _loss_and_grad(jsd_loss, s, t, **kwargs)
     eager_unmasked = _loss_and_grad(jsd_loss, s, t, beta=beta, chunk_size=8)
     monkeypatch.setenv("FASTDISTILL_COMPILE", "1")
-    assert div.compiled_rows_kernel(s.device) is not None
+    assert kernels.BACKEND.kind(s.device) == "compile"
     compiled = _loss_and_grad(jsd_loss, s, t, **kwargs)
     compiled_unmasked = _loss_and_grad(jsd_loss, s, t, beta=beta, chunk_size=8)
-    assert not div._rows_kernel_failed()
+    assert kernels.jsd_rows in kernels.BACKEND._compiled and not kernels.BACKEND.failed
     for got, want in ((compiled, eager), (compiled_unmasked, eager_unmasked)):
         torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-7)
@@ -72,7 +72,8 @@ def test_compiled_chosen_kernels_equal_eager(monkeypatch, masked):
         monkeypatch.setenv("FASTDISTILL_COMPILE", setting)
         results.append(_loss_and_grad(lambda x, _t: reverse_kl_on_chosen(x, ids, teacher_lp, temperature=1.3,
                                                                           chunk_size=8), s, None))
-    assert div._COMPILED_CHOSEN and not div._rows_kernel_failed()
+    assert kernels.lse_rows in kernels.BACKEND._compiled and kernels.softmax_grad_rows in kernels.BACKEND._compiled
+    assert not kernels.BACKEND.failed
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-7)
 
@@ -86,12 +87,14 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch, caplo
         raise RuntimeError("no working compiler")
 
     monkeypatch.setenv("FASTDISTILL_COMPILE", "1")
-    monkeypatch.setattr(div, "_COMPILED_ROWS", broken)
-    monkeypatch.setattr(div, "_COMPILE_FAILED", False)
-    with caplog.at_level("WARNING", logger="fastdistill.losses.divergences"):
+    backend = kernels.KernelBackend()
+    backend._compiled[kernels.jsd_rows] = broken
+    monkeypatch.setattr(kernels, "BACKEND", backend)
+    with caplog.at_level("WARNING", logger="fastdistill.losses.kernels"):
         got = _loss_and_grad(jsd_loss, s, t, beta=0.5, chunk_size=8)
         again = _loss_and_grad(jsd_loss, s, t, beta=0.5, chunk_size=8)
     torch.testing.assert_close(got[0], want[0])
     torch.testing.assert_close(again[1], want[1])
     assert [r.getMessage() for r in caplog.records if "torch.compile" in r.getMessage()][0].count("no working compiler") == 1
     assert len([r for r in caplog.records if "torch.compile" in r.getMessage()]) == 1
+    assert backend.failed == {"compile"} and backend.kind(s.device) == "eager"

@@ -196,16 +196,24 @@ def test_low_precision_inputs_accumulate_in_fp32(dtype):
 @pytest.mark.parametrize("beta", [0.0, 0.3, 0.5, 1.0])
 @pytest.mark.parametrize("scale", [1.0, 30.0, 1000.0])
 def test_inplace_chunk_kernel_matches_reference_kernel(beta, scale):
-    """The allocation-free chunk kernel equals divergences._jsd_chunk, also where probabilities underflow."""
-    from fastdistill.losses.divergences import _jsd_chunk, _jsd_chunk_inplace, _Workspace
+    """The allocation-free chunk kernel equals the out-of-place one and the fp64 reference, also where
+    probabilities underflow."""
+    from fastdistill.losses.kernels import Workspace, jsd_rows, jsd_rows_
+    from reference import naive_jsd
 
     g = _gen(13)
     zs, zt = torch.randn(6, 300, generator=g) * scale, torch.randn(6, 300, generator=g) * scale
-    loss, grad, _ = _jsd_chunk(zs, zt, beta, 1.3, True, False)
-    loss2, buf, coef = _jsd_chunk_inplace(zs.clone(), zt.clone(), beta, 1.3, True, _Workspace(2, 6, 300, "cpu"))
-    assert torch.isfinite(loss2).all() and torch.isfinite(buf).all()
-    torch.testing.assert_close(loss2, loss, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(coef * buf, grad, atol=1e-6 * scale, rtol=1e-4)
+    z64 = zs.double().requires_grad_()
+    ref = naive_jsd(z64, zt.double(), beta, 1.3)
+    ref.sum().backward()
+    loss, buf, coef = jsd_rows_(zs.clone(), zt.clone(), beta, 1.3, True, Workspace(2, 6, 300, "cpu"))
+    assert torch.isfinite(loss).all() and torch.isfinite(buf).all()
+    torch.testing.assert_close(loss.double(), ref.detach(), atol=1e-6 * scale, rtol=1e-5)
+    torch.testing.assert_close((coef * buf).double(), z64.grad, atol=1e-6 * scale, rtol=1e-4)
+    # the out-of-place formula (compiled on CUDA) shifts by the log-sum-exp in one step: coarser at large logits
+    loss, grad = jsd_rows(zs, zt, 1.0, beta, 1.3, torch.float32)
+    torch.testing.assert_close(loss.double(), ref.detach(), atol=1e-5 * scale, rtol=1e-5)
+    torch.testing.assert_close(grad.double(), z64.grad, atol=1e-5 * scale, rtol=1e-4)
 
 
 def test_fully_masked_batch_is_zero_without_nan():
@@ -322,3 +330,43 @@ def test_bad_inputs_raise_clear_value_errors():
                                    mask=torch.ones(14, dtype=torch.bool))
     with pytest.raises(ValueError, match="token ids"):
         fused_reverse_kl_on_chosen(hs, ws, torch.full((13,), V), torch.zeros(13))
+
+
+# ---------------------------------------------------------------------------------------------
+# one meaning of `reduction` across every loss
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.parametrize("topk", [False, True])
+def test_reductions_mean_the_same_in_every_loss(with_mask, topk):
+    """"mean" is sum / kept positions, "batchmean" / kept positions with a mask and / shape[0] without, in all
+    six losses (logits and fused); TRL's "mean" (also / V) is not one of them."""
+    lead = (3, 5)
+    d = {k: (v.float() if v is not None else None) for k, v in _setup(21, lead=lead).items()}
+    s, t = _logits(d["hs"], d["ws"], None), _logits(d["ht"], d["wt"], None)
+    keep = _keep(_mask_for(lead, "bool", seed=22), lead) if with_mask else torch.ones(lead, dtype=torch.bool)
+    mask = keep if with_mask else None
+    n_kept = int(keep.sum())
+    g = _gen(23)
+    ids = torch.randint(0, V, (*lead, 2 if topk else 1), generator=g)
+    t_lp = F.log_softmax(t, -1).gather(-1, ids)
+    chosen = dict(teacher_topk_ids=ids, teacher_topk_logprobs=t_lp) if topk else dict(chosen_ids=ids[..., 0],
+                                                                                        teacher_logprobs=t_lp[..., 0])
+    losses = {
+        "jsd": lambda r: jsd_loss(s, t, beta=0.4, mask=mask, reduction=r),
+        "rkl": lambda r: jsd_loss(s, t, beta=1.0, mask=mask, reduction=r),
+        "chosen": lambda r: reverse_kl_on_chosen(s, mask=mask, reduction=r, **chosen),
+        "fused_jsd": lambda r: fused_jsd_loss(d["hs"], d["ws"], d["ht"], d["wt"], beta=0.4, mask=mask, reduction=r),
+        "fused_chosen": lambda r: fused_reverse_kl_on_chosen(d["hs"], d["ws"], mask=mask, reduction=r, **chosen),
+    }
+    sums = {name: fn("sum") for name, fn in losses.items()}
+    torch.testing.assert_close(sums["fused_jsd"], sums["jsd"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sums["fused_chosen"], sums["chosen"], atol=1e-5, rtol=1e-5)
+    for name, fn in losses.items():
+        assert sums[name] > 0
+        torch.testing.assert_close(fn("mean"), sums[name] / n_kept, atol=1e-6, rtol=1e-5)
+        # chosen_ids are labels: the chosen-token losses always have a mask
+        masked = with_mask or (name.endswith("chosen") and not topk)
+        torch.testing.assert_close(fn("batchmean"), sums[name] / (n_kept if masked else lead[0]), atol=1e-6,
+                                   rtol=1e-5)

@@ -56,6 +56,8 @@ def test_jsd_equals_trl_values_and_grads(trl_jsd, beta, reduction, with_labels, 
     s_ours, t_ours = s_ref.detach().clone().requires_grad_(), t_ref.detach().clone().requires_grad_()
 
     ref = trl_jsd(s_ref, t_ref, labels=labels, beta=beta, temperature=temperature, reduction=reduction)
+    if reduction == "mean":  # ours is the per-token mean; TRL's also averages over the vocabulary
+        ref = ref * V
     ours = jsd_loss(s_ours, t_ours, beta=beta, temperature=temperature, mask=labels, reduction=reduction, chunk_size=3)
     assert ours.dtype == torch.float32 and ours.dim() == 0
     torch.testing.assert_close(ours, ref.detach(), atol=1e-5, rtol=1e-5)

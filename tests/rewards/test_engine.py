@@ -119,8 +119,9 @@ def test_tests_exec_eval_batch_equals_the_row_by_row_path():
 
     datasets.disable_progress_bars()
     examples = load_examples()[:6]
-    codes = [e["code"] for e in examples] + [CODE, CODE, None, "def broken(:\n", CODE, CODE]
-    tests = [e["tests"] for e in examples] + [BAD, GOOD, GOOD, GOOD, "def test_x(:\n", "def helper():\n    pass\n"]
+    codes = [e["code"] for e in examples] + [CODE, CODE, None, "def broken(:\n", CODE, CODE, "  \n"]
+    tests = [e["tests"] for e in examples] + [BAD, GOOD, GOOD, GOOD, "def test_x(:\n", "def helper():\n    pass\n",
+                                              GOOD]
     ds = datasets.Dataset.from_dict({"code": codes, "tests": tests})
     out = tests_exec_eval(ds, max_mutants=10, batch_size=5)  # several batches
     batched = [{k: out[k][i] for k in TESTS_COLUMNS} for i in range(len(ds))]
@@ -128,7 +129,8 @@ def test_tests_exec_eval_batch_equals_the_row_by_row_path():
     reference = [eval_tests_one(c, t, max_mutants=10) for c, t in zip(codes, tests)]
     assert _rows_without_time(batched) == _rows_without_time(reference)
     errors = [r["tests_error"] for r in batched]
-    assert errors[6:] == ["tests_failed", None, "missing_input", "test_errors", "test_errors", "no_tests"]
+    assert errors[6:] == ["tests_failed", None, "missing_input", "test_errors", "test_errors", "no_tests",
+                          "missing_input"]
     assert all(r["kill_rate"] is not None for r in batched[:6])
 
 
