@@ -21,8 +21,9 @@ expression: the same kill rate as strong, several times slower). (The bundled ha
    tests: "mutant" (mutant-kill preset, higher temperature, longer completions) and "speed"
    (speed/stability preset, lower temperature, shorter completions).
 4. **Evaluation** of base / SFT / GKD / GRPO-mutant / GRPO-speed (and the teacher, for reference)
-   on the HELD-OUT instances only: generate once per student (greedy), then score the same
-   completions for mutation kill rate and for test runtime/stability. ``report.json`` holds the
+   on the HELD-OUT instances only (96 by default, every family): per instance a greedy completion
+   and, for the compared students, ``eval_samples`` sampled ones, all mutation-scored in one sandbox
+   batch; the greedy test files are also timed. ``report.json`` holds the
    per-example rows whose means are the headline numbers, ``report.md`` the table, ``pareto.png``
    the plot.
 
@@ -30,10 +31,14 @@ Before step 1 the sandbox scores the reference tests of a few held-out instances
 produces nothing usable (that check scores nothing, curation keeps no row, every kill rate in the
 report is 0) raises :class:`DemoFailed`, and ``fastdistill demo`` exits 1 with its message.
 
-Seeds are fixed: two runs produce the same teacher, SFT and GKD models and completions. The GRPO
-rewards include measured test runtimes, so the GRPO students (and every runtime) can differ
-slightly between runs; the two comparisons the demo exists for are built to hold by a wide margin
-(see docs/demo.md for two runs side by side).
+Reproducibility: seeds, torch threads and (where torch offers them) deterministic algorithms are
+fixed, so a rerun on the same machine and versions repeats the teacher, SFT and GKD models; the
+GRPO rewards include measured test runtimes, so GRPO students can differ slightly even there.
+Bit-for-bit equality across machines is not promised (floating-point results differ and the runs
+part ways during training), so the demo's claims are statistical: each comparison (GRPO-mutant vs
+SFT kill rate, GRPO-speed vs GRPO-mutant runtime, GKD vs SFT) is a paired bootstrap 95% interval
+over the held-out instances (:mod:`fastdistill.evaluation.stats`), and the summary prints the
+machine, versions and seed. ``benchmarks/bench_learning.py`` repeats the pipeline over seeds.
 
 The package: :mod:`~fastdistill.demo.families` (the task: function families, instance generation,
 training rows), :mod:`~fastdistill.demo.config` (:class:`DemoConfig`), :mod:`~fastdistill.demo.run`
@@ -57,10 +62,19 @@ from fastdistill.demo.families import (
     public_names,
     rename_public_names,
 )
-from fastdistill.demo.report import STUDENTS, acceptance, shape_of_tests, summary_table
+from fastdistill.demo.report import (
+    COMPARISONS,
+    STUDENTS,
+    acceptance,
+    comparisons,
+    environment,
+    shape_of_tests,
+    summary_table,
+)
 from fastdistill.demo.run import DemoFailed, check_kill_rates, run_demo
 
 __all__ = [
+    "COMPARISONS",
     "FAMILIES",
     "LOOP_RANGE",
     "NAME_WORDS",
@@ -71,6 +85,8 @@ __all__ = [
     "DemoFailed",
     "acceptance",
     "check_kill_rates",
+    "comparisons",
+    "environment",
     "family_examples",
     "family_test",
     "family_words",

@@ -14,7 +14,7 @@ class DemoConfig:
     renames: int = 0                      # renamed copies of each training example (teacher and student data)
     max_length: int = 256
     n_train: int = 360                    # generated training family instances
-    n_held_out: int = 24                  # generated held-out family instances (unseen names and constants)
+    n_held_out: int = 96                  # generated held-out family instances (unseen names and constants)
     n_grpo: int = 100                     # fresh training-pool instances used as GRPO prompts (not in SFT data)
     n_seen_eval: int = 0                  # training instances also scored, reported apart as "seen code"
     teacher: dict = field(default_factory=lambda: dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2))
@@ -23,6 +23,7 @@ class DemoConfig:
     teacher_lr: float = 5e-3
     sft_steps: int = 700
     gkd_steps: int = 40
+    gkd_lr: float | None = None           # peak learning rate of GKD (None: ``lr``, the SFT peak)
     lr: float = 5e-3
     batch_size: int = 16
     grpo_steps: int = 50
@@ -34,6 +35,11 @@ class DemoConfig:
     speed_temperature: float = 0.5
     speed_max_tokens: int = 40
     eval_max_tokens: int = 96
+    eval_samples: int = 4                 # sampled completions per held-out instance, scored next to the greedy one
+    eval_temperature: float = 0.7         # sampling temperature of those completions
+    eval_batch_size: int = 64             # prompts per generation batch in the evaluation
+    bootstrap_resamples: int = 10_000     # resamples of the paired bootstrap intervals of the comparisons
+    deterministic: bool = True            # torch.use_deterministic_algorithms (warn_only) during the run
     max_mutants: int = 15
     speed_repeats: int = 5
     workers: int = 2
@@ -51,5 +57,6 @@ class DemoConfig:
         return cls(n_seen_eval=2, teacher=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2),
                    student=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1), teacher_steps=100,
                    teacher_lr=1e-2, sft_steps=3, gkd_steps=2, grpo_steps=1, mutant_max_tokens=24,
-                   speed_max_tokens=16, eval_max_tokens=64, max_mutants=5, speed_repeats=2, n_train=6, n_held_out=3,
-                   vocab_size=512, batch_size=8, n_grpo=8)
+                   speed_max_tokens=16, eval_max_tokens=64, max_mutants=5, speed_repeats=2, n_train=6, n_held_out=12,
+                   vocab_size=512, batch_size=8, n_grpo=8, eval_samples=2,
+                   bootstrap_resamples=2000)

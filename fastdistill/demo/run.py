@@ -8,13 +8,14 @@ import logging
 import os
 import random
 import re
+import statistics
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from fastdistill.demo.config import DemoConfig
 from fastdistill.demo.families import STYLES, SYLLABLES, _prompt, _sft_dataset, _with_renames, family_examples
-from fastdistill.demo.report import STUDENTS, _fmt, _markdown, _mean, _plot, _test_shape, acceptance
+from fastdistill.demo.report import STUDENTS, _fmt, _markdown, _mean, _plot, _test_shape, acceptance, environment
 
 logger = logging.getLogger(__name__)
 
@@ -139,28 +140,93 @@ def _grpo(model, tokenizer, train: list[dict], cfg: DemoConfig, out: Path, branc
                       temperature=temperature, reward_preset=branch, beta=0.0)
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=ds, processing_class=tokenizer)
     trainer.train()
-    rewards = [round(float(h["reward"]), 4) for h in trainer.state.log_history if "reward" in h]
-    return trainer.model, {"rewards": rewards, "temperature": temperature, "max_completion_length": max_tokens,
-                           "preset": branch}
+    history = trainer.state.log_history
+    rewards = [round(float(h["reward"]), 4) for h in history if "reward" in h]
+    # groups whose generations all got the same reward give GRPO no signal: the share of such groups per step
+    zero_std = [round(float(h["frac_reward_zero_std"]), 4) for h in history if "frac_reward_zero_std" in h]
+    return trainer.model, {"rewards": rewards, "frac_reward_zero_std": zero_std, "temperature": temperature,
+                           "max_completion_length": max_tokens, "preset": branch}
 
 
-def _evaluate(name, model, tokenizer, held_out, cfg, out, max_new_tokens):
-    from fastdistill.evaluation import generate, score_mutation, score_speed
+def _evaluate(name, model, tokenizer, held_out, cfg, out, max_new_tokens, samples=None):
+    """Greedy and ``samples`` sampled completions per instance, scored in one sandbox batch.
 
+    Every completion is mutation-scored; the greedy ones are also run ``cfg.speed_repeats`` times for
+    their runtime. Headline ``kill_rate``/``pass_rate``/``runtime_s`` are the greedy means (rows in
+    ``mutation_rows``/``speed_rows``), ``sampled`` the means over the samples, and ``per_instance``
+    holds the per-instance values the paired comparisons resample.
+    """
+    from fastdistill.evaluation import generate
+    from fastdistill.rewards.functions import extract_test_code
+    from fastdistill.rewards.mutation import score_batch
+
+    samples = cfg.eval_samples if samples is None else samples
     # the prompt the models were trained with (generate() would otherwise build one with a system message)
     rows = [{"name": ex["name"], "code": ex["code"], "prompt": _prompt(ex["code"])} for ex in held_out]
-    gens = generate(model, rows, out / "generations" / f"{name}.jsonl", tokenizer=tokenizer,
-                    max_new_tokens=max_new_tokens, batch_size=16, seed=cfg.seed)
-    mut = score_mutation(gens, max_mutants=cfg.max_mutants, n_workers=cfg.workers)
-    spd = score_speed(gens, repeats=cfg.speed_repeats, n_workers=cfg.workers)
+    common = dict(tokenizer=tokenizer, max_new_tokens=max_new_tokens, batch_size=cfg.eval_batch_size, progress=False)
+    gens = generate(model, rows, out / "generations" / f"{name}.jsonl", seed=cfg.seed, **common)
+    sampled = generate(model, rows, out / "generations" / f"{name}.samples.jsonl", seed=cfg.seed + 1,
+                       temperature=cfg.eval_temperature, num_samples=samples, **common) if samples else []
+    everything = gens + sampled
+    tests = [extract_test_code(g["completion"]) for g in everything]
+    scored = [i for i, t in enumerate(tests) if t is not None]
+    timed = [i for i in scored if i < len(gens)]
+    m_res, t_res = score_batch([(everything[i]["code"], tests[i], cfg.max_mutants, None) for i in scored],
+                               [(everything[i]["code"], tests[i], cfg.speed_repeats) for i in timed],
+                               n_workers=cfg.workers)
+    m_of, t_of = dict(zip(scored, m_res)), dict(zip(timed, t_res))
+    m_rows, s_rows = [], []
+    for i, g in enumerate(everything):
+        base = {"index": g.get("index"), "name": g["name"], "sample": g.get("sample", 0),
+                "extracted": tests[i] is not None}
+        res = m_of.get(i)
+        if res is None:
+            m_rows.append({**base, "passed": False, "kill_rate": 0.0, "killed": 0, "total": 0,
+                           "reason": "no test file in the completion", "tests": tests[i]})
+        else:
+            m_rows.append({**base, "passed": bool(res.baseline_ok), "kill_rate": float(res.kill_rate),
+                           "killed": int(res.killed), "total": int(res.total), "reason": res.reason, "tests": tests[i]})
+        if i >= len(gens):
+            continue
+        row = {**base, "ran": False, "passed": False, "flaky": False, "runtime_s": None, "cv": None,
+               "repeat_durations_s": [], "reason": "no test file in the completion"}
+        run = t_of.get(i)
+        if run is not None:
+            durations = list(run.repeat_durations_s)
+            ran = bool(run.completed and not run.timed_out and len(durations) == cfg.speed_repeats and run.tests)
+            row.update(ran=ran, passed=bool(run.ok and not run.flaky), flaky=bool(run.flaky),
+                       repeat_durations_s=durations, reason=run.reason)
+            if ran:
+                mean = statistics.fmean(durations)
+                row.update(runtime_s=mean, cv=statistics.pstdev(durations) / mean if mean > 0 else 0.0)
+        s_rows.append(row)
+    greedy, sample_rows = m_rows[:len(gens)], m_rows[len(gens):]
+    ok_timed = [r for r in s_rows if r["ran"] and r["passed"]]
     shapes = [_test_shape(g["completion"]) for g in gens]  # each completion parsed once
-    return {"kill_rate": mut["kill_rate"], "pass_rate": mut["pass_rate"], "extract_rate": mut["extract_rate"],
-            "runtime_s": spd["runtime_s"], "runtime_cv": spd["cv"], "stable_rate": spd["stable_rate"],
-            "n": mut["n"], "n_timed": spd["n_timed"], "max_new_tokens": max_new_tokens,
+    per_sample = {r["name"]: [] for r in greedy}
+    for r in sample_rows:
+        per_sample[r["name"]].append(r)
+    per_instance = {
+        "kill_greedy": [r["kill_rate"] for r in greedy],
+        "kill_sampled": [_mean([s["kill_rate"] for s in per_sample[r["name"]]]) for r in greedy],
+        "kill": [_mean([r["kill_rate"]] + [s["kill_rate"] for s in per_sample[r["name"]]]) for r in greedy],
+        "pass": [_mean([float(r["passed"])] + [float(s["passed"]) for s in per_sample[r["name"]]]) for r in greedy],
+        "runtime_ms": [r["runtime_s"] * 1e3 if r["ran"] and r["passed"] else None for r in s_rows],
+    }
+    return {"kill_rate": _mean([r["kill_rate"] for r in greedy]), "pass_rate": _mean([float(r["passed"]) for r in greedy]),
+            "extract_rate": _mean([float(r["extracted"]) for r in greedy]),
+            "runtime_s": _mean([r["runtime_s"] for r in ok_timed]), "runtime_cv": _mean([r["cv"] for r in ok_timed]),
+            "stable_rate": _mean([float(r["passed"] and not r["flaky"]) for r in s_rows]),
+            "n": len(greedy), "n_timed": len(ok_timed), "max_new_tokens": max_new_tokens,
+            "sampled": {"k": samples, "temperature": cfg.eval_temperature if samples else None,
+                        "kill_rate": _mean([r["kill_rate"] for r in sample_rows]),
+                        "pass_rate": _mean([float(r["passed"]) for r in sample_rows]), "n": len(sample_rows)},
+            "kill_rate_all": _mean(per_instance["kill"]),
             "tests_per_file": _mean([tests for tests, _, _ in shapes]),
             "asserts_per_file": _mean([asserts for _, asserts, _ in shapes]),
             "loops_per_file": _mean([float(loops > 0) for _, _, loops in shapes]),
-            "completions": [g["completion"] for g in gens], "mutation_rows": mut["rows"], "speed_rows": spd["rows"]}
+            "completions": [g["completion"] for g in gens], "mutation_rows": greedy, "speed_rows": s_rows,
+            "sample_rows": sample_rows, "per_instance": per_instance}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -170,19 +236,26 @@ def _evaluate(name, model, tokenizer, held_out, cfg, out, max_new_tokens):
 def run_demo(output_dir: str | os.PathLike, cfg: DemoConfig | None = None) -> dict:
     """Run the whole demo into ``output_dir`` and return the report (also written as report.json/.md).
 
-    Torch uses ``cfg.threads`` CPU threads during the run (torch's own choice when it is 0 or None);
-    the previous setting is restored afterwards, also when a stage fails.
+    Torch uses ``cfg.threads`` CPU threads during the run (torch's own choice when it is 0 or None)
+    and, with ``cfg.deterministic``, deterministic algorithms where it offers them; the previous
+    settings are restored afterwards, also when a stage fails. The same seed on the same machine and
+    versions gives the same models; across machines floating-point results differ, so the report's
+    claims are paired bootstrap intervals, not bit-exact numbers.
     """
     import torch
 
     cfg = cfg or DemoConfig()
     old_threads = torch.get_num_threads()
+    old_det = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:  # deterministic kernels where torch has them; warn (not fail) where it has none
+        torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         return _run_demo(Path(output_dir), cfg)
     finally:
         torch.set_num_threads(old_threads)
+        torch.use_deterministic_algorithms(old_det[0], warn_only=old_det[1])
 
 
 def _run_demo(out: Path, cfg: DemoConfig) -> dict:
@@ -202,6 +275,9 @@ def _run_demo(out: Path, cfg: DemoConfig) -> dict:
         logger.info("demo: %s done in %.1fs", stage, timings[stage])
 
     train, held_out, grpo_pool = family_examples(cfg.seed, cfg.n_train, cfg.n_held_out, n_extra=cfg.n_grpo)
+    from transformers import set_seed
+
+    set_seed(cfg.seed)  # python, numpy and torch generators
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
@@ -253,7 +329,8 @@ def _run_demo(out: Path, cfg: DemoConfig) -> dict:
 
     t0 = time.perf_counter()
     gkd = GKDTrainer(model=sft.model, teacher_model=teacher, train_dataset=student_ds, processing_class=tokenizer,
-                     args=GKDConfig(**_common_args(cfg, out, "gkd", cfg.gkd_steps, cfg.lr), max_length=cfg.max_length,
+                     args=GKDConfig(**_common_args(cfg, out, "gkd", cfg.gkd_steps, cfg.gkd_lr or cfg.lr),
+                                    max_length=cfg.max_length,
                                     lmbda=0.0, ce_lambda=0.5, jsd_lambda=1.0, beta=0.5))
     gkd.train()
     students["gkd"] = frozen_copy(gkd.model)
@@ -275,16 +352,16 @@ def _run_demo(out: Path, cfg: DemoConfig) -> dict:
     t0 = time.perf_counter()
     eval_tokens = {"grpo_mutant": cfg.mutant_max_tokens, "grpo_speed": cfg.speed_max_tokens}
     results = {}
-    for name in STUDENTS:
+    for name in STUDENTS:  # the base model and the teacher are references, not compared: greedy only
         results[name] = _evaluate(name, students[name], tokenizer, held_out, cfg, out,
-                                  eval_tokens.get(name, cfg.eval_max_tokens))
-    teacher_result = _evaluate("teacher", teacher, tokenizer, held_out, cfg, out, cfg.eval_max_tokens)
+                                  eval_tokens.get(name, cfg.eval_max_tokens), samples=0 if name == "base" else None)
+    teacher_result = _evaluate("teacher", teacher, tokenizer, held_out, cfg, out, cfg.eval_max_tokens, samples=0)
     mark("evaluation", t0)
     # secondary: a few TRAINING examples ("seen code"), reported apart, to show what the stages learned
     t0 = time.perf_counter()
     seen = train[: cfg.n_seen_eval]
     seen_results = {name: _evaluate(f"seen_{name}", students[name], tokenizer, seen, cfg, out,
-                                    eval_tokens.get(name, cfg.eval_max_tokens))
+                                    eval_tokens.get(name, cfg.eval_max_tokens), samples=0)
                     for name in STUDENTS} if seen else {}
     mark("evaluation_seen", t0)
 
@@ -300,12 +377,13 @@ def _run_demo(out: Path, cfg: DemoConfig) -> dict:
         "students": results, "teacher": teacher_result,
         "seen_names": [ex["name"] for ex in seen], "seen_code": seen_results,
         "sandbox_check": sandbox, "curation": curation, "training": training,
-        "acceptance": acceptance(results),
+        "environment": environment(cfg),
+        "acceptance": acceptance(results, "held-out", cfg),
         "identical_to_sft": {where: {name: sum(a == b for a, b in zip(res[name]["completions"],
                                                                       res["sft"]["completions"]))
                                      for name in STUDENTS if name != "sft"}
                              for where, res in (("held_out", results), ("seen_code", seen_results)) if res},
-        "seen_code_comparison": acceptance(seen_results, "seen-code") if seen_results else None,
+        "seen_code_comparison": acceptance(seen_results, "seen-code", cfg) if seen_results else None,
         "timings_s": timings,
         "wall_time_s": round(time.perf_counter() - start, 1),
     }

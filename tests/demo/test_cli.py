@@ -74,3 +74,18 @@ def test_a_report_whose_kill_rates_are_all_zero_is_a_failure():
     with pytest.raises(DemoFailed, match=r"every kill rate in the report is 0 or missing \(5 measured: sft "):
         check_kill_rates(_report(0.0), "out")
     check_kill_rates(_report(0.4), "out")  # one model killed something: a result, whatever the comparisons say
+
+
+def test_deterministic_algorithms_are_on_during_the_run_and_restored(monkeypatch, tmp_path):
+    before = torch.are_deterministic_algorithms_enabled()
+    seen = {}
+
+    def probe(*args, **kwargs):
+        seen["deterministic"] = torch.are_deterministic_algorithms_enabled()
+        raise _Stop
+
+    monkeypatch.setattr(fastdistill.testing, "tiny_tokenizer", probe)
+    with pytest.raises(_Stop):
+        main(["--quick", "--output-dir", str(tmp_path)])
+    assert seen["deterministic"] is True
+    assert torch.are_deterministic_algorithms_enabled() == before

@@ -28,7 +28,7 @@ def test_demo_writes_report_plot_and_curation_files(demo_dir, capsys):
         assert (demo_dir / name).is_file(), name
     assert (demo_dir / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (demo_dir / "report.md").read_text()
-    assert "| model | kill rate | pass rate | test runtime (ms)" in md
+    assert "| model | kill rate (greedy) | kill rate (samples) | pass rate | test runtime (ms)" in md
     assert "learned the reference tests of the training split by SFT" in md
     for name in STUDENTS:
         assert f"| {name} |" in md
@@ -62,6 +62,27 @@ def test_headlines_are_means_of_held_out_rows(demo_dir):
     for name, res in report["seen_code"].items():
         assert [r["name"] for r in res["mutation_rows"]] == report["seen_names"]
         assert res["kill_rate"] == pytest.approx(mean([r["kill_rate"] for r in res["mutation_rows"]]))
+    # every held-out instance also has sampled completions (compared students); per-instance values pair them
+    k = report["config"]["eval_samples"]
+    for name in ("sft", "gkd", "grpo_mutant", "grpo_speed"):
+        res = report["students"][name]
+        assert len(res["sample_rows"]) == k * len(held_out) == res["sampled"]["n"]
+        per = res["per_instance"]
+        assert all(len(v) == len(held_out) for v in per.values())
+        for i, row in enumerate(res["mutation_rows"]):
+            samples = [r["kill_rate"] for r in res["sample_rows"] if r["name"] == row["name"]]
+            assert per["kill"][i] == pytest.approx(mean([row["kill_rate"]] + samples))
+        assert len(read_jsonl(demo_dir / "generations" / f"{name}.samples.jsonl")) == k * len(held_out)
+    comps = report["acceptance"]["comparisons"]
+    assert set(comps) == {"grpo_mutant_vs_sft_kill", "grpo_speed_vs_grpo_mutant_runtime", "gkd_vs_sft_kill"}
+    for c in comps.values():
+        assert c["statement"] in (demo_dir / "report.md").read_text()
+        assert "as intended" not in c["statement"]
+    assert report["environment"]["seed"] == report["config"]["seed"]
+    for branch in ("grpo_mutant", "grpo_speed"):  # the GRPO signal diagnostic: one value per logged step
+        zero_std = report["training"][branch]["frac_reward_zero_std"]
+        assert len(zero_std) == report["config"]["grpo_steps"] and all(0 <= v <= 1 for v in zero_std)
+    assert report["environment"]["versions"]["torch"]
     # re-scoring the saved completions of a student gives the reported numbers
     again = score_mutation(read_jsonl(demo_dir / "generations" / "sft.jsonl"),
                            max_mutants=report["config"]["max_mutants"], progress=False)

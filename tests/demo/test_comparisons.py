@@ -1,0 +1,59 @@
+"""The demo's claims are paired bootstrap intervals: built from per-instance values, never a point estimate."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from fastdistill.demo import acceptance, comparisons, environment
+from fastdistill.demo.report import environment_line
+
+CFG = SimpleNamespace(bootstrap_resamples=2000, seed=0)
+
+
+def student(kill, runtime, k=4):
+    return {"per_instance": {"kill": kill, "kill_greedy": kill, "runtime_ms": runtime},
+            "sampled": {"k": k, "temperature": 0.7}}
+
+
+def test_a_clear_gain_is_stated_higher_with_its_interval_and_ties_are_not_distinguishable():
+    n = 96
+    sft = student([0.4 + 0.01 * (i % 5) for i in range(n)], [5.0 + 0.1 * (i % 3) for i in range(n)])
+    mutant = student([v + 0.12 + 0.02 * (i % 3 - 1) for i, v in enumerate(sft["per_instance"]["kill"])],
+                     sft["per_instance"]["runtime_ms"])
+    speed = student(sft["per_instance"]["kill"], [1.0 + 0.1 * (i % 4) if i % 2 else None for i in range(n)])
+    acc = acceptance({"sft": sft, "gkd": sft, "grpo_mutant": mutant, "grpo_speed": speed}, "held-out", CFG)
+    assert acc["grpo_mutant_kill_rate_above_sft"] and acc["grpo_speed_faster_than_mutant"] and acc["gkd_not_below_sft"]
+    kill = acc["comparisons"]["grpo_mutant_vs_sft_kill"]
+    assert kill["diff"] == pytest.approx(0.12) and 0 < kill["low"] < 0.12 < kill["high"]
+    assert "higher (+0.120, 95% CI +0.1" in acc["kill_rate_statement"]
+    assert "greedy completion and 4 samples at temperature 0.7" in acc["kill_rate_statement"]
+    speed_cmp = acc["comparisons"]["grpo_speed_vs_grpo_mutant_runtime"]
+    assert speed_cmp["n"] == n // 2  # only instances where both files pass (have a runtime)
+    assert "faster (-" in acc["speed_statement"] and " ms" in acc["speed_statement"]
+    assert "not distinguishable (+0.000" in acc["gkd_statement"]
+    for text in (acc["kill_rate_statement"], acc["speed_statement"], acc["gkd_statement"]):
+        assert "as intended" not in text
+
+
+def test_a_point_gain_inside_the_noise_is_not_claimed():
+    sft = student([0.0, 1.0] * 12, [1.0] * 24)
+    mutant = student([1.0, 0.0] * 11 + [1.0, 1.0], [1.0] * 24)  # +1/24 on the mean, by one instance
+    acc = acceptance({"sft": sft, "gkd": sft, "grpo_mutant": mutant, "grpo_speed": mutant}, "held-out", CFG)
+    assert acc["comparisons"]["grpo_mutant_vs_sft_kill"]["diff"] > 0
+    assert not acc["grpo_mutant_kill_rate_above_sft"]
+    assert "not distinguishable" in acc["kill_rate_statement"]
+
+
+def test_pooled_comparisons_resample_within_seeds():
+    sft = student([0.0] * 20, [1.0] * 20)
+    mutant = student([1.0] * 10 + [-1.0] * 10, [1.0] * 20)
+    res = comparisons({"sft": sft, "grpo_mutant": mutant}, CFG, strata=[0] * 10 + [1] * 10)
+    assert set(res) == {"grpo_mutant_vs_sft_kill"}
+    assert res["grpo_mutant_vs_sft_kill"]["low"] == res["grpo_mutant_vs_sft_kill"]["high"] == 0.0
+
+
+def test_environment_names_machine_versions_and_seed():
+    env = environment(SimpleNamespace(seed=7))
+    assert env["seed"] == 7 and env["versions"]["torch"] and env["versions"]["trl"] and env["cpus"]
+    line = environment_line(env)
+    assert "seed 7" in line and f"torch {env['versions']['torch']}" in line and "machine:" in line
