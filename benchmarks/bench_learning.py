@@ -57,7 +57,9 @@ def parse_overrides(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in known:
-            raise SystemExit(f"--set {item!r}: expected FIELD=VALUE with a DemoConfig field ({', '.join(sorted(known))})")
+            raise SystemExit(
+                f"--set {item!r}: expected FIELD=VALUE with a DemoConfig field ({', '.join(sorted(known))})"
+            )
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -77,21 +79,35 @@ def run_seed(seed: int, quick: bool, out_dir: str, overrides: dict | None = None
     report = run_demo(Path(out_dir) / f"seed_{seed}", cfg)
     models = {**report["students"], "teacher": report["teacher"]}
     return {
-        "seed": seed, "wall_time_s": round(time.perf_counter() - t0, 1), "timings_s": report["timings_s"],
-        "load_after": _load(), "environment": report["environment"], "config": asdict(cfg),
-        "n_held_out": report["n_held_out"], "held_out_names": report["held_out_names"],
-        "models": {name: {"kill_rate": r["kill_rate"], "kill_rate_sampled": r["sampled"]["kill_rate"],
-                          "kill_rate_all": r["kill_rate_all"], "pass_rate": r["pass_rate"],
-                          "runtime_ms": None if r["runtime_s"] is None else r["runtime_s"] * 1e3,
-                          "n_timed": r["n_timed"], "per_instance": r["per_instance"], "sampled": r["sampled"]}
-                   for name, r in models.items()},
+        "seed": seed,
+        "wall_time_s": round(time.perf_counter() - t0, 1),
+        "timings_s": report["timings_s"],
+        "load_after": _load(),
+        "environment": report["environment"],
+        "config": asdict(cfg),
+        "n_held_out": report["n_held_out"],
+        "held_out_names": report["held_out_names"],
+        "models": {
+            name: {
+                "kill_rate": r["kill_rate"],
+                "kill_rate_sampled": r["sampled"]["kill_rate"],
+                "kill_rate_all": r["kill_rate_all"],
+                "pass_rate": r["pass_rate"],
+                "runtime_ms": None if r["runtime_s"] is None else r["runtime_s"] * 1e3,
+                "n_timed": r["n_timed"],
+                "per_instance": r["per_instance"],
+                "sampled": r["sampled"],
+            }
+            for name, r in models.items()
+        },
         "comparisons": report["acceptance"]["comparisons"],
         "curation_rows_kept": report["curation"]["rows_kept"],
         "grpo_rewards": {b: report["training"][f"grpo_{b}"]["rewards"] for b in ("mutant", "speed")},
         # diagnostics of the training: share of GRPO prompt groups with no reward spread (no signal), and how
         # many held-out greedy completions each later stage left identical to SFT's
-        "grpo_frac_reward_zero_std": {b: _mean(report["training"][f"grpo_{b}"].get("frac_reward_zero_std") or [])
-                                      for b in ("mutant", "speed")},
+        "grpo_frac_reward_zero_std": {
+            b: _mean(report["training"][f"grpo_{b}"].get("frac_reward_zero_std") or []) for b in ("mutant", "speed")
+        },
         "identical_to_sft": report["identical_to_sft"].get("held_out"),
     }
 
@@ -110,24 +126,38 @@ def pooled(per_seed: list[dict], resamples: int) -> dict:
                 per_instance.setdefault(key, []).extend(values)
         students[name] = {"per_instance": per_instance, "sampled": per_seed[0]["models"][name]["sampled"]}
     strata = [run["seed"] for run in per_seed for _ in range(run["n_held_out"])]
-    acc = acceptance(students, f"pooled over seeds {[r['seed'] for r in per_seed]}",
-                     SimpleNamespace(bootstrap_resamples=resamples, seed=0), strata=strata)
+    acc = acceptance(
+        students,
+        f"pooled over seeds {[r['seed'] for r in per_seed]}",
+        SimpleNamespace(bootstrap_resamples=resamples, seed=0),
+        strata=strata,
+    )
     comps = acc["comparisons"]
-    kill, speed, gkd = (comps[k] for k in ("grpo_mutant_vs_sft_kill", "grpo_speed_vs_grpo_mutant_runtime",
-                                           "gkd_vs_sft_kill"))
+    kill, speed, gkd = (
+        comps[k] for k in ("grpo_mutant_vs_sft_kill", "grpo_speed_vs_grpo_mutant_runtime", "gkd_vs_sft_kill")
+    )
     per_seed_diff = {key: [run["comparisons"][key]["diff"] for run in per_seed] for key in comps}
     targets = {
-        "grpo_mutant_above_sft": bool(acc["grpo_mutant_kill_rate_above_sft"]
-                                      and all(d is not None and d >= 0 for d in per_seed_diff["grpo_mutant_vs_sft_kill"])),
-        "grpo_speed_faster": bool(acc["grpo_speed_faster_than_mutant"]
-                                  and all(d is not None and d < 0
-                                          for d in per_seed_diff["grpo_speed_vs_grpo_mutant_runtime"])),
+        "grpo_mutant_above_sft": bool(
+            acc["grpo_mutant_kill_rate_above_sft"]
+            and all(d is not None and d >= 0 for d in per_seed_diff["grpo_mutant_vs_sft_kill"])
+        ),
+        "grpo_speed_faster": bool(
+            acc["grpo_speed_faster_than_mutant"]
+            and all(d is not None and d < 0 for d in per_seed_diff["grpo_speed_vs_grpo_mutant_runtime"])
+        ),
         "gkd_not_below_sft": bool(acc["gkd_not_below_sft"]),
     }
-    means = {name: {k: _mean(v) for k, v in students[name]["per_instance"].items() if k != "kill_sampled"}
-             for name in MODELS}
-    return {"comparisons": comps, "per_seed_diff": per_seed_diff, "targets": targets, "means": means,
-            "statements": [kill["statement"], speed["statement"], gkd["statement"]]}
+    means = {
+        name: {k: _mean(v) for k, v in students[name]["per_instance"].items() if k != "kill_sampled"} for name in MODELS
+    }
+    return {
+        "comparisons": comps,
+        "per_seed_diff": per_seed_diff,
+        "targets": targets,
+        "means": means,
+        "statements": [kill["statement"], speed["statement"], gkd["statement"]],
+    }
 
 
 def _mean(values):
@@ -140,13 +170,17 @@ def _fmt(v, spec=".3f"):
 
 
 def table(per_seed: list[dict], pool: dict) -> str:
-    header = (f"{'seed':>4} {'model':<12} {'kill greedy':>11} {'kill sampled':>12} {'kill all':>8} {'pass':>6} "
-              f"{'runtime ms':>10}")
+    header = (
+        f"{'seed':>4} {'model':<12} {'kill greedy':>11} {'kill sampled':>12} {'kill all':>8} {'pass':>6} "
+        f"{'runtime ms':>10}"
+    )
     lines = [header]
     for run in per_seed:
         for name, r in run["models"].items():
-            lines.append(f"{run['seed']:>4} {name:<12} {_fmt(r['kill_rate']):>11} {_fmt(r['kill_rate_sampled']):>12} "
-                         f"{_fmt(r['kill_rate_all']):>8} {_fmt(r['pass_rate']):>6} {_fmt(r['runtime_ms'], '.2f'):>10}")
+            lines.append(
+                f"{run['seed']:>4} {name:<12} {_fmt(r['kill_rate']):>11} {_fmt(r['kill_rate_sampled']):>12} "
+                f"{_fmt(r['kill_rate_all']):>8} {_fmt(r['pass_rate']):>6} {_fmt(r['runtime_ms'], '.2f'):>10}"
+            )
     lines += ["", "per seed (b - a, 95% CI):"]
     for run in per_seed:
         for c in run["comparisons"].values():
@@ -162,16 +196,28 @@ def plot(per_seed: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"base": "tab:olive", "sft": "tab:blue", "gkd": "tab:purple", "grpo_mutant": "tab:red",
-              "grpo_speed": "tab:green", "teacher": "tab:gray"}
+    colors = {
+        "base": "tab:olive",
+        "sft": "tab:blue",
+        "gkd": "tab:purple",
+        "grpo_mutant": "tab:red",
+        "grpo_speed": "tab:green",
+        "teacher": "tab:gray",
+    }
     markers = "os^DvP*X"
     fig, ax = plt.subplots(figsize=(7, 4.8), dpi=110)
     for k, run in enumerate(per_seed):
         for name, r in run["models"].items():
             if r["runtime_ms"] is None:
                 continue
-            ax.scatter(r["runtime_ms"], r["kill_rate_all"], color=colors[name], marker=markers[k % len(markers)], s=50,
-                       label=name if k == 0 else None)
+            ax.scatter(
+                r["runtime_ms"],
+                r["kill_rate_all"],
+                color=colors[name],
+                marker=markers[k % len(markers)],
+                s=50,
+                label=name if k == 0 else None,
+            )
     for k, run in enumerate(per_seed):
         ax.scatter([], [], color="black", marker=markers[k % len(markers)], label=f"seed {run['seed']}")
     ax.set_xlabel("mean runtime of passing greedy test files (ms; lower is better)")
@@ -192,12 +238,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="seeds run at once, in separate processes")
     parser.add_argument("--output-dir", default=None, help="demo outputs (default: a temporary folder)")
     parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples of the pooled intervals")
-    parser.add_argument("--out", default=None,
-                        help="the JSON result (default: benchmarks/results/bench_learning.json, "
-                             "bench_learning_quick.json with --quick)")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a DemoConfig field for every seed (repeatable), e.g. --set grpo_steps=80: "
-                             "for studies of the training settings")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="the JSON result (default: benchmarks/results/bench_learning.json, "
+        "bench_learning_quick.json with --quick)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a DemoConfig field for every seed (repeatable), e.g. --set grpo_steps=80: "
+        "for studies of the training settings",
+    )
     args = parser.parse_args(argv)
     overrides = parse_overrides(args.set)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -205,20 +259,32 @@ def main(argv: list[str] | None = None) -> int:
     load_before, t0 = _load(), time.perf_counter()
     if args.jobs > 1:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            per_seed = list(pool.map(run_seed, seeds, [args.quick] * len(seeds), [out_dir] * len(seeds),
-                                     [overrides] * len(seeds)))
+            per_seed = list(
+                pool.map(run_seed, seeds, [args.quick] * len(seeds), [out_dir] * len(seeds), [overrides] * len(seeds))
+            )
     else:
         per_seed = [run_seed(seed, args.quick, out_dir, overrides) for seed in seeds]
     pool_result = pooled(per_seed, args.resamples)
-    result = {"quick": args.quick, "seeds": seeds, "overrides": overrides, "jobs": args.jobs, "wall_time_s": round(time.perf_counter() - t0, 1),
-              "load_before": load_before, "load_after": _load(), "environment": per_seed[0]["environment"],
-              "pooled": pool_result, "per_seed": per_seed}
+    result = {
+        "quick": args.quick,
+        "seeds": seeds,
+        "overrides": overrides,
+        "jobs": args.jobs,
+        "wall_time_s": round(time.perf_counter() - t0, 1),
+        "load_before": load_before,
+        "load_after": _load(),
+        "environment": per_seed[0]["environment"],
+        "pooled": pool_result,
+        "per_seed": per_seed,
+    }
     out = Path(args.out or RESULTS / ("bench_learning_quick.json" if args.quick else "bench_learning.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     plot(per_seed, out.with_name(out.stem + "_pareto.png"))
-    sys.stdout.write(table(per_seed, pool_result) + f"\n\nwall time {result['wall_time_s']:.0f} s, load "
-                     f"{load_before} -> {result['load_after']}; wrote {out}\n")
+    sys.stdout.write(
+        table(per_seed, pool_result) + f"\n\nwall time {result['wall_time_s']:.0f} s, load "
+        f"{load_before} -> {result['load_after']}; wrote {out}\n"
+    )
     return 0
 
 

@@ -34,12 +34,27 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's fastdistill, in this process and (PYTHONPATH) its children
-STUDENT = {"hidden_size": 256, "intermediate_size": 704, "num_hidden_layers": 4, "num_attention_heads": 4,
-           "num_key_value_heads": 2}
-TEACHER = {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 4, "num_attention_heads": 8,
-           "num_key_value_heads": 2}
-NEGLIGIBLE = {"hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1,
-              "num_key_value_heads": 1}
+STUDENT = {
+    "hidden_size": 256,
+    "intermediate_size": 704,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+TEACHER = {
+    "hidden_size": 512,
+    "intermediate_size": 1408,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+}
+NEGLIGIBLE = {
+    "hidden_size": 8,
+    "intermediate_size": 8,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 1,
+    "num_key_value_heads": 1,
+}
 
 
 def rss_high_water_mb() -> float:
@@ -67,8 +82,13 @@ def run_case(args) -> dict:
         teacher = AutoModelForCausalLM.from_pretrained(args.teacher, dtype=torch.float32)
     else:
         teacher = args.url
-    rows = [{"prompt": f"Write a pytest test for add({i}, {i + 1}).",
-             "completion": f"def test_add():\n    assert add({i}, {i + 1}) == {2 * i + 1}"} for i in range(64)]
+    rows = [
+        {
+            "prompt": f"Write a pytest test for add({i}, {i + 1}).",
+            "completion": f"def test_add():\n    assert add({i}, {i + 1}) == {2 * i + 1}",
+        }
+        for i in range(64)
+    ]
     step_times: list[float] = []
 
     class Clock(TrainerCallback):
@@ -79,13 +99,31 @@ def run_case(args) -> dict:
             step_times.append(time.perf_counter() - self.t)
 
     config = GKDConfig(
-        output_dir=tempfile.mkdtemp(), bf16=False, report_to="none", save_strategy="no", logging_steps=1,
-        max_steps=args.steps, per_device_train_batch_size=2, gradient_accumulation_steps=args.accumulation,
-        lmbda=1.0, max_new_tokens=args.new_tokens, beta=0.5, seed=0, disable_dropout=True,
-        teacher_top_k=args.top_k, teacher_max_failed_fraction=0.5, teacher_max_retries=6,
+        output_dir=tempfile.mkdtemp(),
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        max_steps=args.steps,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=args.accumulation,
+        lmbda=1.0,
+        max_new_tokens=args.new_tokens,
+        beta=0.5,
+        seed=0,
+        disable_dropout=True,
+        teacher_top_k=args.top_k,
+        teacher_max_failed_fraction=0.5,
+        teacher_max_retries=6,
     )
-    trainer = GKDTrainer(model=student, teacher_model=teacher, args=config, processing_class=tok,
-                         train_dataset=load_supervised_dataset(rows), callbacks=[Clock()])
+    trainer = GKDTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=config,
+        processing_class=tok,
+        train_dataset=load_supervised_dataset(rows),
+        callbacks=[Clock()],
+    )
     if trainer.served is not None:
         trainer.served.teacher.backoff = trainer.served.backoff = 0.05
     micro = []
@@ -105,7 +143,7 @@ def run_case(args) -> dict:
         "peak_rss_mb": rss_high_water_mb(),
         "steps_done": len(step_times),
         "step_s_median": statistics.median(step_times[1:]),
-        "micro_batch_train_s_median": statistics.median(micro[args.accumulation:]),
+        "micro_batch_train_s_median": statistics.median(micro[args.accumulation :]),
         "loss_jsd_last": logs[-1].get("loss/jsd") if logs else None,
     }
     if trainer.served is not None:
@@ -152,11 +190,30 @@ def main():
         return sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(path).parameters())
 
     sizes = {"student_params": params(student), "teacher_params": params(teacher)}
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    common = ["--student", student, "--teacher", teacher, "--negligible", negligible, "--steps", str(args.steps),
-              "--accumulation", str(args.accumulation), "--new-tokens", str(args.new_tokens), "--top-k", str(args.top_k),
-              "--threads", str(args.threads)]
+    env = {
+        **os.environ,
+        "MALLOC_MMAP_THRESHOLD_": "131072",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    common = [
+        "--student",
+        student,
+        "--teacher",
+        teacher,
+        "--negligible",
+        negligible,
+        "--steps",
+        str(args.steps),
+        "--accumulation",
+        str(args.accumulation),
+        "--new-tokens",
+        str(args.new_tokens),
+        "--top-k",
+        str(args.top_k),
+        "--threads",
+        str(args.threads),
+    ]
 
     def child(case, url=None):
         cmd = [sys.executable, __file__, "--case", case, *common] + (["--url", url] if url else [])
@@ -164,12 +221,13 @@ def main():
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
             raise RuntimeError(f"case {case} failed:\n{proc.stderr[-3000:]}")
-        return json.loads(line[len("RESULT "):])
+        return json.loads(line[len("RESULT ") :])
 
     results = [child("student_only"), child("in_memory")]
     for case, faults in (("served", {}), ("served_faults", {"500": 0.06, "malformed": 0.02, "truncated": 0.02})):
-        with TeacherServerProcess(teacher, latency_s=args.latency_s, fault_rates=faults, max_logprobs=args.top_k,
-                                  threads=1, env=env) as server:
+        with TeacherServerProcess(
+            teacher, latency_s=args.latency_s, fault_rates=faults, max_logprobs=args.top_k, threads=1, env=env
+        ) as server:
             result = child(case, server.base_url)
             result["fault_rate"] = sum(faults.values())
             results.append(result)
@@ -180,18 +238,32 @@ def main():
         r["step_vs_in_memory"] = r["step_s_median"] / memory["step_s_median"]
         r["lost_steps"] = args.steps - r["steps_done"]
     load = os.getloadavg()
-    report = {"benchmark": "served_teacher", "load_avg": load, "cpu_count": os.cpu_count(), **sizes,
-              "latency_s": args.latency_s, "steps": args.steps, "accumulation": args.accumulation,
-              "top_k": args.top_k, "results": results}
-    print(f"student {sizes['student_params'] / 1e6:.1f}M params, teacher {sizes['teacher_params'] / 1e6:.1f}M "
-          f"({sizes['teacher_params'] / sizes['student_params']:.1f}x); injected latency {args.latency_s}s; load {load}")
-    print(f"{'case':<15}{'peak RSS MB':>12}{'vs student':>11}{'step s':>8}{'vs in-mem':>10}{'micro fwd+bwd s':>16}"
-          f"{'hidden':>8}{'failed rows':>12}{'lost steps':>11}")
+    report = {
+        "benchmark": "served_teacher",
+        "load_avg": load,
+        "cpu_count": os.cpu_count(),
+        **sizes,
+        "latency_s": args.latency_s,
+        "steps": args.steps,
+        "accumulation": args.accumulation,
+        "top_k": args.top_k,
+        "results": results,
+    }
+    print(
+        f"student {sizes['student_params'] / 1e6:.1f}M params, teacher {sizes['teacher_params'] / 1e6:.1f}M "
+        f"({sizes['teacher_params'] / sizes['student_params']:.1f}x); injected latency {args.latency_s}s; load {load}"
+    )
+    print(
+        f"{'case':<15}{'peak RSS MB':>12}{'vs student':>11}{'step s':>8}{'vs in-mem':>10}{'micro fwd+bwd s':>16}"
+        f"{'hidden':>8}{'failed rows':>12}{'lost steps':>11}"
+    )
     for r in results:
         hidden = f"{r['latency_hidden']:.0%}" if "latency_hidden" in r else "-"
-        print(f"{r['case']:<15}{r['peak_rss_mb']:>12.0f}{r['rss_vs_student_only']:>11.2f}{r['step_s_median']:>8.2f}"
-              f"{r['step_vs_in_memory']:>10.2f}{r['micro_batch_train_s_median']:>16.2f}{hidden:>8}"
-              f"{r.get('failed_rows', 0):>12.0f}{r['lost_steps']:>11}")
+        print(
+            f"{r['case']:<15}{r['peak_rss_mb']:>12.0f}{r['rss_vs_student_only']:>11.2f}{r['step_s_median']:>8.2f}"
+            f"{r['step_vs_in_memory']:>10.2f}{r['micro_batch_train_s_median']:>16.2f}{hidden:>8}"
+            f"{r.get('failed_rows', 0):>12.0f}{r['lost_steps']:>11}"
+        )
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
 

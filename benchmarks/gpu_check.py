@@ -116,7 +116,7 @@ def measure(case: dict, dtype) -> dict:
 
         # a failed backend falls back silently (one warning): record it, or the row measures the fallback
         result["backends_failed"] = sorted(kernels.BACKEND.failed)
-    except Exception as exc:  # an OOM or a kernel error is a result to record, not a reason to stop the run
+    except Exception as exc:  # noqa: BLE001 - an OOM or a kernel error is a result to record, not a reason to stop the run
         result.update(status="OOM" if "out of memory" in str(exc).lower() else "error",
                       error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
     finally:
@@ -190,7 +190,7 @@ def run_profile(out_dir: Path) -> dict:
             summary[path] = {"device_time_total_us": total,
                              "top": [{"name": e.key[:120], "count": e.count, "self_device_us": getattr(e, key)}
                                      for e in top]}
-        except Exception as exc:  # record and go on with the next profile
+        except Exception as exc:  # noqa: BLE001 - record and go on with the next profile
             summary[path] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
         finally:
             os.environ.pop("FASTDISTILL_TRITON", None)

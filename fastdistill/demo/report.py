@@ -17,9 +17,11 @@ def _test_shape(completion: str) -> tuple[int, int, int]:
     if tests is None:
         return 0, 0, 0
     nodes = list(ast.walk(ast.parse(tests)))
-    return (sum(isinstance(n, ast.FunctionDef) and n.name.startswith("test") for n in nodes),
-            sum(isinstance(n, ast.Assert) for n in nodes),
-            sum(isinstance(n, (ast.For, ast.While)) for n in nodes))
+    return (
+        sum(isinstance(n, ast.FunctionDef) and n.name.startswith("test") for n in nodes),
+        sum(isinstance(n, ast.Assert) for n in nodes),
+        sum(isinstance(n, (ast.For, ast.While)) for n in nodes),
+    )
 
 
 def shape_of_tests(completion: str) -> tuple[int, int]:
@@ -38,10 +40,26 @@ def _fmt(v, spec=".3f", scale=1.0):
 # the demo's headline comparisons: (key, model a, model b, per-instance metric, what is compared, words for b - a > 0
 # and < 0, scale and unit of the difference). Each is the paired mean of b - a over instances with a bootstrap interval.
 COMPARISONS = (
-    ("grpo_mutant_vs_sft_kill", "sft", "grpo_mutant", "kill", "GRPO-mutant vs SFT kill rate", ("higher", "lower"),
-     "+.3f", ""),
-    ("grpo_speed_vs_grpo_mutant_runtime", "grpo_mutant", "grpo_speed", "runtime_ms",
-     "GRPO-speed vs GRPO-mutant test runtime", ("slower", "faster"), "+.2f", " ms"),
+    (
+        "grpo_mutant_vs_sft_kill",
+        "sft",
+        "grpo_mutant",
+        "kill",
+        "GRPO-mutant vs SFT kill rate",
+        ("higher", "lower"),
+        "+.3f",
+        "",
+    ),
+    (
+        "grpo_speed_vs_grpo_mutant_runtime",
+        "grpo_mutant",
+        "grpo_speed",
+        "runtime_ms",
+        "GRPO-speed vs GRPO-mutant test runtime",
+        ("slower", "faster"),
+        "+.2f",
+        " ms",
+    ),
     ("gkd_vs_sft_kill", "sft", "gkd", "kill", "GKD vs SFT kill rate", ("higher", "lower"), "+.3f", ""),
 )
 
@@ -60,9 +78,15 @@ def comparisons(students: dict, cfg=None, strata=None, where: str = "held-out") 
     resamples = getattr(cfg, "bootstrap_resamples", 10_000)
     seed = getattr(cfg, "seed", 0)
     k = students.get("grpo_mutant", {}).get("sampled", {}).get("k") or 0
-    basis = {"kill": (f"per instance: mean over the greedy completion and {k} samples at temperature "
-                      f"{students['grpo_mutant']['sampled']['temperature']}") if k else "per instance: greedy completion",
-             "runtime_ms": "greedy test files that pass for both models"}
+    basis = {
+        "kill": (
+            f"per instance: mean over the greedy completion and {k} samples at temperature "
+            f"{students['grpo_mutant']['sampled']['temperature']}"
+        )
+        if k
+        else "per instance: greedy completion",
+        "runtime_ms": "greedy test files that pass for both models",
+    }
     out = {}
     for key, a, b, metric, label, words, spec, unit in COMPARISONS:
         if a not in students or b not in students:
@@ -71,13 +95,23 @@ def comparisons(students: dict, cfg=None, strata=None, where: str = "held-out") 
         res = paired_bootstrap(pa[metric], pb[metric], strata=strata, n_resamples=resamples, seed=seed)
         text = describe_comparison(res, spec=spec, unit=unit, words=words)
         mean_spec = spec.lstrip("+")
-        means = ("" if res["diff"] is None else
-                 f"; means {format(res['b_mean'], mean_spec)}{unit} vs {format(res['a_mean'], mean_spec)}{unit}")
-        entry = {"a": a, "b": b, "metric": metric, "basis": basis[metric], **res,
-                 "statement": f"{label} ({where}, {basis[metric]}): {text}{means}."}
+        means = (
+            ""
+            if res["diff"] is None
+            else f"; means {format(res['b_mean'], mean_spec)}{unit} vs {format(res['a_mean'], mean_spec)}{unit}"
+        )
+        entry = {
+            "a": a,
+            "b": b,
+            "metric": metric,
+            "basis": basis[metric],
+            **res,
+            "statement": f"{label} ({where}, {basis[metric]}): {text}{means}.",
+        }
         if metric == "kill" and k:  # the greedy-only interval, for reference
-            entry["greedy"] = paired_bootstrap(pa["kill_greedy"], pb["kill_greedy"], strata=strata,
-                                               n_resamples=resamples, seed=seed)
+            entry["greedy"] = paired_bootstrap(
+                pa["kill_greedy"], pb["kill_greedy"], strata=strata, n_resamples=resamples, seed=seed
+            )
             entry["greedy"]["statement"] = describe_comparison(entry["greedy"], spec=spec, words=words)
         out[key] = entry
     return out
@@ -91,8 +125,9 @@ def acceptance(students: dict, where: str = "held-out", cfg=None, strata=None) -
     ``gkd_not_below_sft``: the GKD minus SFT interval is not entirely below 0.
     """
     comps = comparisons(students, cfg, strata=strata, where=where)
-    kill, speed, gkd = (comps.get(k, {}) for k in ("grpo_mutant_vs_sft_kill", "grpo_speed_vs_grpo_mutant_runtime",
-                                                    "gkd_vs_sft_kill"))
+    kill, speed, gkd = (
+        comps.get(k, {}) for k in ("grpo_mutant_vs_sft_kill", "grpo_speed_vs_grpo_mutant_runtime", "gkd_vs_sft_kill")
+    )
     return {
         "grpo_mutant_kill_rate_above_sft": bool(kill.get("low") is not None and kill["low"] > 0),
         "kill_rate_statement": kill.get("statement", "GRPO-mutant vs SFT: not evaluated."),
@@ -124,18 +159,27 @@ def environment(cfg=None) -> dict:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return {"machine": platform.machine(), "cpu": cpu or None, "cpus": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "versions": versions, "torch_threads": torch.get_num_threads(),
-            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-            "seed": getattr(cfg, "seed", None)}
+    return {
+        "machine": platform.machine(),
+        "cpu": cpu or None,
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "torch_threads": torch.get_num_threads(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "seed": getattr(cfg, "seed", None),
+    }
 
 
 def environment_line(env: dict) -> str:
     """One line of :func:`environment`: machine, versions, threads and seed."""
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
-    return (f"machine: {env['machine']} ({env['cpu']}, {env['cpus']} CPUs), python {env['python']}, {versions}; "
-            f"torch threads {env['torch_threads']}, deterministic algorithms {env['deterministic_algorithms']}; "
-            f"seed {env['seed']}")
+    return (
+        f"machine: {env['machine']} ({env['cpu']}, {env['cpus']} CPUs), python {env['python']}, {versions}; "
+        f"torch threads {env['torch_threads']}, deterministic algorithms {env['deterministic_algorithms']}; "
+        f"seed {env['seed']}"
+    )
 
 
 def _plot(report: dict, path: Path) -> None:
@@ -150,8 +194,11 @@ def _plot(report: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.4), dpi=110, squeeze=False)
     colors = {"grpo_mutant": "tab:red", "grpo_speed": "tab:green", "teacher": "tab:gray"}
     for ax, (title, results) in zip(axes[0], panels):
-        points = {name: (res["runtime_s"] * 1e3, res["kill_rate"]) for name, res in results.items()
-                  if res["runtime_s"] is not None}
+        points = {
+            name: (res["runtime_s"] * 1e3, res["kill_rate"])
+            for name, res in results.items()
+            if res["runtime_s"] is not None
+        }
         span = max([x for x, _ in points.values()], default=1.0) - min([x for x, _ in points.values()], default=0.0)
         placed = []
         for name, (x, y) in points.items():
@@ -162,12 +209,19 @@ def _plot(report: dict, path: Path) -> None:
             placed.append((x, y))
         for branch in ("grpo_mutant", "grpo_speed"):
             if "gkd" in points and branch in points:
-                ax.annotate("", points[branch], points["gkd"],
-                            arrowprops=dict(arrowstyle="->", color=colors[branch], lw=1.5))
+                ax.annotate(
+                    "", points[branch], points["gkd"], arrowprops=dict(arrowstyle="->", color=colors[branch], lw=1.5)
+                )
         missing = [n for n, r in results.items() if r["runtime_s"] is None]
         if missing:
-            ax.text(0.02, 0.02, "no passing tests: " + ", ".join(missing), transform=ax.transAxes, fontsize=7,
-                    color="tab:gray")
+            ax.text(
+                0.02,
+                0.02,
+                "no passing tests: " + ", ".join(missing),
+                transform=ax.transAxes,
+                fontsize=7,
+                color="tab:gray",
+            )
         ax.set_xlabel("mean test runtime per file (ms; lower is better)")
         ax.set_ylabel("mean mutation kill rate (higher is better)")
         ax.set_title(title, fontsize=10)
@@ -182,7 +236,8 @@ def _plot(report: dict, path: Path) -> None:
 def _markdown(report: dict) -> str:
     cfg = report["config"]
     lines = [
-        "# fastdistill demo report", "",
+        "# fastdistill demo report",
+        "",
         "**Task:** a generated curriculum of function families (threshold above/below, add a constant, clamp, "
         "prefix check, list membership); a good test copies the function name and the constant from the prompt "
         "into boundary checks. Training reference tests are weak (one check that misses boundary mutants), strong "
@@ -190,48 +245,64 @@ def _markdown(report: dict) -> str:
         "like strong, several times slower; about as common as weak, so the students start out writing both). "
         f"Training instances: {report['n_train']} ({report.get('train_styles', {})}); held-out instances: "
         f"{report['n_held_out']}, with names (made-up words) and constants no training instance uses "
-        f"({', '.join(report['held_out_names'])}). Wall time {report['wall_time_s']:.0f} s.", "",
+        f"({', '.join(report['held_out_names'])}). Wall time {report['wall_time_s']:.0f} s.",
+        "",
         "The teacher is a tiny random model that first **learned the reference tests of the training split by SFT** "
         f"({cfg['teacher_steps']} steps); the tiny models cannot learn to write tests from scratch in minutes. "
         f"GRPO prompts: {len(report.get('grpo_prompt_names', []))} further instances drawn like the training ones "
         "(fresh words, training constants) that the SFT data never showed. "
         f"Evaluation uses held-out instances only: each is scored with its greedy completion and, for the compared "
         f"students, {cfg.get('eval_samples', 0)} samples at temperature {cfg.get('eval_temperature')}; comparisons are "
-        "paired over instances with 95% bootstrap intervals.", "",
+        "paired over instances with 95% bootstrap intervals.",
+        "",
         "| model | kill rate (greedy) | kill rate (samples) | pass rate | test runtime (ms) | runtime CV | stable "
         "| tests/file | asserts/file | loops/file | max new tokens |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in {**report["students"], "teacher": report["teacher"]}.items():
-        lines.append(f"| {name} | {_fmt(r['kill_rate'])} | {_fmt(r.get('sampled', {}).get('kill_rate'))} | "
-                     f"{_fmt(r['pass_rate'])} | "
-                     f"{_fmt(r['runtime_s'], '.3f', 1e3)} | {_fmt(r['runtime_cv'], '.2f')} | "
-                     f"{_fmt(r['stable_rate'], '.2f')} | {_fmt(r.get('tests_per_file'), '.2f')} | "
-                     f"{_fmt(r.get('asserts_per_file'), '.2f')} | {_fmt(r.get('loops_per_file'), '.2f')} | "
-                     f"{r['max_new_tokens']} |")
+        lines.append(
+            f"| {name} | {_fmt(r['kill_rate'])} | {_fmt(r.get('sampled', {}).get('kill_rate'))} | "
+            f"{_fmt(r['pass_rate'])} | "
+            f"{_fmt(r['runtime_s'], '.3f', 1e3)} | {_fmt(r['runtime_cv'], '.2f')} | "
+            f"{_fmt(r['stable_rate'], '.2f')} | {_fmt(r.get('tests_per_file'), '.2f')} | "
+            f"{_fmt(r.get('asserts_per_file'), '.2f')} | {_fmt(r.get('loops_per_file'), '.2f')} | "
+            f"{r['max_new_tokens']} |"
+        )
     if report.get("seen_code"):
-        lines += ["", f"Same students on {len(report['seen_names'])} **training** examples they were trained on "
-                  "(seen code; not the evaluation, shown to make what each stage learned visible):", "",
-                  "| model (seen code) | kill rate | pass rate | test runtime (ms) | runtime CV | stable |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Same students on {len(report['seen_names'])} **training** examples they were trained on "
+            "(seen code; not the evaluation, shown to make what each stage learned visible):",
+            "",
+            "| model (seen code) | kill rate | pass rate | test runtime (ms) | runtime CV | stable |",
+            "|---|---|---|---|---|---|",
+        ]
         for name, r in report["seen_code"].items():
-            lines.append(f"| {name} | {_fmt(r['kill_rate'])} | {_fmt(r['pass_rate'])} | "
-                         f"{_fmt(r['runtime_s'], '.3f', 1e3)} | {_fmt(r['runtime_cv'], '.2f')} | "
-                         f"{_fmt(r['stable_rate'], '.2f')} |")
+            lines.append(
+                f"| {name} | {_fmt(r['kill_rate'])} | {_fmt(r['pass_rate'])} | "
+                f"{_fmt(r['runtime_s'], '.3f', 1e3)} | {_fmt(r['runtime_cv'], '.2f')} | "
+                f"{_fmt(r['stable_rate'], '.2f')} |"
+            )
     acc = report["acceptance"]
-    lines += ["", "Kill rate and pass rate are means over the held-out examples (per-example rows in report.json); "
-              "runtime is the mean pytest time (setup+call+teardown) over the test files that pass, "
-              f"{cfg['speed_repeats']} repeats each. tests/file and asserts/file describe the greedy completions "
-              "(weak reference style: 1 test, 1 assert; strong: 1 test, 2 asserts; loop: 1 test, 1 assert in a loop), "
-              "loops/file the share of completions with a loop; a "
-              "failing file usually has a mis-copied name or constant. Seeds, threads and (where torch has them) "
-              "deterministic algorithms are fixed, so a rerun on the same machine and versions repeats the models; "
-              "another machine's floating-point results differ, the models part ways during training, and the "
-              "numbers move: the claims below are paired bootstrap intervals over the held-out instances, stated "
-              "as higher/lower only when the 95% interval excludes 0. The GRPO rewards include measured test "
-              "runtimes, so GRPO updates can differ between runs even on one machine.", "",
-              "## What the branches show (paired, 95% bootstrap intervals over instances)", "",
-              f"- {acc['kill_rate_statement']}", f"- {acc['speed_statement']}"]
+    lines += [
+        "",
+        "Kill rate and pass rate are means over the held-out examples (per-example rows in report.json); "
+        "runtime is the mean pytest time (setup+call+teardown) over the test files that pass, "
+        f"{cfg['speed_repeats']} repeats each. tests/file and asserts/file describe the greedy completions "
+        "(weak reference style: 1 test, 1 assert; strong: 1 test, 2 asserts; loop: 1 test, 1 assert in a loop), "
+        "loops/file the share of completions with a loop; a "
+        "failing file usually has a mis-copied name or constant. Seeds, threads and (where torch has them) "
+        "deterministic algorithms are fixed, so a rerun on the same machine and versions repeats the models; "
+        "another machine's floating-point results differ, the models part ways during training, and the "
+        "numbers move: the claims below are paired bootstrap intervals over the held-out instances, stated "
+        "as higher/lower only when the 95% interval excludes 0. The GRPO rewards include measured test "
+        "runtimes, so GRPO updates can differ between runs even on one machine.",
+        "",
+        "## What the branches show (paired, 95% bootstrap intervals over instances)",
+        "",
+        f"- {acc['kill_rate_statement']}",
+        f"- {acc['speed_statement']}",
+    ]
     if acc.get("gkd_statement"):
         lines.append(f"- {acc['gkd_statement']}")
     if report.get("environment"):
@@ -239,30 +310,44 @@ def _markdown(report: dict) -> str:
     lines.append("")
     held = {**report["students"], "teacher": report["teacher"]}
     if all(not r["pass_rate"] for r in held.values()):
-        lines += ["No model (the teacher included) wrote a test file that passes on the unseen held-out code, so every "
-                  "held-out kill rate is 0 and no held-out runtime exists: the tiny models learn the training tests, "
-                  "including the training functions' names, and do not generalise to new functions at this size and "
-                  "time budget. The seen-code table shows what each stage did learn.", ""]
+        lines += [
+            "No model (the teacher included) wrote a test file that passes on the unseen held-out code, so every "
+            "held-out kill rate is 0 and no held-out runtime exists: the tiny models learn the training tests, "
+            "including the training functions' names, and do not generalise to new functions at this size and "
+            "time budget. The seen-code table shows what each stage did learn.",
+            "",
+        ]
     same = report.get("identical_to_sft", {})
     for where, n in (("held_out", report["n_held_out"]), ("seen_code", len(report.get("seen_names", [])))):
         if where in same:
-            lines.append(f"Greedy completions identical to the SFT student's ({where.replace('_', ' ')}, of {n}): "
-                         + ", ".join(f"{k} {v}" for k, v in same[where].items())
-                         + ". Identical completions mean identical tests: runtime differences between them are "
-                         "measurement noise, not learning.")
+            lines.append(
+                f"Greedy completions identical to the SFT student's ({where.replace('_', ' ')}, of {n}): "
+                + ", ".join(f"{k} {v}" for k, v in same[where].items())
+                + ". Identical completions mean identical tests: runtime differences between them are "
+                "measurement noise, not learning."
+            )
     lines.append("")
     if report.get("seen_code_comparison"):
         seen_cmp = report["seen_code_comparison"]
-        lines += ["On the seen training code (not the acceptance measure): "
-                  f"{seen_cmp['kill_rate_statement']} {seen_cmp['speed_statement']}", ""]
+        lines += [
+            "On the seen training code (not the acceptance measure): "
+            f"{seen_cmp['kill_rate_statement']} {seen_cmp['speed_statement']}",
+            "",
+        ]
     lines += [
-              "## Curation of the teacher's outputs", "",
-              f"{report['curation']['rows_in']} teacher generations -> {report['curation']['rows_kept']} kept "
-              f"(pass rate {_fmt(report['curation']['metrics'].get('tests_pass_rate'))}, mean kill rate "
-              f"{_fmt(report['curation']['metrics'].get('mean_kill_rate'))}); see curation/ for the manifest, "
-              "quality and timing reports.", "", "| step | rows in | rows out | time (s) |", "|---|---|---|---|"]
-    lines += [f"| {s['name']} | {s['rows_in']} | {s['rows_out']} | {s['time_s']:.2f} |"
-              for s in report["curation"]["steps"]]
+        "## Curation of the teacher's outputs",
+        "",
+        f"{report['curation']['rows_in']} teacher generations -> {report['curation']['rows_kept']} kept "
+        f"(pass rate {_fmt(report['curation']['metrics'].get('tests_pass_rate'))}, mean kill rate "
+        f"{_fmt(report['curation']['metrics'].get('mean_kill_rate'))}); see curation/ for the manifest, "
+        "quality and timing reports.",
+        "",
+        "| step | rows in | rows out | time (s) |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {s['name']} | {s['rows_in']} | {s['rows_out']} | {s['time_s']:.2f} |" for s in report["curation"]["steps"]
+    ]
     lines += ["", "## Training", ""]
     for stage, info in report["training"].items():
         losses = info.get("losses") or info.get("rewards") or []
@@ -270,14 +355,20 @@ def _markdown(report: dict) -> str:
         if losses and what == "reward":  # per-step rewards are noisy: means of the first and last tenth
             k = max(1, len(losses) // 10)
             zero = info.get("frac_reward_zero_std") or []
-            lines.append(f"- {stage}: mean reward {_mean(losses[:k]):.3f} (first {k} steps) -> "
-                         f"{_mean(losses[-k:]):.3f} (last {k}); {info['steps']} steps, {info['time_s']:.0f} s, "
-                         f"temperature {info['temperature']}, max {info['max_completion_length']} tokens"
-                         + (f"; prompt groups with no reward spread (no GRPO signal): {_mean(zero):.2f} on average"
-                            if zero else ""))
+            lines.append(
+                f"- {stage}: mean reward {_mean(losses[:k]):.3f} (first {k} steps) -> "
+                f"{_mean(losses[-k:]):.3f} (last {k}); {info['steps']} steps, {info['time_s']:.0f} s, "
+                f"temperature {info['temperature']}, max {info['max_completion_length']} tokens"
+                + (
+                    f"; prompt groups with no reward spread (no GRPO signal): {_mean(zero):.2f} on average"
+                    if zero
+                    else ""
+                )
+            )
         elif losses:
-            lines.append(f"- {stage}: {what} {losses[0]} -> {losses[-1]} "
-                         f"({info['steps']} steps, {info['time_s']:.0f} s)")
+            lines.append(
+                f"- {stage}: {what} {losses[0]} -> {losses[-1]} ({info['steps']} steps, {info['time_s']:.0f} s)"
+            )
     lines += ["", "## Stage times (s)", ""] + [f"- {k}: {v:.1f}" for k, v in report["timings_s"].items()]
     lines += ["", "![kill rate vs runtime](pareto.png)", ""]
     return "\n".join(lines)
@@ -285,31 +376,45 @@ def _markdown(report: dict) -> str:
 
 def summary_table(report: dict) -> str:
     """The headline table printed at the end of ``fastdistill demo``."""
-    lines = [f"held-out code (the evaluation, {report['n_held_out']} instances; kill rate of the greedy completions "
-             "and of the samples):",
-             f"{'model':<12} {'kill rate':>9} {'sampled':>7} {'pass rate':>9} {'runtime ms':>10} {'stable':>6} "
-             f"{'tests/file':>10} {'asserts/file':>12} {'loops/file':>10}"]
+    lines = [
+        f"held-out code (the evaluation, {report['n_held_out']} instances; kill rate of the greedy completions "
+        "and of the samples):",
+        f"{'model':<12} {'kill rate':>9} {'sampled':>7} {'pass rate':>9} {'runtime ms':>10} {'stable':>6} "
+        f"{'tests/file':>10} {'asserts/file':>12} {'loops/file':>10}",
+    ]
     for name, r in {**report["students"], "teacher": report["teacher"]}.items():
-        lines.append(f"{name:<12} {_fmt(r['kill_rate']):>9} {_fmt(r.get('sampled', {}).get('kill_rate')):>7} "
-                     f"{_fmt(r['pass_rate']):>9} "
-                     f"{_fmt(r['runtime_s'], '.3f', 1e3):>10} {_fmt(r['stable_rate'], '.2f'):>6} "
-                     f"{_fmt(r.get('tests_per_file'), '.2f'):>10} {_fmt(r.get('asserts_per_file'), '.2f'):>12} "
-                     f"{_fmt(r.get('loops_per_file'), '.2f'):>10}")
+        lines.append(
+            f"{name:<12} {_fmt(r['kill_rate']):>9} {_fmt(r.get('sampled', {}).get('kill_rate')):>7} "
+            f"{_fmt(r['pass_rate']):>9} "
+            f"{_fmt(r['runtime_s'], '.3f', 1e3):>10} {_fmt(r['stable_rate'], '.2f'):>6} "
+            f"{_fmt(r.get('tests_per_file'), '.2f'):>10} {_fmt(r.get('asserts_per_file'), '.2f'):>12} "
+            f"{_fmt(r.get('loops_per_file'), '.2f'):>10}"
+        )
     if report.get("seen_code"):
         lines += ["", f"seen training code ({len(report['seen_names'])} examples, for reference):"]
         for name, r in report["seen_code"].items():
-            lines.append(f"{name:<12} {_fmt(r['kill_rate']):>9} {_fmt(r['pass_rate']):>9} "
-                         f"{_fmt(r['runtime_s'], '.3f', 1e3):>10} {_fmt(r['stable_rate'], '.2f'):>6}")
+            lines.append(
+                f"{name:<12} {_fmt(r['kill_rate']):>9} {_fmt(r['pass_rate']):>9} "
+                f"{_fmt(r['runtime_s'], '.3f', 1e3):>10} {_fmt(r['stable_rate'], '.2f'):>6}"
+            )
     for where, counts in report.get("identical_to_sft", {}).items():
-        lines.append(f"greedy completions identical to SFT's ({where.replace('_', ' ')}): "
-                     + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        lines.append(
+            f"greedy completions identical to SFT's ({where.replace('_', ' ')}): "
+            + ", ".join(f"{k} {v}" for k, v in counts.items())
+        )
     cur = report["curation"]
-    lines.append(f"curation kept {cur['rows_kept']} of {cur['rows_in']} teacher outputs on the training code "
-                 f"(pass rate {_fmt(cur['metrics'].get('tests_pass_rate'))}, "
-                 f"mean kill rate {_fmt(cur['metrics'].get('mean_kill_rate'))})")
+    lines.append(
+        f"curation kept {cur['rows_kept']} of {cur['rows_in']} teacher outputs on the training code "
+        f"(pass rate {_fmt(cur['metrics'].get('tests_pass_rate'))}, "
+        f"mean kill rate {_fmt(cur['metrics'].get('mean_kill_rate'))})"
+    )
     acc = report["acceptance"]
-    lines += ["", "comparisons (paired over held-out instances, 95% bootstrap intervals):",
-              acc["kill_rate_statement"], acc["speed_statement"]]
+    lines += [
+        "",
+        "comparisons (paired over held-out instances, 95% bootstrap intervals):",
+        acc["kill_rate_statement"],
+        acc["speed_statement"],
+    ]
     if acc.get("gkd_statement"):
         lines.append(acc["gkd_statement"])
     if report.get("environment"):

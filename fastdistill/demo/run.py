@@ -34,11 +34,22 @@ class DemoFailed(RuntimeError):
 # stages
 # ------------------------------------------------------------------------------------------------
 
+
 def _common_args(cfg: DemoConfig, out: Path, name: str, steps: int, lr: float) -> dict:
-    return dict(output_dir=str(out / "checkpoints" / name), max_steps=steps, learning_rate=lr, bf16=False,
-                per_device_train_batch_size=cfg.batch_size, logging_steps=max(1, steps // 10), report_to=[],
-                save_strategy="no", seed=cfg.seed, lr_scheduler_type="cosine", warmup_steps=min(10, steps // 10),
-                disable_tqdm=False)
+    return dict(
+        output_dir=str(out / "checkpoints" / name),
+        max_steps=steps,
+        learning_rate=lr,
+        bf16=False,
+        per_device_train_batch_size=cfg.batch_size,
+        logging_steps=max(1, steps // 10),
+        report_to=[],
+        save_strategy="no",
+        seed=cfg.seed,
+        lr_scheduler_type="cosine",
+        warmup_steps=min(10, steps // 10),
+        disable_tqdm=False,
+    )
 
 
 def _losses(trainer) -> list[float]:
@@ -61,7 +72,8 @@ def _check_sandbox(held_out: list[dict], cfg: DemoConfig, n: int = 3) -> dict:
             f"the test sandbox scored nothing: the reference tests of {len(rows)} held-out functions, which pass and "
             f"kill every mutant, got pass rate {_fmt(res['pass_rate'])} and kill rate {_fmt(res['kill_rate'])} "
             f"({'; '.join(reasons[:3]) or 'no reason given'}). Is pytest installed in this environment "
-            f"(`python -m pytest --version`)?")
+            f"(`python -m pytest --version`)?"
+        )
     return {"n": len(rows), "pass_rate": res["pass_rate"], "kill_rate": res["kill_rate"]}
 
 
@@ -69,29 +81,62 @@ def _curate(teacher, tokenizer, train: list[dict], cfg: DemoConfig, out: Path) -
     """Teacher generations on the training prompts -> curation steps -> kept rows + summary."""
     from datasets import Dataset
 
-    from fastdistill.curation import (canonicalize, compute_hash, deduplicate, keep_by_score, quality_report,
-                                      rule_filter, score_from_exec_eval, tests_exec_eval, timing_report,
-                                      write_manifest)
+    from fastdistill.curation import (
+        canonicalize,
+        compute_hash,
+        deduplicate,
+        keep_by_score,
+        quality_report,
+        rule_filter,
+        score_from_exec_eval,
+        tests_exec_eval,
+        timing_report,
+        write_manifest,
+    )
     from fastdistill.evaluation import generate
     from fastdistill.rewards.functions import extract_test_code
 
     cur_dir = out / "curation"
     t0 = time.perf_counter()
-    gens = generate(teacher, [{"name": ex["name"], "code": ex["code"], "prompt": _prompt(ex["code"])} for ex in train],
-                    cur_dir / "teacher_generations.jsonl", tokenizer=tokenizer, max_new_tokens=cfg.eval_max_tokens,
-                    batch_size=16, seed=cfg.seed)
-    steps = [{"name": "teacher_generate", "rows_in": len(train), "rows_out": len(gens),
-              "time_s": time.perf_counter() - t0, "params": {"max_new_tokens": cfg.eval_max_tokens, "greedy": True}}]
-    input_ds = Dataset.from_list([{"name": g["name"], "code": g["code"],
-                                   "tests": extract_test_code(g["completion"]) or g["completion"]} for g in gens])
+    gens = generate(
+        teacher,
+        [{"name": ex["name"], "code": ex["code"], "prompt": _prompt(ex["code"])} for ex in train],
+        cur_dir / "teacher_generations.jsonl",
+        tokenizer=tokenizer,
+        max_new_tokens=cfg.eval_max_tokens,
+        batch_size=16,
+        seed=cfg.seed,
+    )
+    steps = [
+        {
+            "name": "teacher_generate",
+            "rows_in": len(train),
+            "rows_out": len(gens),
+            "time_s": time.perf_counter() - t0,
+            "params": {"max_new_tokens": cfg.eval_max_tokens, "greedy": True},
+        }
+    ]
+    input_ds = Dataset.from_list(
+        [
+            {"name": g["name"], "code": g["code"], "tests": extract_test_code(g["completion"]) or g["completion"]}
+            for g in gens
+        ]
+    )
     ds = input_ds
 
     def step(name, fn, **params):
         nonlocal ds
         rows_in, t = len(ds), time.perf_counter()
         ds = fn(ds, **params)
-        steps.append({"name": name, "rows_in": rows_in, "rows_out": len(ds), "time_s": time.perf_counter() - t,
-                      "params": {k: v for k, v in params.items() if isinstance(v, (int, float, str, bool, list))}})
+        steps.append(
+            {
+                "name": name,
+                "rows_in": rows_in,
+                "rows_out": len(ds),
+                "time_s": time.perf_counter() - t,
+                "params": {k: v for k, v in params.items() if isinstance(v, (int, float, str, bool, list))},
+            }
+        )
 
     step("canonicalize", canonicalize, columns="tests", whitespace="strip")
     step("compute_hash", compute_hash, columns=["code", "tests"])
@@ -102,14 +147,26 @@ def _curate(teacher, tokenizer, train: list[dict], cfg: DemoConfig, out: Path) -
     step("score_from_exec_eval", score_from_exec_eval)
     evaluated = ds
     step("keep_by_score", keep_by_score, min_score=0.5)
-    write_manifest(cur_dir, input_ds=input_ds, output_ds=ds, steps=steps, input_source="teacher generations",
-                   config={"seed": cfg.seed, "max_mutants": cfg.max_mutants})
+    write_manifest(
+        cur_dir,
+        input_ds=input_ds,
+        output_ds=ds,
+        steps=steps,
+        input_source="teacher generations",
+        config={"seed": cfg.seed, "max_mutants": cfg.max_mutants},
+    )
     quality = quality_report(ds, steps=steps[1:], out_dir=cur_dir, evaluated_ds=evaluated)
     timing = timing_report(steps, out_dir=cur_dir)
     kept = [{"name": r["name"], "code": r["code"], "tests": r["tests"]} for r in ds]
-    summary = {"rows_in": len(gens), "rows_kept": len(kept), "metrics": quality["metrics"],
-               "steps": [{k: s[k] for k in ("name", "rows_in", "rows_out")} | {"time_s": round(s["time_s"], 3)}
-                         for s in steps], "total_time_s": round(timing["total_time_s"], 2)}
+    summary = {
+        "rows_in": len(gens),
+        "rows_kept": len(kept),
+        "metrics": quality["metrics"],
+        "steps": [
+            {k: s[k] for k in ("name", "rows_in", "rows_out")} | {"time_s": round(s["time_s"], 3)} for s in steps
+        ],
+        "total_time_s": round(timing["total_time_s"], 2),
+    }
     if not kept:
         metrics = quality["metrics"]
         per_step = ", ".join(f"{s['name']} {s['rows_out']}" for s in steps)
@@ -117,7 +174,8 @@ def _curate(teacher, tokenizer, train: list[dict], cfg: DemoConfig, out: Path) -
             f"curation kept none of the {len(gens)} teacher outputs (tests pass rate "
             f"{_fmt(metrics.get('tests_pass_rate'))}, mean kill rate {_fmt(metrics.get('mean_kill_rate'))}; rows "
             f"after each step: {per_step}), so the student has nothing to learn from; the manifest and quality "
-            f"report are in {cur_dir}")
+            f"report are in {cur_dir}"
+        )
     return kept, summary
 
 
@@ -129,23 +187,38 @@ def _grpo(model, tokenizer, train: list[dict], cfg: DemoConfig, out: Path, branc
 
     temperature = cfg.mutant_temperature if branch == "mutant" else cfg.speed_temperature
     max_tokens = cfg.mutant_max_tokens if branch == "mutant" else cfg.speed_max_tokens
-    rows = _with_renames([{"name": ex["name"], "code": ex["code"], "tests": ex["tests"]} for ex in train],
-                         cfg.renames, cfg.seed + 7)
+    rows = _with_renames(
+        [{"name": ex["name"], "code": ex["code"], "tests": ex["tests"]} for ex in train], cfg.renames, cfg.seed + 7
+    )
     ds = Dataset.from_list([{"prompt": r["prompt"], "code": r["code"]} for r in rows]).shuffle(seed=cfg.seed)
     reward = composite_reward(preset=branch, max_mutants=cfg.max_mutants, n_workers=cfg.workers)
-    args = GRPOConfig(**{**_common_args(cfg, out, f"grpo_{branch}", cfg.grpo_steps, cfg.grpo_lr),
-                         "per_device_train_batch_size": cfg.grpo_generations * cfg.grpo_prompts_per_step,
-                         "logging_steps": 1, "warmup_steps": 0, "lr_scheduler_type": "constant"},
-                      num_generations=cfg.grpo_generations, max_completion_length=max_tokens,
-                      temperature=temperature, reward_preset=branch, beta=0.0)
+    args = GRPOConfig(
+        **{
+            **_common_args(cfg, out, f"grpo_{branch}", cfg.grpo_steps, cfg.grpo_lr),
+            "per_device_train_batch_size": cfg.grpo_generations * cfg.grpo_prompts_per_step,
+            "logging_steps": 1,
+            "warmup_steps": 0,
+            "lr_scheduler_type": "constant",
+        },
+        num_generations=cfg.grpo_generations,
+        max_completion_length=max_tokens,
+        temperature=temperature,
+        reward_preset=branch,
+        beta=0.0,
+    )
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=ds, processing_class=tokenizer)
     trainer.train()
     history = trainer.state.log_history
     rewards = [round(float(h["reward"]), 4) for h in history if "reward" in h]
     # groups whose generations all got the same reward give GRPO no signal: the share of such groups per step
     zero_std = [round(float(h["frac_reward_zero_std"]), 4) for h in history if "frac_reward_zero_std" in h]
-    return trainer.model, {"rewards": rewards, "frac_reward_zero_std": zero_std, "temperature": temperature,
-                           "max_completion_length": max_tokens, "preset": branch}
+    return trainer.model, {
+        "rewards": rewards,
+        "frac_reward_zero_std": zero_std,
+        "temperature": temperature,
+        "max_completion_length": max_tokens,
+        "preset": branch,
+    }
 
 
 def _evaluate(name, model, tokenizer, held_out, cfg, out, max_new_tokens, samples=None):
@@ -165,42 +238,90 @@ def _evaluate(name, model, tokenizer, held_out, cfg, out, max_new_tokens, sample
     rows = [{"name": ex["name"], "code": ex["code"], "prompt": _prompt(ex["code"])} for ex in held_out]
     common = dict(tokenizer=tokenizer, max_new_tokens=max_new_tokens, batch_size=cfg.eval_batch_size, progress=False)
     gens = generate(model, rows, out / "generations" / f"{name}.jsonl", seed=cfg.seed, **common)
-    sampled = generate(model, rows, out / "generations" / f"{name}.samples.jsonl", seed=cfg.seed + 1,
-                       temperature=cfg.eval_temperature, num_samples=samples, **common) if samples else []
+    sampled = (
+        generate(
+            model,
+            rows,
+            out / "generations" / f"{name}.samples.jsonl",
+            seed=cfg.seed + 1,
+            temperature=cfg.eval_temperature,
+            num_samples=samples,
+            **common,
+        )
+        if samples
+        else []
+    )
     everything = gens + sampled
     tests = [extract_test_code(g["completion"]) for g in everything]
     scored = [i for i, t in enumerate(tests) if t is not None]
     timed = [i for i in scored if i < len(gens)]
-    m_res, t_res = score_batch([(everything[i]["code"], tests[i], cfg.max_mutants, None) for i in scored],
-                               [(everything[i]["code"], tests[i], cfg.speed_repeats) for i in timed],
-                               n_workers=cfg.workers)
+    m_res, t_res = score_batch(
+        [(everything[i]["code"], tests[i], cfg.max_mutants, None) for i in scored],
+        [(everything[i]["code"], tests[i], cfg.speed_repeats) for i in timed],
+        n_workers=cfg.workers,
+    )
     m_of, t_of = dict(zip(scored, m_res)), dict(zip(timed, t_res))
     m_rows, s_rows = [], []
     for i, g in enumerate(everything):
-        base = {"index": g.get("index"), "name": g["name"], "sample": g.get("sample", 0),
-                "extracted": tests[i] is not None}
+        base = {
+            "index": g.get("index"),
+            "name": g["name"],
+            "sample": g.get("sample", 0),
+            "extracted": tests[i] is not None,
+        }
         res = m_of.get(i)
         if res is None:
-            m_rows.append({**base, "passed": False, "kill_rate": 0.0, "killed": 0, "total": 0,
-                           "reason": "no test file in the completion", "tests": tests[i]})
+            m_rows.append(
+                {
+                    **base,
+                    "passed": False,
+                    "kill_rate": 0.0,
+                    "killed": 0,
+                    "total": 0,
+                    "reason": "no test file in the completion",
+                    "tests": tests[i],
+                }
+            )
         else:
-            m_rows.append({**base, "passed": bool(res.baseline_ok), "kill_rate": float(res.kill_rate),
-                           "killed": int(res.killed), "total": int(res.total), "reason": res.reason, "tests": tests[i]})
+            m_rows.append(
+                {
+                    **base,
+                    "passed": bool(res.baseline_ok),
+                    "kill_rate": float(res.kill_rate),
+                    "killed": int(res.killed),
+                    "total": int(res.total),
+                    "reason": res.reason,
+                    "tests": tests[i],
+                }
+            )
         if i >= len(gens):
             continue
-        row = {**base, "ran": False, "passed": False, "flaky": False, "runtime_s": None, "cv": None,
-               "repeat_durations_s": [], "reason": "no test file in the completion"}
+        row = {
+            **base,
+            "ran": False,
+            "passed": False,
+            "flaky": False,
+            "runtime_s": None,
+            "cv": None,
+            "repeat_durations_s": [],
+            "reason": "no test file in the completion",
+        }
         run = t_of.get(i)
         if run is not None:
             durations = list(run.repeat_durations_s)
             ran = bool(run.completed and not run.timed_out and len(durations) == cfg.speed_repeats and run.tests)
-            row.update(ran=ran, passed=bool(run.ok and not run.flaky), flaky=bool(run.flaky),
-                       repeat_durations_s=durations, reason=run.reason)
+            row.update(
+                ran=ran,
+                passed=bool(run.ok and not run.flaky),
+                flaky=bool(run.flaky),
+                repeat_durations_s=durations,
+                reason=run.reason,
+            )
             if ran:
                 mean = statistics.fmean(durations)
                 row.update(runtime_s=mean, cv=statistics.pstdev(durations) / mean if mean > 0 else 0.0)
         s_rows.append(row)
-    greedy, sample_rows = m_rows[:len(gens)], m_rows[len(gens):]
+    greedy, sample_rows = m_rows[: len(gens)], m_rows[len(gens) :]
     ok_timed = [r for r in s_rows if r["ran"] and r["passed"]]
     shapes = [_test_shape(g["completion"]) for g in gens]  # each completion parsed once
     per_sample = {r["name"]: [] for r in greedy}
@@ -213,25 +334,39 @@ def _evaluate(name, model, tokenizer, held_out, cfg, out, max_new_tokens, sample
         "pass": [_mean([float(r["passed"])] + [float(s["passed"]) for s in per_sample[r["name"]]]) for r in greedy],
         "runtime_ms": [r["runtime_s"] * 1e3 if r["ran"] and r["passed"] else None for r in s_rows],
     }
-    return {"kill_rate": _mean([r["kill_rate"] for r in greedy]), "pass_rate": _mean([float(r["passed"]) for r in greedy]),
-            "extract_rate": _mean([float(r["extracted"]) for r in greedy]),
-            "runtime_s": _mean([r["runtime_s"] for r in ok_timed]), "runtime_cv": _mean([r["cv"] for r in ok_timed]),
-            "stable_rate": _mean([float(r["passed"] and not r["flaky"]) for r in s_rows]),
-            "n": len(greedy), "n_timed": len(ok_timed), "max_new_tokens": max_new_tokens,
-            "sampled": {"k": samples, "temperature": cfg.eval_temperature if samples else None,
-                        "kill_rate": _mean([r["kill_rate"] for r in sample_rows]),
-                        "pass_rate": _mean([float(r["passed"]) for r in sample_rows]), "n": len(sample_rows)},
-            "kill_rate_all": _mean(per_instance["kill"]),
-            "tests_per_file": _mean([tests for tests, _, _ in shapes]),
-            "asserts_per_file": _mean([asserts for _, asserts, _ in shapes]),
-            "loops_per_file": _mean([float(loops > 0) for _, _, loops in shapes]),
-            "completions": [g["completion"] for g in gens], "mutation_rows": greedy, "speed_rows": s_rows,
-            "sample_rows": sample_rows, "per_instance": per_instance}
+    return {
+        "kill_rate": _mean([r["kill_rate"] for r in greedy]),
+        "pass_rate": _mean([float(r["passed"]) for r in greedy]),
+        "extract_rate": _mean([float(r["extracted"]) for r in greedy]),
+        "runtime_s": _mean([r["runtime_s"] for r in ok_timed]),
+        "runtime_cv": _mean([r["cv"] for r in ok_timed]),
+        "stable_rate": _mean([float(r["passed"] and not r["flaky"]) for r in s_rows]),
+        "n": len(greedy),
+        "n_timed": len(ok_timed),
+        "max_new_tokens": max_new_tokens,
+        "sampled": {
+            "k": samples,
+            "temperature": cfg.eval_temperature if samples else None,
+            "kill_rate": _mean([r["kill_rate"] for r in sample_rows]),
+            "pass_rate": _mean([float(r["passed"]) for r in sample_rows]),
+            "n": len(sample_rows),
+        },
+        "kill_rate_all": _mean(per_instance["kill"]),
+        "tests_per_file": _mean([tests for tests, _, _ in shapes]),
+        "asserts_per_file": _mean([asserts for _, asserts, _ in shapes]),
+        "loops_per_file": _mean([float(loops > 0) for _, _, loops in shapes]),
+        "completions": [g["completion"] for g in gens],
+        "mutation_rows": greedy,
+        "speed_rows": s_rows,
+        "sample_rows": sample_rows,
+        "per_instance": per_instance,
+    }
 
 
 # ------------------------------------------------------------------------------------------------
 # the run
 # ------------------------------------------------------------------------------------------------
+
 
 def run_demo(output_dir: str | os.PathLike, cfg: DemoConfig | None = None) -> dict:
     """Run the whole demo into ``output_dir`` and return the report (also written as report.json/.md).
@@ -292,21 +427,31 @@ def _run_demo(out: Path, cfg: DemoConfig) -> dict:
     corpus = [re.sub(r"\d", "", (ex["code"] + ex["tests"]).replace(ex["name"].split("_")[1], "")) for ex in train]
     corpus += ["_".join(SYLLABLES)] * 20 + [generate_tests_prompt("x", system=False)[0]["content"]]
     tokenizer = tiny_tokenizer(corpus, vocab_size=cfg.vocab_size)
-    shared = dict(tie_word_embeddings=True, num_attention_heads=4, num_key_value_heads=2,
-                  max_position_embeddings=1024)
+    shared = dict(tie_word_embeddings=True, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
 
     # 1. teacher: learns the reference tests of the training split (+ renamed copies)
     t0 = time.perf_counter()
     teacher, _ = tiny_causal_lm(seed=cfg.seed + 1, tokenizer=tokenizer, **shared, **cfg.teacher)
     teacher_rows = _with_renames(train, cfg.renames, cfg.seed)
-    teacher_trainer = SFTTrainer(model=teacher, train_dataset=_sft_dataset(teacher_rows), processing_class=tokenizer,
-                                 args=SFTConfig(**_common_args(cfg, out, "teacher", cfg.teacher_steps, cfg.teacher_lr),
-                                                max_length=cfg.max_length))
+    teacher_trainer = SFTTrainer(
+        model=teacher,
+        train_dataset=_sft_dataset(teacher_rows),
+        processing_class=tokenizer,
+        args=SFTConfig(
+            **_common_args(cfg, out, "teacher", cfg.teacher_steps, cfg.teacher_lr), max_length=cfg.max_length
+        ),
+    )
     teacher_trainer.train()
     teacher = teacher_trainer.model.eval()
     mark("teacher_sft", t0)
-    training = {"teacher_sft": {"losses": _losses(teacher_trainer), "steps": cfg.teacher_steps,
-                                "rows": len(teacher_rows), "time_s": timings["teacher_sft"]}}
+    training = {
+        "teacher_sft": {
+            "losses": _losses(teacher_trainer),
+            "steps": cfg.teacher_steps,
+            "rows": len(teacher_rows),
+            "time_s": timings["teacher_sft"],
+        }
+    }
 
     # 2. curation of the teacher's outputs on the training prompts
     t0 = time.perf_counter()
@@ -319,19 +464,37 @@ def _run_demo(out: Path, cfg: DemoConfig) -> dict:
     student_rows = _with_renames(kept, cfg.renames, cfg.seed + 1)
     student_ds = _sft_dataset(student_rows)
     t0 = time.perf_counter()
-    sft = SFTTrainer(model=base, train_dataset=student_ds, processing_class=tokenizer,
-                     args=SFTConfig(**_common_args(cfg, out, "sft", cfg.sft_steps, cfg.lr), max_length=cfg.max_length))
+    sft = SFTTrainer(
+        model=base,
+        train_dataset=student_ds,
+        processing_class=tokenizer,
+        args=SFTConfig(**_common_args(cfg, out, "sft", cfg.sft_steps, cfg.lr), max_length=cfg.max_length),
+    )
     sft.train()
     students["sft"] = frozen_copy(sft.model)
     mark("student_sft", t0)
-    training["student_sft"] = {"losses": _losses(sft), "steps": cfg.sft_steps, "rows": len(student_rows),
-                               "time_s": timings["student_sft"]}
+    training["student_sft"] = {
+        "losses": _losses(sft),
+        "steps": cfg.sft_steps,
+        "rows": len(student_rows),
+        "time_s": timings["student_sft"],
+    }
 
     t0 = time.perf_counter()
-    gkd = GKDTrainer(model=sft.model, teacher_model=teacher, train_dataset=student_ds, processing_class=tokenizer,
-                     args=GKDConfig(**_common_args(cfg, out, "gkd", cfg.gkd_steps, cfg.gkd_lr or cfg.lr),
-                                    max_length=cfg.max_length,
-                                    lmbda=0.0, ce_lambda=0.5, jsd_lambda=1.0, beta=0.5))
+    gkd = GKDTrainer(
+        model=sft.model,
+        teacher_model=teacher,
+        train_dataset=student_ds,
+        processing_class=tokenizer,
+        args=GKDConfig(
+            **_common_args(cfg, out, "gkd", cfg.gkd_steps, cfg.gkd_lr or cfg.lr),
+            max_length=cfg.max_length,
+            lmbda=0.0,
+            ce_lambda=0.5,
+            jsd_lambda=1.0,
+            beta=0.5,
+        ),
+    )
     gkd.train()
     students["gkd"] = frozen_copy(gkd.model)
     mark("student_gkd", t0)
@@ -353,36 +516,69 @@ def _run_demo(out: Path, cfg: DemoConfig) -> dict:
     eval_tokens = {"grpo_mutant": cfg.mutant_max_tokens, "grpo_speed": cfg.speed_max_tokens}
     results = {}
     for name in STUDENTS:  # the base model and the teacher are references, not compared: greedy only
-        results[name] = _evaluate(name, students[name], tokenizer, held_out, cfg, out,
-                                  eval_tokens.get(name, cfg.eval_max_tokens), samples=0 if name == "base" else None)
+        results[name] = _evaluate(
+            name,
+            students[name],
+            tokenizer,
+            held_out,
+            cfg,
+            out,
+            eval_tokens.get(name, cfg.eval_max_tokens),
+            samples=0 if name == "base" else None,
+        )
     teacher_result = _evaluate("teacher", teacher, tokenizer, held_out, cfg, out, cfg.eval_max_tokens, samples=0)
     mark("evaluation", t0)
     # secondary: a few TRAINING examples ("seen code"), reported apart, to show what the stages learned
     t0 = time.perf_counter()
     seen = train[: cfg.n_seen_eval]
-    seen_results = {name: _evaluate(f"seen_{name}", students[name], tokenizer, seen, cfg, out,
-                                    eval_tokens.get(name, cfg.eval_max_tokens), samples=0)
-                    for name in STUDENTS} if seen else {}
+    seen_results = (
+        {
+            name: _evaluate(
+                f"seen_{name}",
+                students[name],
+                tokenizer,
+                seen,
+                cfg,
+                out,
+                eval_tokens.get(name, cfg.eval_max_tokens),
+                samples=0,
+            )
+            for name in STUDENTS
+        }
+        if seen
+        else {}
+    )
     mark("evaluation_seen", t0)
 
     report = {
         "config": asdict(cfg),
-        "n_train": len(train), "n_held_out": len(held_out),
-        "train_names": [ex["name"] for ex in train], "held_out_names": [ex["name"] for ex in held_out],
+        "n_train": len(train),
+        "n_held_out": len(held_out),
+        "train_names": [ex["name"] for ex in train],
+        "held_out_names": [ex["name"] for ex in held_out],
         "grpo_prompt_names": [ex["name"] for ex in grpo_pool],
         "task": "synthetic function-family curriculum (fastdistill.demo.FAMILIES); held-out names and constants "
-                "are disjoint from training",
+        "are disjoint from training",
         "train_styles": {k: sum(ex["style"] == k for ex in train) for k in STYLES},
         "teacher_note": "the teacher learned the reference tests of the training split by SFT before distillation",
-        "students": results, "teacher": teacher_result,
-        "seen_names": [ex["name"] for ex in seen], "seen_code": seen_results,
-        "sandbox_check": sandbox, "curation": curation, "training": training,
+        "students": results,
+        "teacher": teacher_result,
+        "seen_names": [ex["name"] for ex in seen],
+        "seen_code": seen_results,
+        "sandbox_check": sandbox,
+        "curation": curation,
+        "training": training,
         "environment": environment(cfg),
         "acceptance": acceptance(results, "held-out", cfg),
-        "identical_to_sft": {where: {name: sum(a == b for a, b in zip(res[name]["completions"],
-                                                                      res["sft"]["completions"]))
-                                     for name in STUDENTS if name != "sft"}
-                             for where, res in (("held_out", results), ("seen_code", seen_results)) if res},
+        "identical_to_sft": {
+            where: {
+                name: sum(a == b for a, b in zip(res[name]["completions"], res["sft"]["completions"]))
+                for name in STUDENTS
+                if name != "sft"
+            }
+            for where, res in (("held_out", results), ("seen_code", seen_results))
+            if res
+        },
         "seen_code_comparison": acceptance(seen_results, "seen-code", cfg) if seen_results else None,
         "timings_s": timings,
         "wall_time_s": round(time.perf_counter() - start, 1),
@@ -408,4 +604,5 @@ def check_kill_rates(report: dict, out: str | os.PathLike = "the output director
     if not any(rates.values()):
         raise DemoFailed(
             f"every kill rate in the report is 0 or missing ({len(rates)} measured: {', '.join(rates)}): no test "
-            f"file any model wrote killed a single mutant, so the report in {out} shows nothing")
+            f"file any model wrote killed a single mutant, so the report in {out} shows nothing"
+        )
