@@ -164,12 +164,14 @@ def main():
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
             raise RuntimeError(f"case {case} failed:\n{proc.stderr[-3000:]}")
-        return json.loads(line[len("RESULT "):])
+        result = json.loads(line[len("RESULT "):])
+        print("case done: " + json.dumps(result), flush=True)  # kept even if a later case fails
+        return result
 
     results = [child("student_only"), child("in_memory")]
     for case, faults in (("served", {}), ("served_faults", {"500": 0.06, "malformed": 0.02, "truncated": 0.02})):
         with TeacherServerProcess(teacher, latency_s=args.latency_s, fault_rates=faults, max_logprobs=args.top_k,
-                                  threads=1, env=env) as server:
+                                  threads=1, env=env, startup_timeout_s=900) as server:
             result = child(case, server.base_url)
             result["fault_rate"] = sum(faults.values())
             results.append(result)
