@@ -217,16 +217,26 @@ def main():
 
     def child(case, url=None):
         cmd = [sys.executable, __file__, "--case", case, *common] + (["--url", url] if url else [])
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+        proc = subprocess.run(
+            cmd, env=env, capture_output=True, text=True, cwd=ROOT, check=False
+        )  # stderr reported below
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
             raise RuntimeError(f"case {case} failed:\n{proc.stderr[-3000:]}")
-        return json.loads(line[len("RESULT ") :])
+        result = json.loads(line[len("RESULT ") :])
+        print("case done: " + json.dumps(result), flush=True)  # kept even if a later case fails
+        return result
 
     results = [child("student_only"), child("in_memory")]
     for case, faults in (("served", {}), ("served_faults", {"500": 0.06, "malformed": 0.02, "truncated": 0.02})):
         with TeacherServerProcess(
-            teacher, latency_s=args.latency_s, fault_rates=faults, max_logprobs=args.top_k, threads=1, env=env
+            teacher,
+            latency_s=args.latency_s,
+            fault_rates=faults,
+            max_logprobs=args.top_k,
+            threads=1,
+            env=env,
+            startup_timeout_s=900,
         ) as server:
             result = child(case, server.base_url)
             result["fault_rate"] = sum(faults.values())
