@@ -37,20 +37,8 @@ def eval_tests_one(code: str | None, tests: str | None, *, timeout_s: float = 10
         logger.warning("tests_exec_eval: run_tests raised %s: %s", type(exc).__name__, exc)
         out["tests_error"] = "internal_error"
         return out
-    out["tests_n_passed"] = int(run.passed)
-    out["tests_n_failed"] = int(run.failed) + int(run.errors)
-    out["tests_timed_out"] = bool(run.timed_out)
-    out["tests_time_s"] = float(run.duration_s)
-    out["tests_passed"] = bool(run.passed > 0 and run.failed == 0 and run.errors == 0 and not run.timed_out)
+    _columns_from_run(out, run)
     if not out["tests_passed"]:
-        if run.timed_out:
-            out["tests_error"] = "timeout"
-        elif run.passed == 0 and run.failed == 0 and run.errors == 0:
-            out["tests_error"] = "no_tests"
-        elif run.errors:
-            out["tests_error"] = "test_errors"
-        else:
-            out["tests_error"] = "tests_failed"
         return out
     if mutation:
         try:

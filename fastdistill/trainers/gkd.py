@@ -386,9 +386,8 @@ class GKDTrainer(_TRLGKDTrainer):
             self._metrics[mode]["teacher/latency_s"].append(window.latency_s)
         return score_tensors(results, positions, inputs["labels"][:, 1:], self.served.top_k)
 
-    def _served_terms(self, model, inputs, labels, mask, num_items_in_batch):
-        """Served teacher: divergences over the partition {teacher's top-k, sampled token, rest}."""
-        mode = "train" if model.training else "eval"
+    def _student_and_ce(self, model, inputs, labels, mask, num_items_in_batch):
+        """The student's forward, its shifted logits and the CE term (when ``ce_lambda > 0``)."""
         student_outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
         student_logits = student_outputs.logits[:, :-1, :]
         terms: dict[str, torch.Tensor] = {}
@@ -396,6 +395,12 @@ class GKDTrainer(_TRLGKDTrainer):
             ce = F.cross_entropy(student_logits.reshape(-1, student_logits.shape[-1]).float(), labels.reshape(-1),
                                  ignore_index=-100, reduction="sum")
             terms["ce"] = self._normalise(ce, mask, num_items_in_batch)
+        return student_outputs, student_logits, terms
+
+    def _served_terms(self, model, inputs, labels, mask, num_items_in_batch):
+        """Served teacher: divergences over the partition {teacher's top-k, sampled token, rest}."""
+        mode = "train" if model.training else "eval"
+        student_outputs, student_logits, terms = self._student_and_ce(model, inputs, labels, mask, num_items_in_batch)
         ids, teacher_lp, listed, row_ok = self._served_scores(inputs, mode)
         scored = mask & row_ok[:, None]
         n_all, n_scored = int(mask.sum()), int(scored.sum())
@@ -464,13 +469,7 @@ class GKDTrainer(_TRLGKDTrainer):
 
     def _logit_terms(self, model, inputs, labels, mask, num_items_in_batch):
         """Reference path: full logits of both models, chunked losses from :mod:`fastdistill.losses`."""
-        student_outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        student_logits = student_outputs.logits[:, :-1, :]
-        terms: dict[str, torch.Tensor] = {}
-        if self.ce_lambda > 0:
-            ce = F.cross_entropy(student_logits.reshape(-1, student_logits.shape[-1]).float(), labels.reshape(-1),
-                                 ignore_index=-100, reduction="sum")
-            terms["ce"] = self._normalise(ce, mask, num_items_in_batch)
+        student_outputs, student_logits, terms = self._student_and_ce(model, inputs, labels, mask, num_items_in_batch)
         if self.teacher_model is not None:
             self.teacher_model.eval()
             with torch.no_grad():
