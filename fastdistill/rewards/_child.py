@@ -102,8 +102,8 @@ def _sealed_paths():
     paths.update(p for p in sys.path if p)
     keep = []
     for path in sorted(paths, key=len):
-        if not os.path.isabs(path) or not os.path.lexists(path):
-            continue
+        if not os.path.isabs(path) or not os.path.lexists(path) or os.path.realpath(path) == "/tmp":
+            continue  # (the host's /tmp itself is never shown: the view has its own)
         keep.append(path)
     return keep
 
@@ -145,6 +145,11 @@ def _seal_view(cfg):
         _mount(libc, src, dst, None, ms["bind"])
         _mount(libc, None, dst, None, ms["bind"] | ms["remount"] | flags | locked_flags(dst) | extra)
 
+    # /tmp first: an interpreter or sys.path entry that lives under /tmp (a virtual environment made
+    # there) is then bound on top of the fresh tmpfs instead of being hidden by it
+    tmp = root + "/tmp"
+    os.makedirs(tmp, exist_ok=True)
+    _mount(libc, "tmpfs", tmp, "tmpfs", ms["nosuid"] | ms["nodev"], f"size={int(cfg.get('tmp_mb', 64))}m,mode=1777")
     links = []
     for path in _sealed_paths():
         inside = root + path
@@ -161,9 +166,6 @@ def _seal_view(cfg):
     for target, inside in links:
         if not os.path.lexists(inside):
             os.symlink(target, inside)
-    tmp = root + "/tmp"
-    os.makedirs(tmp, exist_ok=True)
-    _mount(libc, "tmpfs", tmp, "tmpfs", ms["nosuid"] | ms["nodev"], f"size={int(cfg.get('tmp_mb', 64))}m,mode=1777")
     bind(cfg["workdir"], ms["nosuid"] | ms["nodev"])  # the only host directory that is writable
     dev = root + "/dev"
     os.makedirs(dev, exist_ok=True)

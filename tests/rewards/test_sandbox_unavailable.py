@@ -209,3 +209,23 @@ def test_no_workdir_is_left_behind(no_pytest):
         run_tests(CODE, GOOD)
     after = {p.name for p in Path(tempfile.gettempdir()).glob(f"fastdistill-sb-{os.getpid()}-*")}
     assert after <= before
+
+
+def test_an_interpreter_in_a_venv_under_tmp_sees_its_own_site_packages(monkeypatch, tmp_path):
+    """The sealed view has its own /tmp; a virtual environment made under the host's /tmp (its
+    site-packages included) must still be visible inside it, not hidden by that tmpfs."""
+    base = getattr(sys, "_base_executable", sys.executable)
+    env_dir = tmp_path / "venv"
+    subprocess.run([base, "-m", "venv", "--without-pip", str(env_dir)], check=True, capture_output=True)
+    python = str(env_dir / "bin" / "python")
+    site = subprocess.run([python, "-I", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert site.startswith(str(tmp_path)), site
+    here = [p for p in sys.path if p.endswith("site-packages")]  # pytest, for the worker
+    Path(site, "fastdistill_from_this_venv.pth").write_text("\n".join(here) + "\n", encoding="utf-8")
+    Path(site, "fastdistill_probe_module.py").write_text("VALUE = 41\n", encoding="utf-8")
+    monkeypatch.setattr(sandbox, "SANDBOX_PYTHON", python)
+    tests = "import fastdistill_probe_module\nfrom solution import add\n\ndef test_it():\n" \
+            "    assert add(fastdistill_probe_module.VALUE, 1) == 42\n"
+    run = run_tests(CODE, tests)
+    assert run.ok, run.reason + run.output
