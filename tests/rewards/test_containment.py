@@ -91,11 +91,20 @@ def test_home_root_and_other_dirs_are_not_listed(sealed, planted):
     run, text = _attack(tests)
     assert run.failed == 1 and run.passed == 0
     assert marker not in text
+    # The root holds the view's own dirs plus the first component of each path to the Python
+    # installation (a checkout may live under /work, /check, /root, ...: those exist only as paths).
+    install = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, sys.executable,
+               os.path.realpath(sys.executable), *(p for p in sys.path if os.path.isabs(p))}
+    allowed = {"usr", "lib", "lib64", "tmp", "dev", "proc"}
+    allowed |= {Path(p).parts[1] for p in install if len(Path(p).parts) > 1}
     probe = ("import os\n\ndef test_root():\n"
-             "    assert set(os.listdir('/')) <= {'root', 'usr', 'lib', 'lib64', 'tmp', 'dev', 'proc', 'work',\n"
-             "                                    'home'}\n"
-             "    assert not os.path.exists('/etc/passwd') and not os.path.exists('/home')\n")
-    assert run_tests(CODE, probe).ok  # (/root and /work exist only as paths to the Python installation)
+             f"    extra = set(os.listdir('/')) - set({sorted(allowed)!r})\n"
+             "    assert not extra, extra\n"
+             "    assert not os.path.exists('/etc/passwd') and not os.path.exists('/etc')\n"
+             f"    assert {'home' in allowed!r} or not os.path.exists('/home')\n")
+    assert "etc" not in allowed and "var" not in allowed
+    run = run_tests(CODE, probe)
+    assert run.ok, run.tests
 
 
 def test_other_processes_are_invisible(sealed):
