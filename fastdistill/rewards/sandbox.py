@@ -760,6 +760,12 @@ def run_tests_many(codes: list[str], tests: list[str], *, timeout_s: float = 10.
     return [_to_test_run(raw, repeats) for raw in raws]
 
 
+def _raised_memory_error(message: str) -> bool:
+    """Whether a pytest failure/error report ends in a ``MemoryError`` (pytest's ``E   MemoryError`` line)."""
+    return any(line.startswith("E ") and line[1:].strip().startswith(("MemoryError", "SystemError: compile"))
+               for line in message.splitlines()[-3:])
+
+
 def _to_test_run(raw: dict, repeats: int) -> TestRun:
     run = TestRun(duration_s=raw["duration_s"], completed=raw["completed"], timed_out=raw["timed_out"],
                   output=raw["output"])
@@ -793,6 +799,13 @@ def _to_test_run(raw: dict, repeats: int) -> TestRun:
             run.errors += 1
         else:
             run.skipped += 1
+    # A MemoryError raised inside the tests' process (RLIMIT_AS reached: a huge test file's assertion
+    # rewriting and compile, or a test that allocates too much) is a memory outcome too, not a plain error.
+    starved = [t for t in run.tests if t.outcome in ("failed", "error") and _raised_memory_error(t.message)]
+    if starved and not run.out_of_memory:
+        run.out_of_memory = True
+        reasons.append(f"out of memory: MemoryError in {starved[0].nodeid} (the sandbox memory budget is too "
+                       "small for this test file; SandboxSettings.memory_mb raises it)")
     if raw.get("oom_kills") and not run.out_of_memory:  # the OOM killer ended one of the tests' processes
         run.out_of_memory = True
         reasons.append(f"{raw['oom_kills']} process(es) killed for exceeding the sandbox memory budget")
