@@ -17,6 +17,7 @@ from fastdistill.rewards.functions import (
     PRESETS,
     CompositeReward,
     MutantKillReward,
+    RewardError,
     RobustnessReward,
     SpeedStabilityReward,
     composite_reward,
@@ -42,5 +43,5 @@ __all__ = [
     "extract_test_code", "make_composite_reward", "mutant_kill_reward", "robustness_reward", "speed_stability_reward",
     "Mutant", "MutantOutcome", "MutationResult", "TestOutcome", "TestRun", "clear_cache", "generate_mutants",
     "mutation_score", "mutation_scores", "run_tests", "run_tests_many", "close_idle_workers", "sandbox_capabilities",
-    "SandboxUnavailableError", "SandboxSettings", "DEFAULT_SETTINGS",
+    "SandboxUnavailableError", "RewardError", "SandboxSettings", "DEFAULT_SETTINGS",
 ]

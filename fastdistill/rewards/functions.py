@@ -168,6 +168,11 @@ def _augmented(code: str, seed: int, flip_docstrings: float = 0.5) -> str:
     return robust_augment(code, seed=seed, flip_docstrings=flip_docstrings)
 
 
+class RewardError(RuntimeError):
+    """A reward function could not score any row of a batch (the cause is chained). Raised rather
+    than returning zeros, which would train the policy on a signal that was never measured."""
+
+
 class _Reward:
     """Base: extraction, column handling and error containment.
 
@@ -248,18 +253,46 @@ class _Reward:
             return [None] * len(codes)
         try:
             values = self.score([codes[i] for i in rows], [tests[i] for i in rows])
-            out: list[float | None] = [None] * len(codes)
-            for i, v in zip(rows, values):
-                out[i] = float(v)
-            if bad and getattr(self, "last_components", None):
-                self.last_components = {name: _scatter(vals, rows, len(codes))
-                                        for name, vals in self.last_components.items()}
-            return out
         except (ValueError, SandboxUnavailableError):
             raise
-        except Exception:  # noqa: BLE001 - a reward must never take the trainer down
-            logger.exception("%s failed; scoring the batch 0", self.__name__)
-            return [0.0] * len(completions)
+        except Exception as err:  # noqa: BLE001 - isolate the row(s) that break scoring; never a silent 0
+            logger.exception("%s failed on a batch of %d rows; scoring them one by one", self.__name__, len(rows))
+            rows, values = self._score_one_by_one(codes, tests, rows, bad, err)
+        out: list[float | None] = [None] * len(codes)
+        for i, v in zip(rows, values):
+            out[i] = float(v)
+        if bad and getattr(self, "last_components", None):
+            self.last_components = {name: _scatter(vals, rows, len(codes))
+                                    for name, vals in self.last_components.items()}
+        return out
+
+    def _score_one_by_one(self, codes, tests, rows, bad, batch_error):
+        """After a batch failed unexpectedly: score each row alone. A row that still fails gets
+        ``None`` (TRL's "not applicable"), is counted in ``last_bad_rows`` and logged; if every row
+        fails the reward cannot do its job and raises :class:`RewardError`."""
+        kept, values, parts = [], [], {}
+        for i in rows:
+            try:
+                value = self.score([codes[i]], [tests[i]])[0]
+            except (ValueError, SandboxUnavailableError):
+                raise
+            except Exception as err:  # noqa: BLE001 - one row's failure must not change the others
+                bad[i] = f"scoring raised {type(err).__name__}: {err}"
+                continue
+            kept.append(i)
+            values.append(value)
+            for name, vals in (getattr(self, "last_components", None) or {}).items():
+                parts.setdefault(name, []).append(vals[0])
+        if not kept:
+            raise RewardError(f"{self.__name__}: no row of the batch could be scored "
+                              f"(first: row {rows[0]}: {bad[rows[0]]})") from batch_error
+        failed = [i for i in rows if i not in set(kept)]
+        if failed:
+            logger.warning("%s: %d of %d rows raised while scoring and get None (row %d: %s)", self.__name__,
+                           len(failed), len(rows), failed[0], bad[failed[0]])
+        if parts:
+            self.last_components = parts
+        return kept, values
 
 
 def _scatter(values, rows, n):
@@ -467,14 +500,8 @@ class CompositeReward(_Reward):
             t_all += t_req
         # _fusable(): every component has the same sandbox settings, so any of them can run the batch
         m_res, t_res = next(iter(self.components.values()))._batch(m_all, t_all)
-        values = {}
-        for name, finish, m0, mn, t0, tn in parts:
-            try:
-                values[name] = [float(v) for v in finish(m_res[m0:m0 + mn], t_res[t0:t0 + tn])]
-            except Exception:  # noqa: BLE001
-                logger.exception("reward component %s failed; scoring it 0", name)
-                values[name] = [0.0] * len(codes)
-        return values
+        return {name: [float(v) for v in finish(m_res[m0:m0 + mn], t_res[t0:t0 + tn])]
+                for name, finish, m0, mn, t0, tn in parts}
 
     def score(self, codes, tests):
         if self._fusable():
@@ -484,20 +511,18 @@ class CompositeReward(_Reward):
                 raise
             except Exception:  # noqa: BLE001 - fall back to running the components one by one
                 logger.exception("fused reward scoring failed; scoring component by component")
-        values = {}
-        for name, component in self.components.items():
-            try:
-                values[name] = [float(v) for v in component.score(codes, tests)]
-            except SandboxUnavailableError:
-                raise
-            except Exception:  # noqa: BLE001
-                logger.exception("reward component %s failed; scoring it 0", name)
-                values[name] = [0.0] * len(codes)
+        # a component that raises here propagates: _Reward.__call__ isolates the row(s) behind it
+        values = {name: [float(v) for v in component.score(codes, tests)]
+                  for name, component in self.components.items()}
         return self._combine(codes, values)
 
     def _combine(self, codes, values):
         combined = [sum(self.weights[n] * values[n][i] for n in values) for i in range(len(codes))]
-        combined = [c if math.isfinite(c) else 0.0 for c in combined]
+        broken = [i for i, c in enumerate(combined) if not math.isfinite(c)]
+        if broken:  # a component returned NaN/inf: that row cannot be scored (never a silent 0)
+            i = broken[0]
+            raise ArithmeticError("composite reward is not finite: "
+                                  + ", ".join(f"{n}={values[n][i]!r}" for n in values))
         self.last_components = {**values, "composite": combined}
         return combined
 

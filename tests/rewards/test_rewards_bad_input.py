@@ -42,6 +42,41 @@ def test_none_code_row_with_the_real_sandbox():
     assert mixed[1] is None and alone[0] > 0 and [mixed[0], mixed[2]] == alone
 
 
+class _BreaksOnMarker(_LengthReward):
+    """Scoring raises (an unexpected bug, not bad input) whenever a batch holds a code with 'BOOM'."""
+
+    def score(self, codes, tests):
+        if any("BOOM" in c for c in codes):
+            raise KeyError("BOOM")
+        return super().score(codes, tests)
+
+
+def test_a_row_that_breaks_scoring_gets_none_and_the_others_keep_their_values():
+    reward = _BreaksOnMarker()
+    completions = [f"```python\n{TESTS}```"] * 3
+    alone = reward(completions=completions[:2], code=[CODE, CODE + "\n"])
+    mixed = reward(completions=completions, code=[CODE, CODE + "# BOOM\n", CODE + "\n"])
+    assert mixed[1] is None and [mixed[0], mixed[2]] == alone and 0.0 not in alone
+    assert list(reward.last_bad_rows) == [1] and "KeyError" in reward.last_bad_rows[1]
+
+
+def test_a_batch_where_no_row_can_be_scored_raises():
+    with pytest.raises(F.RewardError, match="no row of the batch could be scored.*KeyError"):
+        _BreaksOnMarker()(completions=["x", "y"], code=[CODE + "# BOOM", "BOOM"])
+
+
+def test_a_non_finite_component_value_is_not_a_zero(monkeypatch):
+    reward = composite_reward({"mutant_kill": 1.0, "speed_stability": 1.0}, n_workers=1, max_mutants=2)
+    monkeypatch.setattr(reward, "fused", False)
+    monkeypatch.setattr(reward.components["mutant_kill"], "score",
+                        lambda codes, tests: [math.nan if "NAN" in c else 0.5 for c in codes])
+    monkeypatch.setattr(reward.components["speed_stability"], "score", lambda codes, tests: [1.0] * len(codes))
+    out = reward(completions=[f"```python\n{TESTS}```"] * 3, code=[CODE, CODE + "# NAN\n", CODE])
+    assert out[0] == out[2] == pytest.approx(0.75)
+    assert out[1] is None and "not finite" in reward.last_bad_rows[1]
+    assert reward.last_components["composite"] == [pytest.approx(0.75), None, pytest.approx(0.75)]
+
+
 def test_missing_code_column_is_a_setup_error():
     with pytest.raises(ValueError, match="'code'"):
         _LengthReward()(completions=["x"])
@@ -130,3 +165,17 @@ def test_bom_test_file_parses_for_mutation():
     bom = mutation_score(CODE, "\ufeff" + TESTS, max_mutants=4)
     assert plain.baseline_ok and bom.baseline_ok
     assert bom.kill_rate == plain.kill_rate > 0
+
+
+def test_memory_error_in_the_tests_process_is_a_memory_outcome():
+    """A test file that needs more memory than the budget (a huge file's compile, a big allocation)
+    ends as ``out_of_memory`` with a reason that says how to raise the budget, not as a bare error."""
+    from fastdistill.rewards import run_tests
+
+    code = "def add(a, b):\n    return a + b\n"
+    run = run_tests(code, "def test_big():\n    block = bytearray(8 * 1024 ** 3)\n    assert block\n",
+                    memory_mb=256)
+    assert run.out_of_memory and not run.ok
+    assert "MemoryError" in run.reason and "memory_mb" in run.reason
+    plain = run_tests(code, "def test_fails():\n    raise ValueError('no')\n", memory_mb=256)
+    assert plain.failed == 1 and not plain.out_of_memory
