@@ -12,3 +12,11 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 # has to be switched on before triton is first imported (tests/losses/test_triton_kernels.py).
 if not any(os.path.exists(dev) for dev in ("/dev/nvidiactl", "/dev/nvidia0")):
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the ``slow`` (multi-process, minutes-long) tests first. pytest-xdist hands tests out in
+    collection order; with the slow ones last, one worker ran them alone at the end while the other
+    sat idle. First, they overlap with the hundreds of short tests; the recipe launches (the longest:
+    minutes each) lead. (The order is otherwise kept.)"""
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None, "recipes/" not in item.nodeid))
