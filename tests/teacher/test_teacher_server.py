@@ -21,6 +21,7 @@ from fastdistill.data import load_supervised_dataset
 from fastdistill.data.collators import completion_token_ids
 from fastdistill.teacher import AlignmentError, AnnotationError, OpenAIServerTeacher, annotate
 from fastdistill.testing import tiny_causal_lm, tiny_tokenizer
+from helpers import tiny_teacher
 
 ROWS = [
     {
@@ -237,10 +238,7 @@ class FakeOpenAIServer:
 
 @pytest.fixture(scope="module")
 def teacher_and_tok():
-    teacher, tok = tiny_causal_lm(seed=1)
-    with torch.no_grad():
-        teacher.lm_head.weight.mul_(8.0)
-    return teacher, tok
+    return tiny_teacher()
 
 
 def ban_leading_whitespace_tokens(model, tok):
