@@ -5,6 +5,9 @@ its summary, evaluation results, generations) goes through :func:`atomic_path` (
 wrappers), so a run that fails half-way leaves any previous output exactly as it was, and a
 reader never sees a half-written file. The rename is :func:`os.replace`, atomic on POSIX and
 Windows when the temporary file is on the same file system (it is: same directory).
+
+It also holds the one JSON-lines reader, :func:`iter_jsonl`, that every loader of user files
+shares, so a broken line is reported the same way wherever it is read.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_open", "write_text_atomic", "write_json_atomic"]
+__all__ = ["atomic_path", "atomic_open", "write_text_atomic", "write_json_atomic", "iter_jsonl", "JsonlLineError"]
 
 
 @contextlib.contextmanager
@@ -73,8 +76,29 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, **dumps_kwargs) -> Path
     return write_text_atomic(path, json.dumps(obj, **dumps_kwargs) + "\n")
 
 
-def _first_bad_jsonl_line(path: Path) -> str | None:
-    """Where a JSONL file first stops being JSON lines (``"line N: ..."``), or None if every line parses."""
+class JsonlLineError(ValueError):
+    """A line of a JSON-lines file that is not one JSON object: not UTF-8, not JSON, or another JSON value.
+
+    ``str(err)`` reads ``line 7 is not valid JSON (Expecting value, column 3)``; ``line_no`` is the
+    1-based line number (blank lines counted).
+    """
+
+    def __init__(self, line_no: int, problem: str, detail: str, position: str = ""):
+        self.line_no, self.problem, self.detail, self.position = line_no, problem, detail, position
+        super().__init__(self.describe())
+
+    def describe(self, position: bool = True) -> str:
+        """``line N <problem> (<detail>)``; ``position=False`` leaves out where in the line (column, byte offset)."""
+        return f"line {self.line_no} {self.problem} ({self.detail}{self.position if position else ''})"
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[dict]:
+    """Yield the JSON object on each non-blank line of a JSON-lines file, in order.
+
+    The file is read as bytes one line at a time (no line is kept after it is yielded); a UTF-8 byte
+    order mark may start it. The first line that is not UTF-8, not JSON, or not a JSON object raises
+    :class:`JsonlLineError`.
+    """
     with open(path, "rb") as handle:
         for line_no, raw in enumerate(handle, start=1):
             if not raw.strip():
@@ -82,13 +106,24 @@ def _first_bad_jsonl_line(path: Path) -> str | None:
             try:
                 text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")  # a BOM may start the file
             except UnicodeDecodeError as err:
-                return f"line {line_no} is not valid UTF-8 ({err.reason} at byte {err.start} of the line)"
+                raise JsonlLineError(line_no, "is not valid UTF-8", f"{err.reason} at byte {err.start}",
+                                     " of the line") from None
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as err:
-                return f"line {line_no} is not valid JSON ({err.msg}, column {err.colno})"
+                raise JsonlLineError(line_no, "is not valid JSON", err.msg, f", column {err.colno}") from None
             if not isinstance(value, dict):
-                return f"line {line_no} is a JSON {type(value).__name__}, not an object (one row per line)"
+                raise JsonlLineError(line_no, f"is a JSON {type(value).__name__}, not an object", "one row per line")
+            yield value
+
+
+def _first_bad_jsonl_line(path: Path) -> str | None:
+    """Where a JSONL file first stops being JSON lines (``"line N ..."``), or None if every line parses."""
+    try:
+        for _ in iter_jsonl(path):
+            pass
+    except JsonlLineError as err:
+        return str(err)
     return None
 
 

@@ -1,4 +1,4 @@
-"""Shared builders for the trainer tests (tiny offline models, small fixed datasets)."""
+"""Shared builders for the trainer and teacher tests (tiny offline models, small fixed datasets)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,22 @@ ROWS = [
 ]
 
 
+def tiny_teacher(seed: int = 1, tokenizer=None, peaky: float = 8.0):
+    """A tiny, confident teacher: ``tiny_causal_lm(seed)`` with its head scaled by ``peaky``; ``(model, tokenizer)``.
+
+    A random init is near-uniform; a peaked distribution gives distillation something to learn and
+    makes top-k and log-prob checks meaningful. Pass ``tokenizer`` to share one with a student.
+    """
+    teacher, tokenizer = tiny_causal_lm(seed=seed, tokenizer=tokenizer)
+    with torch.no_grad():
+        teacher.lm_head.weight.mul_(peaky)
+    return teacher, tokenizer
+
+
 def student_and_teacher(peaky: float = 20.0):
     """A tiny student and a *different*, confident teacher sharing one tokenizer."""
     student, tokenizer = tiny_causal_lm(seed=0, hidden_size=32, intermediate_size=64)
-    teacher, _ = tiny_causal_lm(seed=1, tokenizer=tokenizer)
-    with torch.no_grad():  # a random init is near-uniform; sharpen it so there is something to distill
-        teacher.lm_head.weight.mul_(peaky)
+    teacher, _ = tiny_teacher(seed=1, tokenizer=tokenizer, peaky=peaky)
     return student, teacher, tokenizer
 
 

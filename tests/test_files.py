@@ -5,7 +5,7 @@ import os
 import pytest
 
 from fastdistill.evaluation.generation import read_jsonl
-from fastdistill.files import atomic_open, atomic_path, load_dataset_file, write_json_atomic
+from fastdistill.files import JsonlLineError, atomic_open, atomic_path, iter_jsonl, load_dataset_file, write_json_atomic
 from fastdistill.validation import UserError
 
 
@@ -45,3 +45,17 @@ def test_loader_errors_name_the_field_and_file(tmp_path):
     (tmp_path / "bad.parquet").write_bytes(b"not parquet")
     with pytest.raises(UserError, match="cannot read .*bad.parquet as Parquet"):
         load_dataset_file(tmp_path / "bad.parquet")
+
+
+@pytest.mark.parametrize("content, line_no",
+                         [(b'{"q": 1}\n\n{"q": \n', 3), (b'{"q": "\xff"}\n', 1), (b'{"q": 1}\n[1]\n', 2)])
+def test_one_jsonl_parser_behind_both_readers(tmp_path, content, line_no):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(JsonlLineError) as err:
+        list(iter_jsonl(path))
+    assert err.value.line_no == line_no and str(err.value).startswith(f"line {line_no} ")
+    with pytest.raises(UserError, match=f"bad.jsonl: line {line_no} "):
+        load_dataset_file(path)
+    with pytest.raises(ValueError, match=f"bad.jsonl: line {line_no} "):
+        read_jsonl(path)

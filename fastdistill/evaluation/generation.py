@@ -66,25 +66,13 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file and line for
     an empty file, a line that is not UTF-8 or not JSON, or a line that is not a JSON object.
     """
+    from fastdistill.files import JsonlLineError, iter_jsonl
+
     path = os.fspath(path)
-    rows = []
-    with open(path, "rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")  # a BOM may start the file
-            except UnicodeDecodeError as err:
-                raise ValueError(
-                    f"{path}: line {line_no} is not valid UTF-8 ({err.reason} at byte {err.start})") from None
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: line {line_no} is not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(
-                    f"{path}: line {line_no} is a JSON {type(row).__name__}, not an object (one row per line)")
-            rows.append(row)
+    try:
+        rows = list(iter_jsonl(path))
+    except JsonlLineError as err:
+        raise ValueError(f"{path}: {err.describe(position=False)}") from None
     if not rows:
         raise ValueError(f"{path}: the file is empty (no rows)")
     return rows

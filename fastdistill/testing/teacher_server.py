@@ -45,7 +45,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Faults", "TeacherServer", "TeacherServerProcess"]
+__all__ = ["Faults", "TeacherServer", "TeacherServerProcess", "sample_tokens"]
 
 FAULT_KINDS = ("500", "timeout", "malformed", "truncated")
 
@@ -91,6 +91,34 @@ class Faults:
                 return kind
             u -= rate
         return "ok"
+
+
+def sample_tokens(logprobs_of: Callable, ids: list[int], max_tokens: int, *, temperature: float, generator,
+                  eos_token_id: int | None, first_row=None) -> list[tuple[int, object]]:
+    """Generate up to ``max_tokens`` tokens after ``ids`` as the server does: ``[(token, log-probs row), ...]``.
+
+    ``logprobs_of(ids)`` returns one row of log-probabilities per position (e.g. the model's
+    ``log_softmax``); each step draws from the last row: its argmax when ``temperature`` is 0, else
+    one ``torch.multinomial`` draw from ``softmax(row / temperature)`` with ``generator``. Generation
+    stops after ``eos_token_id``. ``first_row`` (the prompt's last row, when a forward over the
+    prompt was already made) saves the first step's forward. Test servers that answer in other API
+    shapes call this too, so every fake server samples the same tokens from the same model and seed.
+    """
+    import torch
+
+    generated = []  # (token, log-probs row it was drawn from)
+    context = list(ids)
+    for _ in range(max_tokens):
+        row = first_row if first_row is not None and len(context) == len(ids) else logprobs_of(context)[-1]
+        if temperature == 0:
+            token = int(row.argmax())
+        else:
+            token = int(torch.multinomial(torch.softmax(row / temperature, -1), 1, generator=generator))
+        generated.append((token, row))
+        context.append(token)
+        if token == eos_token_id:
+            break
+    return generated
 
 
 class _BadRequest(Exception):
@@ -275,20 +303,10 @@ class TeacherServer:
         choices = []
         completion_tokens = 0
         for index in range(int(body.get("n", 1))):
-            generated = []  # (token, log-probs row it was drawn from)
-            context = list(ids)
-            for _ in range(max_tokens):
-                # the prompt's forward already holds the first generated token's distribution
-                row = (prompt_lp[-1] if prompt_lp is not None and len(context) == len(ids)
-                       else self._logprobs(context)[-1])
-                if temperature == 0:
-                    token = int(row.argmax())
-                else:
-                    token = int(torch.multinomial(torch.softmax(row / temperature, -1), 1, generator=generator))
-                generated.append((token, row))
-                context.append(token)
-                if token == self.tokenizer.eos_token_id:
-                    break
+            # the prompt's forward already holds the first generated token's distribution
+            generated = sample_tokens(self._logprobs, ids, max_tokens, temperature=temperature, generator=generator,
+                                      eos_token_id=self.tokenizer.eos_token_id,
+                                      first_row=prompt_lp[-1] if prompt_lp is not None else None)
             completion_tokens += len(generated)
             choice = {
                 "index": index,

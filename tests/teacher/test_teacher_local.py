@@ -12,6 +12,7 @@ from fastdistill.data import load_supervised_dataset
 from fastdistill.data.collators import completion_token_ids
 from fastdistill.teacher import AnnotationError, LocalTeacher, TokenizerMismatchError, annotate
 from fastdistill.testing import tiny_causal_lm, tiny_tokenizer
+from helpers import tiny_teacher
 
 # rows of different lengths, so batches need padding
 ROWS = [
@@ -25,10 +26,7 @@ ROWS = [
 
 @pytest.fixture(scope="module")
 def teacher_and_tok():
-    teacher, tok = tiny_causal_lm(seed=1)
-    with torch.no_grad():
-        teacher.lm_head.weight.mul_(8.0)  # a peaked distribution makes top-k and log-prob checks meaningful
-    return teacher, tok
+    return tiny_teacher()  # a peaked distribution makes top-k and log-prob checks meaningful
 
 
 def reference(teacher, tok, prompt, completion, top_k=0):

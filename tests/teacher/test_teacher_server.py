@@ -21,6 +21,8 @@ from fastdistill.data import load_supervised_dataset
 from fastdistill.data.collators import completion_token_ids
 from fastdistill.teacher import AlignmentError, AnnotationError, OpenAIServerTeacher, annotate
 from fastdistill.testing import tiny_causal_lm, tiny_tokenizer
+from fastdistill.testing.teacher_server import sample_tokens
+from helpers import tiny_teacher
 
 ROWS = [
     {
@@ -116,17 +118,8 @@ class FakeOpenAIServer:
             return torch.log_softmax(self.model(torch.tensor([ids])).logits[0].float(), -1)
 
     def _generate(self, ids, max_tokens, temperature, generator):
-        out = []
-        for _ in range(max_tokens):
-            step = self._logprobs(ids + [t for t, _ in out])[-1]
-            if temperature == 0:
-                token = int(step.argmax())
-            else:
-                token = int(torch.multinomial(torch.softmax(step / temperature, -1), 1, generator=generator))
-            out.append((token, step))
-            if token == self.tokenizer.eos_token_id:
-                break
-        return out
+        return sample_tokens(self._logprobs, ids, max_tokens, temperature=temperature, generator=generator,
+                             eos_token_id=self.tokenizer.eos_token_id)
 
     def completions(self, body):
         prompt = body["prompt"]
@@ -237,10 +230,7 @@ class FakeOpenAIServer:
 
 @pytest.fixture(scope="module")
 def teacher_and_tok():
-    teacher, tok = tiny_causal_lm(seed=1)
-    with torch.no_grad():
-        teacher.lm_head.weight.mul_(8.0)
-    return teacher, tok
+    return tiny_teacher()
 
 
 def ban_leading_whitespace_tokens(model, tok):
