@@ -5,6 +5,9 @@ Isolation, strongest first (whatever the kernel allows is used, see :func:`sandb
 * fresh user, mount, network and PID namespaces (``unshare``): no network interfaces, every mount
   read-only except the run's temporary directory, all capabilities dropped, and every process the
   tests start dies with the namespace;
+* an unprivileged uid/gid (:data:`UNPRIVILEGED_ID`, mapped into the user namespace next to the
+  sandbox's uid 0 where the host may map other ids: a root host) that the worker becomes once its
+  namespaces are set up, so the tests cannot read what only the host's root may read;
 * a pids cgroup (when the caller may create one) capping the number of processes (fork bombs);
 * resource limits: address space, CPU time, file size, number of processes, no core dumps;
 * a wall-clock timeout that kills the whole process group;
@@ -60,9 +63,11 @@ TMP_MB = 64
 """Size cap of the sealed view's ``/tmp`` tmpfs (MB)."""
 
 UNPRIVILEGED_ID = 65534
-"""The uid and gid (``nobody``, the same number inside the sandbox's user namespace and outside) mapped
-into every worker's user namespace next to its uid 0, where the host may map ids other than its own
-(root, with ``CAP_SETUID`` and ``CAP_SETGID``; see :func:`sandbox_capabilities`)."""
+"""The uid and gid (``nobody``, the same number inside the sandbox's user namespace and outside) that
+every process of a worker runs as once its namespaces are set up, with no supplementary groups. Only
+a host that may map ids other than its own into a user namespace (root, with ``CAP_SETUID`` and
+``CAP_SETGID``) can grant it; elsewhere the tests run as the sandbox's uid 0, which is the host's own
+uid (see :func:`sandbox_capabilities`)."""
 
 _WARNED: set = set()
 
@@ -141,7 +146,7 @@ def sandbox_capabilities() -> dict:
     int or None}``; each is found by trying (creating a cgroup, running ``unshare``, writing a user
     namespace's id maps), and a missing layer is logged once, naming what is not enforced.
     ``user_maps``: this process writes the workers' id maps itself (see :func:`_start_mapped`);
-    ``unprivileged_uid``: :data:`UNPRIVILEGED_ID` where it can be mapped too, None where only the
+    ``unprivileged_uid``: the uid the tests run as (:data:`UNPRIVILEGED_ID`), None where only the
     host's own uid can be mapped.
     """
     unshare = shutil.which("unshare")
@@ -162,6 +167,11 @@ def sandbox_capabilities() -> dict:
     if namespaces and not user_maps:
         logger.warning("fastdistill sandbox: cannot write the sandbox's id maps from outside here; workers use "
                        "`unshare -r`, and tests run as the sandbox's uid 0, which is uid %d outside", os.geteuid())
+    elif namespaces and not unprivileged:
+        logger.warning("fastdistill sandbox: no unprivileged uid can be mapped into the sandbox's user namespace "
+                       "here (only root may map ids other than its own); tests run as the sandbox's uid 0, which "
+                       "is uid %d outside: what that uid may read in the sandbox's view, they may read",
+                       os.geteuid())
     cgroup = _probe_cgroup(("/sys/fs/cgroup/pids", "/sys/fs/cgroup"), "pids.max")
     memory = _probe_cgroup(("/sys/fs/cgroup/memory",), "memory.limit_in_bytes")
     memory_version = 1 if memory else None
@@ -173,7 +183,10 @@ def sandbox_capabilities() -> dict:
     if memory is None:
         logger.warning("fastdistill sandbox: no memory cgroup can be created here; memory is bounded per process "
                        "(RLIMIT_AS) only, not for a worker as a whole")
-    if cgroup is None:
+    if cgroup is None and unprivileged:
+        logger.warning("fastdistill sandbox: no pids cgroup can be created here; processes are capped per worker by "
+                       "RLIMIT_NPROC of its unprivileged uid only")
+    elif cgroup is None:
         logger.warning("fastdistill sandbox: no pids cgroup can be created here; RLIMIT_NPROC does not bind root, "
                        "so forks are bounded only by the per-pair kill and timeouts")
     return {"namespaces": namespaces, "cgroup": cgroup, "unshare": unshare, "unshare_flags": flags or "-rmnpf",
@@ -348,6 +361,8 @@ class _Worker:
         self.memory_cgroup: Path | None = None
         self.rootdir = None
         self.view = ""
+        self.uid = None  # the uid the worker and the tests run as inside (from its ready message)
+        self.uid_note = ""  # why it is not UNPRIVILEGED_ID, if it is not
         self.result_r = self.cmd_w = -1
         self._buf = b""
         self._output = bytearray()
@@ -363,7 +378,9 @@ class _Worker:
                 self.rootdir = tempfile.mkdtemp(prefix=f"fastdistill-root-{os.getpid()}-")
             cfg = {"nonce": self.nonce.decode(), "workdir": self.workdir, "ini_file": ini_file,
                    "memory_mb": memory_mb, "fsize_mb": 64, "nproc": nproc, "cpu_s": cpu_s,
-                   "namespaces": self.namespaces, "root_dir": self.rootdir, "tmp_mb": TMP_MB}
+                   "namespaces": self.namespaces, "root_dir": self.rootdir, "tmp_mb": TMP_MB,
+                   "drop_ids": ([UNPRIVILEGED_ID, UNPRIVILEGED_ID] if self.namespaces and caps.get("unprivileged_uid")
+                                is not None else None)}
             Path(self.workdir, _CFG_NAME).write_text(json.dumps(cfg), encoding="utf-8")
             result_r, result_w = os.pipe()
             cmd_r, cmd_w = os.pipe()
@@ -408,6 +425,11 @@ class _Worker:
                 if self.view != "sealed" and SEALED_VIEW:
                     _warn_once(f"fastdistill sandbox: the sealed view is not enforced here ({self.view}); tests "
                                "see the host's files read-only (secrets readable by the sandbox's uid included)")
+                self.uid, self.uid_note = self._last.get("uid"), str(self._last.get("uid_note") or "")
+                if cfg["drop_ids"] and self.uid != UNPRIVILEGED_ID:
+                    _warn_once(f"fastdistill sandbox: tests do not run as the unprivileged uid {UNPRIVILEGED_ID} "
+                               f"({self.uid_note or 'reason unknown'}); they run as the sandbox's uid "
+                               f"{self.uid}, which is uid {os.geteuid()} outside")
             self.alive = ready == "ok"
             self.start_error = ""
             if not self.alive:
