@@ -4,7 +4,9 @@ It is started by :mod:`fastdistill.rewards.sandbox` (never imported by the libra
 user/mount/network/PID namespaces when the kernel allows them. Before any untrusted code runs it:
 
 1. reads and deletes its configuration file (the only place the message nonce is written);
-2. makes every mount read-only except its working directory, then drops all capabilities for good;
+2. makes every mount read-only except its working directory, becomes the unprivileged uid/gid the
+   parent mapped into its user namespace (when it could: a root host; the working directory is
+   handed to that uid), then drops all capabilities for good;
 3. sets resource limits, makes itself non-dumpable, installs audit-hook guards (network, signals,
    and - without a mount namespace - writes outside the working directory);
 4. imports pytest and starts one session with ``--noconftest``, no plugin autoloading and the
@@ -117,6 +119,14 @@ def _seal_view(cfg):
     zero, full, random and urandom; a fresh read-only ``/proc`` of our PID namespace. Nothing else of
     the host is reachable. Raises OSError when the kernel refuses a step (the caller falls back).
     """
+    umask = os.umask(0o022)  # the tree's own directories stay searchable by the unprivileged uid
+    try:
+        _build_view(cfg)
+    finally:
+        os.umask(umask)
+
+
+def _build_view(cfg):
     libc = _libc()
     ms = _MS
     root = cfg["root_dir"]
@@ -190,14 +200,87 @@ def _seal_view(cfg):
     _mount(libc, None, "/", None, ms["remount"] | ms["rdonly"] | ms["nosuid"] | ms["nodev"], "size=16m,mode=0755")
 
 
-def _drop_capabilities():
-    """Lock securebits and clear every capability so root-in-namespace cannot undo the sandbox."""
+def _mapped(kind, inner):
+    """Whether ``inner`` is mapped in this process's user namespace (``kind``: ``"uid"`` or ``"gid"``)."""
+    try:
+        with open(f"/proc/self/{kind}_map") as fh:
+            for line in fh:
+                first, _, count = (int(x) for x in line.split())
+                if first <= inner < first + count:
+                    return True
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def _blocked_for(uid, gid, paths):
+    """The first of ``paths`` that ``uid``/``gid`` cannot read (and search or execute: directories, the
+    interpreter), "" if none. Looked at with those as our effective ids for the moment (we are uid 0 of
+    the namespace: switching back restores our capabilities)."""
+    os.setresgid(-1, gid, -1)
+    try:
+        os.setresuid(-1, uid, -1)
+        try:
+            for path in paths:
+                mode = os.R_OK | (os.X_OK if path == sys.executable or os.path.isdir(path) else 0)
+                if not os.access(path, mode, effective_ids=True):
+                    return path
+            return ""
+        finally:
+            os.setresuid(-1, 0, -1)
+    finally:
+        os.setresgid(-1, 0, -1)
+
+
+def _unprivileged_ids(cfg):
+    """``((uid, gid), "")`` the worker is to become (``cfg["drop_ids"]``), or ``(None, why not)``.
+
+    Only if the parent could map them into our user namespace, and only if they can still read the
+    Python installation and ``sys.path`` (what tests import and run) in the view we built. Either
+    way, the host's supplementary groups are dropped here when the ids are mapped.
+    """
+    if not cfg.get("drop_ids"):
+        return None, "the parent cannot map an unprivileged uid here"
+    uid, gid = cfg["drop_ids"]
+    if not (_mapped("uid", uid) and _mapped("gid", gid)):
+        return None, f"uid {uid} / gid {gid} is not mapped in the sandbox's user namespace"
+    try:
+        os.setgroups([])
+        blocked = _blocked_for(uid, gid, [*_sealed_paths(), sys.executable])
+    except OSError as exc:
+        return None, f"cannot switch to uid {uid}: {exc}"
+    if blocked:
+        return None, f"uid {uid} cannot read {blocked}"
+    return (uid, gid), ""
+
+
+def _drop_capabilities(ids=None, workdir=None):
+    """Lock securebits and clear every capability so root-in-namespace cannot undo the sandbox; with
+    ``ids`` (uid, gid) first become that user, with no supplementary groups, and hand it ``workdir``.
+
+    Returns "" or why ``ids`` could not be taken (the capabilities are dropped either way).
+    """
     libc = _libc()
     libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
     libc.prctl(28, 0x2F, 0, 0, 0)  # PR_SET_SECUREBITS: NOROOT|NO_SETUID_FIXUP (+locks)
     for cap in range(64):
         libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP
     libc.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
+    why = ""
+    if ids is not None:
+        uid, gid = ids
+        try:
+            os.chown(workdir, uid, gid)
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)  # (NO_SETUID_FIXUP: capabilities stay until capset below)
+        except OSError as exc:
+            why = f"could not become uid {uid}: {exc}"
+            try:  # back to the sandbox's uid 0 and its working directory
+                os.setresgid(0, 0, 0)
+                os.chown(workdir, 0, 0)
+            except OSError:
+                pass
 
     class Header(ctypes.Structure):
         _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
@@ -209,6 +292,7 @@ def _drop_capabilities():
     data = (Data * 2)()
     if libc.syscall(126, ctypes.byref(header), data) != 0:  # SYS_capset (x86_64)
         raise OSError(ctypes.get_errno(), "capset failed")
+    return why
 
 
 def _set_limits(cfg):
@@ -531,7 +615,8 @@ class _Server:
     def pytest_collection(self, session):
         gc.collect()
         gc.freeze()  # forked children then do not touch (copy) the worker's pages when collecting garbage
-        self._send({"t": "ready", "view": self._cfg.get("view", "")})
+        self._send({"t": "ready", "view": self._cfg.get("view", ""), "uid": os.getuid(),
+                    "uid_note": self._cfg.get("uid_note", "")})
         while True:
             spec = _recv(self._cmd_fd)
             if spec is None:
@@ -888,7 +973,7 @@ def main():
         cfg = json.load(fh)
     os.unlink(cfg_path)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    isolated, sealed = False, ""
+    isolated, sealed, uid_note = False, "", "no namespaces"
     if cfg["namespaces"]:
         if cfg.get("root_dir"):
             try:
@@ -899,12 +984,14 @@ def main():
         try:
             if sealed != "sealed":
                 _isolate_filesystem(workdir)
-            _drop_capabilities()
+            ids, uid_note = _unprivileged_ids(cfg)
+            uid_note = _drop_capabilities(ids, workdir) or uid_note
             os.chdir(workdir)  # re-enter through the writable bind mount
             isolated = True
         except OSError as exc:
             sys.stderr.write(f"fastdistill sandbox: namespace isolation failed, using guards: {exc}\n")
     cfg["namespaces"] = isolated
+    cfg["uid_note"] = uid_note
     cfg["view"] = sealed or ("not sealed: no namespaces" if not isolated else "not sealed: disabled (SEALED_VIEW)")
     _libc().prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 0: /proc/<pid>/fd of the worker is off limits
     _set_limits(cfg)

@@ -5,6 +5,9 @@ Isolation, strongest first (whatever the kernel allows is used, see :func:`sandb
 * fresh user, mount, network and PID namespaces (``unshare``): no network interfaces, every mount
   read-only except the run's temporary directory, all capabilities dropped, and every process the
   tests start dies with the namespace;
+* an unprivileged uid/gid (:data:`UNPRIVILEGED_ID`, mapped into the user namespace next to the
+  sandbox's uid 0 where the host may map other ids: a root host) that the worker becomes once its
+  namespaces are set up, so the tests cannot read what only the host's root may read;
 * a pids cgroup (when the caller may create one) capping the number of processes (fork bombs);
 * resource limits: address space, CPU time, file size, number of processes, no core dumps;
 * a wall-clock timeout that kills the whole process group;
@@ -58,6 +61,13 @@ the kernel refuses, the worker falls back to a read-only view of the host and a 
 
 TMP_MB = 64
 """Size cap of the sealed view's ``/tmp`` tmpfs (MB)."""
+
+UNPRIVILEGED_ID = 65534
+"""The uid and gid (``nobody``, the same number inside the sandbox's user namespace and outside) that
+every process of a worker runs as once its namespaces are set up, with no supplementary groups. Only
+a host that may map ids other than its own into a user namespace (root, with ``CAP_SETUID`` and
+``CAP_SETGID``) can grant it; elsewhere the tests run as the sandbox's uid 0, which is the host's own
+uid (see :func:`sandbox_capabilities`)."""
 
 _WARNED: set = set()
 
@@ -132,8 +142,12 @@ def sandbox_capabilities() -> dict:
     """Which isolation layers this machine allows.
 
     ``{"namespaces": bool, "unshare": path, "cgroup": pids cgroup root or None, "memory_cgroup": memory
-    cgroup root or None, "memory_cgroup_version": 1, 2 or None}``; each is found by trying (creating a
-    cgroup, running ``unshare``), and a missing layer is logged once, naming what is not enforced.
+    cgroup root or None, "memory_cgroup_version": 1, 2 or None, "user_maps": bool, "unprivileged_uid":
+    int or None}``; each is found by trying (creating a cgroup, running ``unshare``, writing a user
+    namespace's id maps), and a missing layer is logged once, naming what is not enforced.
+    ``user_maps``: this process writes the workers' id maps itself (see :func:`_start_mapped`);
+    ``unprivileged_uid``: the uid the tests run as (:data:`UNPRIVILEGED_ID`), None where only the
+    host's own uid can be mapped.
     """
     unshare = shutil.which("unshare")
     namespaces, flags = False, None
@@ -149,6 +163,15 @@ def sandbox_capabilities() -> dict:
                 break
         if namespaces and flags != "-rmnpfiu":
             logger.warning("fastdistill sandbox: no IPC/UTS namespaces here; SysV IPC objects are shared with the host")
+    user_maps, unprivileged = (_probe_user_maps(unshare, flags) if namespaces else (False, False))
+    if namespaces and not user_maps:
+        logger.warning("fastdistill sandbox: cannot write the sandbox's id maps from outside here; workers use "
+                       "`unshare -r`, and tests run as the sandbox's uid 0, which is uid %d outside", os.geteuid())
+    elif namespaces and not unprivileged:
+        logger.warning("fastdistill sandbox: no unprivileged uid can be mapped into the sandbox's user namespace "
+                       "here (only root may map ids other than its own); tests run as the sandbox's uid 0, which "
+                       "is uid %d outside: what that uid may read in the sandbox's view, they may read",
+                       os.geteuid())
     cgroup = _probe_cgroup(("/sys/fs/cgroup/pids", "/sys/fs/cgroup"), "pids.max")
     memory = _probe_cgroup(("/sys/fs/cgroup/memory",), "memory.limit_in_bytes")
     memory_version = 1 if memory else None
@@ -160,12 +183,126 @@ def sandbox_capabilities() -> dict:
     if memory is None:
         logger.warning("fastdistill sandbox: no memory cgroup can be created here; memory is bounded per process "
                        "(RLIMIT_AS) only, not for a worker as a whole")
-    if cgroup is None:
+    if cgroup is None and unprivileged:
+        logger.warning("fastdistill sandbox: no pids cgroup can be created here; processes are capped per worker by "
+                       "RLIMIT_NPROC of its unprivileged uid only")
+    elif cgroup is None:
         logger.warning("fastdistill sandbox: no pids cgroup can be created here; RLIMIT_NPROC does not bind root, "
                        "so forks are bounded only by the per-pair kill and timeouts")
     return {"namespaces": namespaces, "cgroup": cgroup, "unshare": unshare, "unshare_flags": flags or "-rmnpf",
             "memory_cgroup": memory,
-            "memory_cgroup_version": memory_version}
+            "memory_cgroup_version": memory_version, "user_maps": user_maps,
+            "unprivileged_uid": UNPRIVILEGED_ID if unprivileged else None}
+
+
+def _probe_user_maps(unshare: str, flags: str) -> tuple[bool, bool]:
+    """Start ``true`` the way workers start (:func:`_start_mapped`): (it ran, the unprivileged id was mapped)."""
+    try:
+        proc, mapped = _start_mapped({"unshare": unshare, "unshare_flags": flags}, ["true"], time.monotonic() + 10,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        return False, False
+    try:
+        code = proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # (--kill-child takes the rest with it)
+        proc.wait()
+        return False, False
+    return code == 0, code == 0 and mapped
+
+
+_SYNC = 'read -r _ || exit 1; exec "$@" </dev/null'
+"""The shell ``unshare`` runs first: it waits for our line on stdin (the id maps are written), then
+becomes the real command, with stdin from /dev/null (or exits 1 if we closed the pipe instead)."""
+
+
+def _start_mapped(caps: dict, cmd: list, deadline: float, on_start=None, **popen_kw) -> tuple:
+    """Start ``cmd`` in fresh namespaces (``unshare`` with ``caps["unshare_flags"]``, ``-U`` for ``-r``)
+    whose user namespace's id maps this process writes; returns ``(process, unprivileged id mapped)``.
+
+    ``unshare -r`` can map only our own uid (the map is written once, from inside). Here ``unshare``
+    creates the namespaces with no id mapped and runs a tiny shell that waits; as soon as the process
+    is in its new user namespace we write the maps from outside (:func:`_write_id_maps`: uid/gid 0
+    inside = ours, plus :data:`UNPRIVILEGED_ID` where the kernel lets us) and release the shell, which
+    then execs ``cmd`` as uid 0 of the namespace with every capability there, as ``unshare -r`` would.
+    ``on_start(pid)`` runs as soon as the process exists. If ``unshare`` fails, the process just exits
+    with its message on its output.
+    """
+    flags = (caps.get("unshare_flags") or "-rmnpf").replace("r", "U", 1)
+    go_r, go_w = os.pipe()
+    try:
+        try:
+            proc = subprocess.Popen([caps["unshare"], flags, "--kill-child", "/bin/sh", "-c", _SYNC, "sh", *cmd],
+                                    stdin=go_r, **popen_kw)
+        finally:
+            os.close(go_r)
+        try:
+            if on_start is not None:
+                on_start(proc.pid)
+            mapped = False
+            if _entered_user_namespace(proc, deadline):
+                try:
+                    mapped = _write_id_maps(proc.pid)
+                except OSError as exc:
+                    raise OSError(exc.errno, f"cannot write the id maps of the sandbox's user namespace: {exc}")
+                try:
+                    os.write(go_w, b"go\n")
+                except BrokenPipeError:  # it died meanwhile: the caller sees it exit
+                    pass
+        except BaseException:
+            proc.kill()  # (--kill-child takes the shell with it)
+            proc.wait()
+            raise
+        return proc, mapped
+    finally:
+        os.close(go_w)  # (a shell still waiting reads EOF and exits 1)
+
+
+def _entered_user_namespace(proc: subprocess.Popen, deadline: float) -> bool:
+    """Wait until ``proc`` is in a user namespace other than ours (False: it exited first, or timeout)."""
+    ours = os.readlink("/proc/self/ns/user")
+    delay = 0.0002
+    while time.monotonic() < deadline:
+        try:
+            if os.readlink(f"/proc/{proc.pid}/ns/user") != ours:
+                return True
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.01)
+    return False
+
+
+def _write_proc(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())  # one write: the kernel takes a map in a single write only
+    finally:
+        os.close(fd)
+
+
+def _write_id_maps(pid: int) -> bool:
+    """Write the id maps of ``pid``'s user namespace: 0 inside = our euid/egid outside, plus
+    :data:`UNPRIVILEGED_ID` = itself where the kernel allows it (``CAP_SETUID``/``CAP_SETGID`` over our
+    own user namespace: a root host); otherwise only our own ids, as ``unshare -r`` writes them (with
+    ``setgroups`` denied, which the kernel requires for that). True when both extra ids are mapped."""
+    extra = UNPRIVILEGED_ID
+    mapped = 0
+    for kind, own in (("uid", os.geteuid()), ("gid", os.getegid())):
+        path = f"/proc/{pid}/{kind}_map"
+        if own != extra:
+            try:
+                _write_proc(path, f"0 {own} 1\n{extra} {extra} 1\n")
+                mapped += 1
+                continue
+            except OSError:
+                pass
+        if kind == "gid":
+            _write_proc(f"/proc/{pid}/setgroups", "deny")
+        _write_proc(path, f"0 {own} 1\n")
+    return mapped == 2
 
 
 def _probe_cgroup(bases, control: str) -> str | None:
@@ -224,6 +361,8 @@ class _Worker:
         self.memory_cgroup: Path | None = None
         self.rootdir = None
         self.view = ""
+        self.uid = None  # the uid the worker and the tests run as inside (from its ready message)
+        self.uid_note = ""  # why it is not UNPRIVILEGED_ID, if it is not
         self.result_r = self.cmd_w = -1
         self._buf = b""
         self._output = bytearray()
@@ -239,14 +378,18 @@ class _Worker:
                 self.rootdir = tempfile.mkdtemp(prefix=f"fastdistill-root-{os.getpid()}-")
             cfg = {"nonce": self.nonce.decode(), "workdir": self.workdir, "ini_file": ini_file,
                    "memory_mb": memory_mb, "fsize_mb": 64, "nproc": nproc, "cpu_s": cpu_s,
-                   "namespaces": self.namespaces, "root_dir": self.rootdir, "tmp_mb": TMP_MB}
+                   "namespaces": self.namespaces, "root_dir": self.rootdir, "tmp_mb": TMP_MB,
+                   "drop_ids": ([UNPRIVILEGED_ID, UNPRIVILEGED_ID] if self.namespaces and caps.get("unprivileged_uid")
+                                is not None else None)}
             Path(self.workdir, _CFG_NAME).write_text(json.dumps(cfg), encoding="utf-8")
             result_r, result_w = os.pipe()
             cmd_r, cmd_w = os.pipe()
             self.result_r, self.cmd_w = result_r, cmd_w
             cmd = [python, "-I", str(_CHILD), str(result_w), str(cmd_r), SANDBOX_MARK + token]
-            if self.namespaces:
-                cmd = [caps["unshare"], caps.get("unshare_flags") or "-rmnpf", "--kill-child", *cmd]
+            flags = caps.get("unshare_flags") or "-rmnpf"
+            mapped_here = self.namespaces and caps.get("user_maps")
+            if self.namespaces and not mapped_here:
+                cmd = [caps["unshare"], flags, "--kill-child", *cmd]
             self.cgroup_dirs = self._make_cgroups(caps, token, memory_mb, nproc)
             oom_fd = None
             if self.memory_cgroup is not None:  # the worker reads its OOM-kill counter through this fd
@@ -257,14 +400,16 @@ class _Worker:
                     oom_fd = None
             cfg["oom_fd"] = oom_fd
             Path(self.workdir, _CFG_NAME).write_text(json.dumps(cfg), encoding="utf-8")
+            popen = {"cwd": self.workdir, "env": _scrubbed_env(self.workdir), "stdout": subprocess.PIPE,
+                     "stderr": subprocess.STDOUT, "start_new_session": True,
+                     "pass_fds": (result_w, cmd_r) + ((oom_fd,) if oom_fd is not None else ())}
             try:
-                self.proc = subprocess.Popen(
-                    cmd, cwd=self.workdir, env=_scrubbed_env(self.workdir), stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                    pass_fds=(result_w, cmd_r) + ((oom_fd,) if oom_fd is not None else ()),
-                    start_new_session=True,
-                )
-                self._confine(self.proc.pid)  # as early as possible; again once it is ready (see below)
+                if mapped_here:  # we write the id maps (an unprivileged uid too, where allowed)
+                    self.proc, _ = _start_mapped(caps, cmd, time.monotonic() + self.START_TIMEOUT_S,
+                                                 on_start=self._confine, **popen)
+                else:
+                    self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, **popen)
+                    self._confine(self.proc.pid)  # as early as possible; again once it is ready (see below)
             finally:
                 os.close(result_w)
                 os.close(cmd_r)
@@ -280,6 +425,11 @@ class _Worker:
                 if self.view != "sealed" and SEALED_VIEW:
                     _warn_once(f"fastdistill sandbox: the sealed view is not enforced here ({self.view}); tests "
                                "see the host's files read-only (secrets readable by the sandbox's uid included)")
+                self.uid, self.uid_note = self._last.get("uid"), str(self._last.get("uid_note") or "")
+                if cfg["drop_ids"] and self.uid != UNPRIVILEGED_ID:
+                    _warn_once(f"fastdistill sandbox: tests do not run as the unprivileged uid {UNPRIVILEGED_ID} "
+                               f"({self.uid_note or 'reason unknown'}); they run as the sandbox's uid "
+                               f"{self.uid}, which is uid {os.geteuid()} outside")
             self.alive = ready == "ok"
             self.start_error = ""
             if not self.alive:
@@ -289,8 +439,9 @@ class _Worker:
                        if ready == "timeout" else f"it exited with return code {self.proc.returncode}")
                 tail = self._output.decode("utf-8", "replace").strip()[-_TAIL_CHARS:]
                 self.start_error = (f"sandbox worker did not start: {how} (interpreter {python}"
-                                    + (f", via {caps['unshare']} {caps.get('unshare_flags') or '-rmnpf'}"
-                                       if self.namespaces else "") + "); "
+                                    + (f", via {caps['unshare']} {flags.replace('r', 'U', 1)} with id maps "
+                                       "written by this process" if mapped_here else
+                                       f", via {caps['unshare']} {flags}" if self.namespaces else "") + "); "
                                     + (f"its output ends with:\n{tail}" if tail else "it wrote nothing"))
         except BaseException:
             self.close()

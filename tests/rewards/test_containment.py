@@ -178,6 +178,100 @@ def test_nested_unshare_cannot_remount_read_write(sealed):
     assert not os.path.exists(target)
 
 
+UNPRIVILEGED = 65534
+
+
+def _may_map_unprivileged_ids() -> bool:
+    """Whether this process may map uid/gid 65534 into a child user namespace, as the unprivileged-uid
+    layer needs (independently of the sandbox's own probe): 65534 is mapped in our user namespace and
+    we hold CAP_SETUID and CAP_SETGID (a root host)."""
+    with open("/proc/self/status") as fh:
+        effective = int(next(line for line in fh if line.startswith("CapEff:")).split()[1], 16)
+    if not (effective >> 6) & 1 or not (effective >> 7) & 1:  # CAP_SETGID, CAP_SETUID
+        return False
+    for kind in ("uid", "gid"):
+        with open(f"/proc/self/{kind}_map") as fh:
+            ranges = [[int(x) for x in line.split()] for line in fh]
+        if not any(outer <= UNPRIVILEGED < outer + count for _, outer, count in ranges):
+            return False
+    return True
+
+
+def _skip_unless_dropped(python=None):
+    """Skip (naming the layer and why) when the worker could not become the unprivileged uid because
+    the view it got does not let that uid read the Python installation (an environment limitation)."""
+    workers = [w for w in _sandbox._IDLE if w.owner_pid == os.getpid() and (python is None or w.limits[2] == python)]
+    note = getattr(workers[0], "uid_note", "") if workers else ""
+    if "cannot read" in note:
+        pytest.skip(f"unprivileged uid layer not enforced with this view: {note}")
+
+
+@pytest.fixture(scope="module")
+def unprivileged():
+    if not CAPS["namespaces"]:
+        pytest.skip("unprivileged uid layer: no namespaces on this host (tests run as the trainer's uid)")
+    if not _may_map_unprivileged_ids():
+        pytest.skip("unprivileged uid layer: this host may not map uid/gid 65534 into a user namespace (not root)")
+    run_tests(CODE, "def test_x():\n    pass\n")
+    _skip_unless_dropped()
+    return UNPRIVILEGED
+
+
+def test_tests_run_as_an_unprivileged_uid(unprivileged):
+    tests = ("import os\nimport pytest\n\n"
+             "def test_not_root():\n"
+             "    assert os.getuid() != 0 and os.geteuid() != 0\n"
+             "    assert os.getgid() != 0 and os.getegid() != 0 and 0 not in os.getgroups()\n\n"
+             "def test_cannot_become_root():\n"
+             "    for become in (os.setuid, os.seteuid, os.setgid, os.setegid):\n"
+             "        with pytest.raises(PermissionError):\n            become(0)\n"
+             "    with pytest.raises(PermissionError):\n        os.setresuid(0, 0, 0)\n"
+             "    with pytest.raises(PermissionError):\n        os.setgroups([0])\n\n"
+             "def test_worker_environ_is_off_limits():\n"
+             "    with pytest.raises(PermissionError):\n        open('/proc/1/environ', 'rb').read()\n")
+    run = run_tests(CODE, tests)
+    assert run.ok and run.passed == 3, [(t.nodeid, t.outcome, t.message[-500:]) for t in run.tests]
+
+
+@pytest.fixture(scope="module")
+def python_beside_a_secret(tmp_path_factory):
+    """A virtual environment that sees this one's site-packages (pytest), with a file only root may
+    read (0600) in its own site-packages: the sealed view shows that directory read-only."""
+    base = getattr(sys, "_base_executable", sys.executable)
+    env_dir = tmp_path_factory.mktemp("secretvenv") / "venv"
+    subprocess.run([base, "-m", "venv", "--without-pip", str(env_dir)], check=True, capture_output=True)
+    (site,) = (env_dir / "lib").glob("python*/site-packages")
+    (site / "fd_outer.pth").write_text("".join(p + "\n" for p in sys.path if p.endswith("site-packages")))
+    marker = uuid.uuid4().hex
+    secret = site / f"fd-secret-{marker}.txt"
+    secret.write_text(f"SECRET-{marker}\n")
+    secret.chmod(0o600)
+    assert secret.stat().st_uid == 0
+    return str(env_dir / "bin" / "python"), str(secret), marker
+
+
+def test_root_only_file_in_the_view_cannot_be_read(unprivileged, python_beside_a_secret, monkeypatch):
+    python, secret, marker = python_beside_a_secret
+    public = os.path.join(os.path.dirname(secret), "fd_outer.pth")  # root's too, but world-readable (0644)
+    monkeypatch.setattr(_sandbox, "SANDBOX_PYTHON", python)
+    try:
+        tests = ("import errno, os\nimport pytest\n\n"
+                 f"def test_read_secret():\n    assert 'SECRET' in open({secret!r}).read()\n\n"
+                 f"def test_read_public_file_beside_it():\n    assert open({public!r}).read()\n\n"
+                 "def test_open_public_file_for_writing():\n"
+                 "    with pytest.raises(OSError) as info:\n"
+                 f"        os.open({public!r}, os.O_WRONLY)\n"
+                 "    assert info.value.errno in (errno.EACCES, errno.EPERM), info.value\n")  # root: EROFS only
+        run, text = _attack(tests)
+        _skip_unless_dropped(python)
+        outcomes = {t.nodeid.rsplit("::", 1)[1]: t.outcome for t in run.tests}
+        assert outcomes == {"test_read_secret": "failed", "test_read_public_file_beside_it": "passed",
+                            "test_open_public_file_for_writing": "passed"}, [t.message[-300:] for t in run.tests]
+        assert "PermissionError" in text and f"SECRET-{marker}" not in text
+    finally:
+        close_idle_workers()
+
+
 @needs_memory_cgroup
 def test_multi_process_memory_bomb_is_bounded_as_a_whole():
     """Each process stays under its own limit; together they exceed the worker's budget."""
