@@ -67,8 +67,9 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def run_seed(seed: int, quick: bool, out_dir: str, overrides: dict | None = None) -> dict:
-    """One demo run; returns the parts of its report the benchmark keeps."""
+def run_seed(seed: int, quick: bool, out_dir: str, overrides: dict | None = None, reuse: bool = False) -> dict:
+    """One demo run; returns the parts of its report the benchmark keeps. With ``reuse``, a finished run's
+    ``seed_<seed>/report.json`` in ``out_dir`` is read instead (it must have the same configuration)."""
     import logging
 
     from fastdistill.demo import DemoConfig, run_demo
@@ -76,11 +77,18 @@ def run_seed(seed: int, quick: bool, out_dir: str, overrides: dict | None = None
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [seed {seed}] %(message)s", force=True)
     cfg = replace(DemoConfig.quick() if quick else DemoConfig(), **(overrides or {}), seed=seed)
     t0 = time.perf_counter()
-    report = run_demo(Path(out_dir) / f"seed_{seed}", cfg)
+    done = Path(out_dir) / f"seed_{seed}" / "report.json"
+    if reuse and done.is_file():
+        report = json.loads(done.read_text(encoding="utf-8"))
+        if report["config"] != json.loads(json.dumps(asdict(cfg))):
+            raise SystemExit(f"--reuse: {done} was run with another configuration")
+        logging.info("reusing %s (wall time %.0f s)", done, report["wall_time_s"])
+    else:
+        report = run_demo(Path(out_dir) / f"seed_{seed}", cfg)
     models = {**report["students"], "teacher": report["teacher"]}
     return {
         "seed": seed,
-        "wall_time_s": round(time.perf_counter() - t0, 1),
+        "wall_time_s": report["wall_time_s"] if reuse and done.is_file() else round(time.perf_counter() - t0, 1),
         "timings_s": report["timings_s"],
         "load_after": _load(),
         "environment": report["environment"],
@@ -252,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         help="override a DemoConfig field for every seed (repeatable), e.g. --set grpo_steps=80: "
         "for studies of the training settings",
     )
+    parser.add_argument("--reuse", action="store_true",
+                        help="read a seed's finished report from --output-dir instead of running it again")
     args = parser.parse_args(argv)
     overrides = parse_overrides(args.set)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -260,10 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs > 1:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             per_seed = list(
-                pool.map(run_seed, seeds, [args.quick] * len(seeds), [out_dir] * len(seeds), [overrides] * len(seeds))
+                pool.map(run_seed, seeds, [args.quick] * len(seeds), [out_dir] * len(seeds), [overrides] * len(seeds),
+                         [args.reuse] * len(seeds))
             )
     else:
-        per_seed = [run_seed(seed, args.quick, out_dir, overrides) for seed in seeds]
+        per_seed = [run_seed(seed, args.quick, out_dir, overrides, args.reuse) for seed in seeds]
     pool_result = pooled(per_seed, args.resamples)
     result = {
         "quick": args.quick,

@@ -20,8 +20,8 @@ def main(argv: list[str] | None = None, command: str = "demo") -> int:
     parser.add_argument("--quick", action="store_true", help="reduced size (a minute or two; used by the tests)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None,
-                        help=f"torch CPU threads for training and generation (default: {DemoConfig.threads}, which "
-                             "leaves a core to the test sandboxes; 0: torch's choice)")
+                        help=f"torch CPU threads for training and generation (default: {DemoConfig.threads}; "
+                             "0: torch's choice)")
     args = parser.parse_args(argv)
     cfg = DemoConfig.quick() if args.quick else DemoConfig()
     cfg = replace(cfg, seed=args.seed)

@@ -43,7 +43,9 @@ class DemoConfig:
     max_mutants: int = 15
     speed_repeats: int = 5
     workers: int = 2
-    threads: int | None = 1               # torch CPU threads (1 leaves a core to the sandboxes; 0: torch's choice)
+    # torch CPU threads (0: torch's choice). Training, generation and the sandboxes never run at the same
+    # time in the demo, so 2 threads cost the sandboxes nothing: teacher SFT ran 1.6x faster than with 1
+    threads: int | None = 2
 
     @classmethod
     def quick(cls) -> "DemoConfig":
