@@ -29,6 +29,16 @@ def tiny_teacher(seed: int = 1, tokenizer=None, peaky: float = 8.0):
     return teacher, tokenizer
 
 
+def gkd_config(tmp_path, **overrides):
+    """A small CPU GKDConfig (fp32, one log line per step, nothing saved); ``overrides`` replace fields."""
+    from fastdistill import GKDConfig
+
+    kwargs = dict(output_dir=str(tmp_path), bf16=False, max_steps=30, per_device_train_batch_size=4,
+                  learning_rate=3e-3, lmbda=0.0, logging_steps=1, report_to=[], save_strategy="no", max_length=96,
+                  seed=0)
+    return GKDConfig(**{**kwargs, **overrides})
+
+
 def student_and_teacher(peaky: float = 20.0):
     """A tiny student and a *different*, confident teacher sharing one tokenizer."""
     student, tokenizer = tiny_causal_lm(seed=0, hidden_size=32, intermediate_size=64)

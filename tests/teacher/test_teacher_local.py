@@ -12,7 +12,7 @@ from fastdistill.data import load_supervised_dataset
 from fastdistill.data.collators import completion_token_ids
 from fastdistill.teacher import AnnotationError, LocalTeacher, TokenizerMismatchError, annotate
 from fastdistill.testing import tiny_causal_lm, tiny_tokenizer
-from helpers import tiny_teacher
+from helpers import gkd_config, tiny_teacher
 
 # rows of different lengths, so batches need padding
 ROWS = [
@@ -95,7 +95,7 @@ def test_one_forward_per_batch_of_similar_lengths(teacher_and_tok):
 
 
 def test_annotated_dataset_trains_gkd_teacher_free(tmp_path, teacher_and_tok):
-    from fastdistill import GKDConfig, GKDTrainer
+    from fastdistill import GKDTrainer
 
     teacher, tok = teacher_and_tok
     student, _ = tiny_causal_lm(seed=0, tokenizer=tok, hidden_size=32, intermediate_size=64)
@@ -108,19 +108,7 @@ def test_annotated_dataset_trains_gkd_teacher_free(tmp_path, teacher_and_tok):
         top_k=4,
         progress=False,
     )
-    args = GKDConfig(
-        output_dir=str(tmp_path),
-        bf16=False,
-        max_steps=6,
-        per_device_train_batch_size=4,
-        learning_rate=1e-2,
-        lmbda=0.0,
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        max_length=128,
-        seed=0,
-    )
+    args = gkd_config(tmp_path, max_steps=6, learning_rate=1e-2, max_length=128)
     trainer = GKDTrainer(model=student, args=args, train_dataset=ds, processing_class=tok)
     assert trainer.teacher_model is None
     trainer.train()

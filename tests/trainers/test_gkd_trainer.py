@@ -3,30 +3,12 @@ import warnings
 import pytest
 import torch
 
-from fastdistill import GKDConfig, GKDTrainer
-from helpers import ROWS, dataset, student_and_teacher, teacher_logprob_columns
+from fastdistill import GKDTrainer
+from helpers import ROWS, dataset, gkd_config, student_and_teacher, teacher_logprob_columns
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from trl.experimental.gkd import GKDTrainer as TRLGKDTrainer
-
-
-def config(tmp_path, **overrides):
-    kwargs = dict(
-        output_dir=str(tmp_path),
-        bf16=False,
-        max_steps=30,
-        per_device_train_batch_size=4,
-        learning_rate=3e-3,
-        lmbda=0.0,
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        max_length=96,
-        seed=0,
-    )
-    kwargs.update(overrides)
-    return GKDConfig(**kwargs)
 
 
 def losses(trainer, key="loss"):
@@ -35,7 +17,7 @@ def losses(trainer, key="loss"):
 
 def test_default_loss_is_trls_gkd_loss(tmp_path):
     student, teacher, tok = student_and_teacher()
-    trainer = GKDTrainer(model=student, teacher_model=teacher, args=config(tmp_path), train_dataset=dataset(),
+    trainer = GKDTrainer(model=student, teacher_model=teacher, args=gkd_config(tmp_path), train_dataset=dataset(),
                          processing_class=tok)
     batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
     for num_items in (None, 17):
@@ -47,7 +29,7 @@ def test_default_loss_is_trls_gkd_loss(tmp_path):
 
 def test_live_teacher_loss_goes_down_and_terms_are_logged(tmp_path):
     student, teacher, tok = student_and_teacher()
-    args = config(tmp_path, ce_lambda=0.5, jsd_lambda=1.0, rkl_lambda=0.25)
+    args = gkd_config(tmp_path, ce_lambda=0.5, jsd_lambda=1.0, rkl_lambda=0.25)
     trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset(), processing_class=tok)
     trainer.train()
     history = losses(trainer)
@@ -64,7 +46,7 @@ def test_live_teacher_loss_goes_down_and_terms_are_logged(tmp_path):
 def test_teacher_free_training_from_logprob_columns(tmp_path, top_k):
     student, teacher, tok = student_and_teacher()
     ds = teacher_logprob_columns(teacher, tok, dataset(), top_k=top_k)
-    trainer = GKDTrainer(model=student, args=config(tmp_path, learning_rate=1e-2), train_dataset=ds,
+    trainer = GKDTrainer(model=student, args=gkd_config(tmp_path, learning_rate=1e-2), train_dataset=ds,
                          processing_class=tok)
     assert trainer.teacher_model is None and trainer.rkl_lambda == 1.0 and trainer.jsd_lambda == 0.0
     trainer.train()
@@ -75,7 +57,7 @@ def test_teacher_free_training_from_logprob_columns(tmp_path, top_k):
 def test_on_policy_and_seq_kd_still_work(tmp_path):
     student, teacher, tok = student_and_teacher()
     for overrides in ({"lmbda": 1.0}, {"lmbda": 0.0, "seq_kd": True}):
-        args = config(tmp_path, max_steps=2, max_new_tokens=8, **overrides)
+        args = gkd_config(tmp_path, max_steps=2, max_new_tokens=8, **overrides)
         trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset(),
                              processing_class=tok)
         before = trainer.model.lm_head.weight.detach().clone()
@@ -90,7 +72,7 @@ def test_generated_batches_are_normalised_by_their_own_tokens(tmp_path, override
     from fastdistill.losses import jsd_loss
 
     student, teacher, tok = student_and_teacher()
-    args = config(tmp_path, max_steps=1, max_new_tokens=6, **overrides)
+    args = gkd_config(tmp_path, max_steps=1, max_new_tokens=6, **overrides)
     trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset(), processing_class=tok)
     generate = trainer.generate_on_policy_outputs
     expected = []
@@ -112,23 +94,23 @@ def test_generated_batches_are_normalised_by_their_own_tokens(tmp_path, override
 def test_clear_errors(tmp_path):
     student, teacher, tok = student_and_teacher()
     with pytest.raises(ValueError, match="needs a teacher"):
-        GKDTrainer(model=student, args=config(tmp_path), train_dataset=dataset(), processing_class=tok)
+        GKDTrainer(model=student, args=gkd_config(tmp_path), train_dataset=dataset(), processing_class=tok)
     bad = dataset([{**ROWS[0], "teacher_logprobs": [-0.5, -0.5]}, {**ROWS[1], "teacher_logprobs": [-0.5, -0.5]}])
     with pytest.raises(ValueError, match="row 0: 'teacher_logprobs' has 2 entries"):
-        GKDTrainer(model=student, args=config(tmp_path), train_dataset=bad, processing_class=tok)
+        GKDTrainer(model=student, args=gkd_config(tmp_path), train_dataset=bad, processing_class=tok)
     good = teacher_logprob_columns(teacher, tok, dataset(ROWS[:2]))
     with pytest.raises(ValueError, match="lmbda=0"):
-        GKDTrainer(model=student, args=config(tmp_path, lmbda=0.5), train_dataset=good, processing_class=tok)
+        GKDTrainer(model=student, args=gkd_config(tmp_path, lmbda=0.5), train_dataset=good, processing_class=tok)
     with pytest.raises(ValueError, match="needs a live teacher"):
-        GKDTrainer(model=student, args=config(tmp_path, jsd_lambda=1.0), train_dataset=good, processing_class=tok)
+        GKDTrainer(model=student, args=gkd_config(tmp_path, jsd_lambda=1.0), train_dataset=good, processing_class=tok)
     with pytest.raises(ValueError, match="must be >= 0"):
-        config(tmp_path, ce_lambda=-1.0)
+        gkd_config(tmp_path, ce_lambda=-1.0)
 
 
 def one_step(tmp_path, fused, peft_config=None, offline=False, **overrides):
     student, teacher, tok = student_and_teacher()
     ds = teacher_logprob_columns(teacher, tok, dataset(), top_k=3) if offline else dataset()
-    args = config(tmp_path, max_steps=1, fused_loss=fused, **overrides)
+    args = gkd_config(tmp_path, max_steps=1, fused_loss=fused, **overrides)
     trainer = GKDTrainer(model=student, teacher_model=None if offline else teacher, args=args, train_dataset=ds,
                          processing_class=tok, peft_config=peft_config)
     trainer.train()
@@ -152,7 +134,7 @@ def test_fused_path_with_lora_computes_no_head_gradient(tmp_path):
 
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     student, teacher, tok = student_and_teacher()
-    args = config(tmp_path, max_steps=1)
+    args = gkd_config(tmp_path, max_steps=1)
     trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset(),
                          processing_class=tok, peft_config=lora)
     assert trainer.use_fused_loss
@@ -167,7 +149,7 @@ def test_fused_path_with_lora_computes_no_head_gradient(tmp_path):
 def test_unfusable_head_falls_back_with_one_warning(tmp_path, caplog):
     student, teacher, tok = student_and_teacher()
     teacher.config.final_logit_softcapping = 30.0
-    trainer = GKDTrainer(model=student, teacher_model=teacher, args=config(tmp_path, max_steps=2),
+    trainer = GKDTrainer(model=student, teacher_model=teacher, args=gkd_config(tmp_path, max_steps=2),
                          train_dataset=dataset(), processing_class=tok)
     with caplog.at_level("WARNING", logger="fastdistill.trainers.gkd"):
         trainer.train()
@@ -182,7 +164,7 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path):
     results = []
     for batch_size, accumulation in ((4, 1), (2, 2)):
         student, teacher, tok = student_and_teacher()
-        args = config(tmp_path, max_steps=1, per_device_train_batch_size=batch_size,
+        args = gkd_config(tmp_path, max_steps=1, per_device_train_batch_size=batch_size,
                       gradient_accumulation_steps=accumulation, ce_lambda=1.0, optim="sgd", learning_rate=1.0)
         trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset(rows),
                              processing_class=tok)
