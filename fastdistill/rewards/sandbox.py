@@ -912,9 +912,11 @@ def run_tests_many(codes: list[str], tests: list[str], *, timeout_s: float = 10.
 
 
 def _raised_memory_error(message: str) -> bool:
-    """Whether a pytest failure/error report ends in a ``MemoryError`` (pytest's ``E   MemoryError`` line)."""
-    return any(line.startswith("E ") and line[1:].strip().startswith(("MemoryError", "SystemError: compile"))
-               for line in message.splitlines()[-3:])
+    """Whether a pytest failure/error report ends in a ``MemoryError`` (pytest's ``E   MemoryError`` line), or
+    in one of the ``SystemError`` s CPython raises when an allocation fails deep inside ``compile`` or the
+    AST code (seen with huge test files under the sandbox's address-space limit)."""
+    starved = ("MemoryError", "SystemError: compile returned NULL", "SystemError: error return without exception")
+    return any(line.startswith("E ") and line[1:].strip().startswith(starved) for line in message.splitlines()[-3:])
 
 
 def _to_test_run(raw: dict, repeats: int) -> TestRun:
@@ -955,8 +957,8 @@ def _to_test_run(raw: dict, repeats: int) -> TestRun:
     starved = [t for t in run.tests if t.outcome in ("failed", "error") and _raised_memory_error(t.message)]
     if starved and not run.out_of_memory:
         run.out_of_memory = True
-        reasons.append(f"out of memory: MemoryError in {starved[0].nodeid} (the sandbox memory budget is too "
-                       "small for this test file; SandboxSettings.memory_mb raises it)")
+        reasons.append(f"out of memory: {starved[0].nodeid} ran out of memory (MemoryError; the sandbox memory "
+                       "budget is too small for this test file; SandboxSettings.memory_mb raises it)")
     if raw.get("oom_kills") and not run.out_of_memory:  # the OOM killer ended one of the tests' processes
         run.out_of_memory = True
         reasons.append(f"{raw['oom_kills']} process(es) killed for exceeding the sandbox memory budget")

@@ -179,3 +179,21 @@ def test_memory_error_in_the_tests_process_is_a_memory_outcome():
     assert "MemoryError" in run.reason and "memory_mb" in run.reason
     plain = run_tests(code, "def test_fails():\n    raise ValueError('no')\n", memory_mb=256)
     assert plain.failed == 1 and not plain.out_of_memory
+
+
+def test_a_huge_test_function_over_the_memory_budget_is_a_memory_outcome():
+    """Assertion rewriting and ``compile`` of a 6,000-line test function need more than 128 MB of address
+    space: CPython then raises MemoryError or a SystemError ("error return without exception set"); either
+    way the run says out of memory. The same function at 300 lines passes under the same budget."""
+    from fastdistill.rewards import run_tests
+
+    code = "def add(a, b):\n    return a + b\n"
+
+    def tests(n):
+        return "from solution import add\n\ndef test_big():\n" + "".join(
+            f"    assert add({i}, 1) == {i + 1}\n" for i in range(n))
+
+    huge = run_tests(code, tests(6000), memory_mb=128, timeout_s=60)
+    assert huge.out_of_memory and not huge.ok and "memory_mb" in huge.reason
+    assert run_tests(code, tests(300), memory_mb=128).ok
+
