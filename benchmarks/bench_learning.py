@@ -77,18 +77,20 @@ def run_seed(seed: int, quick: bool, out_dir: str, overrides: dict | None = None
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [seed {seed}] %(message)s", force=True)
     cfg = replace(DemoConfig.quick() if quick else DemoConfig(), **(overrides or {}), seed=seed)
     t0 = time.perf_counter()
-    done = Path(out_dir) / f"seed_{seed}" / "report.json"
-    if reuse and done.is_file():
+    seed_dir = Path(out_dir) / f"seed_{seed}"
+    done = seed_dir / "report.json"
+    reused = reuse and done.is_file()
+    if reused:
         report = json.loads(done.read_text(encoding="utf-8"))
         if report["config"] != json.loads(json.dumps(asdict(cfg))):
             raise SystemExit(f"--reuse: {done} was run with another configuration")
         logging.info("reusing %s (wall time %.0f s)", done, report["wall_time_s"])
     else:
-        report = run_demo(Path(out_dir) / f"seed_{seed}", cfg)
+        report = run_demo(seed_dir, cfg)
     models = {**report["students"], "teacher": report["teacher"]}
     return {
         "seed": seed,
-        "wall_time_s": report["wall_time_s"] if reuse and done.is_file() else round(time.perf_counter() - t0, 1),
+        "wall_time_s": report["wall_time_s"] if reused else round(time.perf_counter() - t0, 1),
         "timings_s": report["timings_s"],
         "load_after": _load(),
         "environment": report["environment"],

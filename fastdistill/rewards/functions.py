@@ -286,7 +286,7 @@ class _Reward:
         if not kept:
             raise RewardError(f"{self.__name__}: no row of the batch could be scored "
                               f"(first: row {rows[0]}: {bad[rows[0]]})") from batch_error
-        failed = [i for i in rows if i not in set(kept)]
+        failed = sorted(set(rows) - set(kept))
         if failed:
             logger.warning("%s: %d of %d rows raised while scoring and get None (row %d: %s)", self.__name__,
                            len(failed), len(rows), failed[0], bad[failed[0]])

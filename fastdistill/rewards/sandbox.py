@@ -228,7 +228,7 @@ def _start_mapped(caps: dict, cmd: list, deadline: float, on_start=None, **popen
     ``on_start(pid)`` runs as soon as the process exists. If ``unshare`` fails, the process just exits
     with its message on its output.
     """
-    flags = (caps.get("unshare_flags") or "-rmnpf").replace("r", "U", 1)
+    flags = _mapped_flags(caps)
     go_r, go_w = os.pipe()
     try:
         try:
@@ -256,6 +256,11 @@ def _start_mapped(caps: dict, cmd: list, deadline: float, on_start=None, **popen
         return proc, mapped
     finally:
         os.close(go_w)  # (a shell still waiting reads EOF and exits 1)
+
+
+def _mapped_flags(caps: dict) -> str:
+    """``unshare`` flags for :func:`_start_mapped`: the probed ones with ``-U`` (no ids mapped) for ``-r``."""
+    return (caps.get("unshare_flags") or "-rmnpf").replace("r", "U", 1)
 
 
 def _entered_user_namespace(proc: subprocess.Popen, deadline: float) -> bool:
@@ -439,7 +444,7 @@ class _Worker:
                        if ready == "timeout" else f"it exited with return code {self.proc.returncode}")
                 tail = self._output.decode("utf-8", "replace").strip()[-_TAIL_CHARS:]
                 self.start_error = (f"sandbox worker did not start: {how} (interpreter {python}"
-                                    + (f", via {caps['unshare']} {flags.replace('r', 'U', 1)} with id maps "
+                                    + (f", via {caps['unshare']} {_mapped_flags(caps)} with id maps "
                                        "written by this process" if mapped_here else
                                        f", via {caps['unshare']} {flags}" if self.namespaces else "") + "); "
                                     + (f"its output ends with:\n{tail}" if tail else "it wrote nothing"))
