@@ -45,7 +45,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Faults", "TeacherServer", "TeacherServerProcess", "sample_tokens"]
+__all__ = ["Faults", "JsonRequestHandler", "TeacherServer", "TeacherServerProcess", "sample_tokens"]
 
 FAULT_KINDS = ("500", "timeout", "malformed", "truncated")
 
@@ -91,6 +91,26 @@ class Faults:
                 return kind
             u -= rate
         return "ok"
+
+
+class JsonRequestHandler(BaseHTTPRequestHandler):
+    """A quiet request handler that answers JSON: the base of this module's server and of test doubles."""
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+    def _send(self, status, payload):
+        self._send_raw(status, json.dumps(payload).encode())
+
+    def _send_raw(self, status, data: bytes):
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
+            pass
 
 
 def sample_tokens(logprobs_of: Callable, ids: list[int], max_tokens: int, *, temperature: float, generator,
@@ -151,11 +171,8 @@ class TeacherServer:
         self.log: list[tuple[str, dict, str]] = []  # (path, body, what happened), in arrival order
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonRequestHandler):
             protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # keep test output quiet
-                pass
 
             def do_GET(self):
                 if self.path.rstrip("/") == "/v1/models":
@@ -202,19 +219,6 @@ class TeacherServer:
                 if action == "malformed":
                     return self._send_raw(200, json.dumps(payload)[: 40].encode() + b'{"choices": [')
                 self._send(200, payload)
-
-            def _send(self, status, payload):
-                self._send_raw(status, json.dumps(payload).encode())
-
-            def _send_raw(self, status, data: bytes):
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
-                    pass
 
         self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 import torch
@@ -21,7 +21,7 @@ from fastdistill.data import load_supervised_dataset
 from fastdistill.data.collators import completion_token_ids
 from fastdistill.teacher import AlignmentError, AnnotationError, OpenAIServerTeacher, annotate
 from fastdistill.testing import tiny_causal_lm, tiny_tokenizer
-from fastdistill.testing.teacher_server import sample_tokens
+from fastdistill.testing.teacher_server import JsonRequestHandler, sample_tokens
 from helpers import tiny_teacher
 
 ROWS = [
@@ -52,10 +52,7 @@ class FakeOpenAIServer:
         self.requests: list[tuple[str, dict, str]] = []  # (path, body, what happened)
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep test output quiet
-                pass
-
+        class Handler(JsonRequestHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server.lock:
@@ -76,17 +73,6 @@ class FakeOpenAIServer:
                 except Exception as err:  # noqa: BLE001 - report to the client like a real server
                     return self._send(400, {"error": {"message": f"{type(err).__name__}: {err}"}})
                 self._send(200, payload)
-
-            def _send(self, status, payload):
-                data = json.dumps(payload).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
-                    pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
