@@ -122,6 +122,8 @@ class ServedTeacher:
         self._lock = threading.Lock()
         self.rows_scored = 0
         self.rows_failed = 0
+        self.rows_sampled = 0  # sequence-level KD: completions the teacher wrote
+        self.samples_failed = 0
 
     @property
     def name(self) -> str:
@@ -159,11 +161,12 @@ class ServedTeacher:
         return self
 
     # ---- scoring -----------------------------------------------------------------------------
-    def _score_row(self, prompt_ids: list[int], completion_ids: list[int]) -> dict:
+    def _retrying(self, fn, *args):
+        """``fn(*args)``, retried with backoff after a bad answer (HTTP errors are retried inside the client)."""
         attempt = 0
         while True:
             try:
-                return self.teacher.score_tokens(prompt_ids, completion_ids, self.top_k)
+                return fn(*args)
             except TeacherServerError:
                 raise
             except Exception as err:
@@ -175,35 +178,58 @@ class ServedTeacher:
                 time.sleep(delay)
                 attempt += 1
 
-    def submit(self, rows: Sequence[tuple[Sequence[int], Sequence[int]]]) -> PendingScores:
-        """Send one request per ``(prompt_ids, completion_ids)`` row now; returns at once."""
+    def _score_row(self, prompt_ids: list[int], completion_ids: list[int]) -> dict:
+        return self._retrying(self.teacher.score_tokens, prompt_ids, completion_ids, self.top_k)
+
+    def _submit(self, fn, rows: Sequence[tuple]) -> PendingScores:
         futures = []
-        for prompt_ids, completion_ids in rows:
-            future = self._pool.submit(self._score_row, list(prompt_ids), list(completion_ids))
+        for args in rows:
+            future = self._pool.submit(self._retrying, fn, *args)
             future.add_done_callback(lambda f: setattr(f, "finished_at", time.perf_counter()))
             futures.append(future)
         return PendingScores(futures, self.name)
 
-    def account(self, results: list, rows_in_step: int, failed_in_step: int) -> None:
+    def submit(self, rows: Sequence[tuple[Sequence[int], Sequence[int]]]) -> PendingScores:
+        """Send one scoring request per ``(prompt_ids, completion_ids)`` row now; returns at once."""
+        return self._submit(self.teacher.score_tokens,
+                            [(list(prompt), list(completion), self.top_k) for prompt, completion in rows])
+
+    def submit_samples(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                       temperature: float) -> PendingScores:
+        """Ask the teacher to sample a completion of every prompt (token ids) now; returns at once.
+
+        ``results()`` then gives, per prompt, the completion's token ids or the exception that failed it
+        (sequence-level KD: the teacher writes the completions the student is trained on)."""
+        return self._submit(self.teacher.generate_tokens,
+                            [(list(prompt), max_new_tokens, temperature) for prompt in prompts])
+
+    def account(self, results: list, rows_in_step: int, failed_in_step: int, *, sampled: bool = False) -> None:
         """Count a batch's results, and stop when the step's failed rows exceed the allowed fraction.
 
         ``failed_in_step`` counts the step's failed rows so far (this batch included), ``rows_in_step``
         every row the step sends. A :class:`TeacherServerError` in any slot is raised at once.
+        ``sampled``: the results are the teacher's samples (:meth:`submit_samples`), not scores.
         """
         failures = [r for r in results if isinstance(r, BaseException)]
         with self._lock:
-            self.rows_scored += len(results) - len(failures)
-            self.rows_failed += len(failures)
+            if sampled:
+                self.rows_sampled += len(results) - len(failures)
+                self.samples_failed += len(failures)
+            else:
+                self.rows_scored += len(results) - len(failures)
+                self.rows_failed += len(failures)
         for err in failures:
             if isinstance(err, TeacherServerError):
                 raise err
+        what = "sample" if sampled else "row"
         for err in failures:
-            logger.warning("teacher row left out of the distillation term: %s: %s", type(err).__name__, err)
+            logger.warning("teacher %s failed, its row is left out of this step: %s: %s", what, type(err).__name__,
+                           err)
         if rows_in_step and failed_in_step > self.max_failed_fraction * rows_in_step:
             causes = Counter(f"{type(e).__name__}: {str(e)[:200]}" for e in failures).most_common(1)
             cause = causes[0][0] if causes else "unknown"
             raise TeacherFailureError(
-                f"the served teacher {self.name} failed {failed_in_step} of {rows_in_step} rows in this step "
+                f"the served teacher {self.name} failed {failed_in_step} of {rows_in_step} {what}s in this step "
                 f"(more than teacher_max_failed_fraction={self.max_failed_fraction}); most common cause: {cause}"
             )
 

@@ -401,6 +401,43 @@ class OpenAIServerTeacher:
         request = {"row": where, "prompt_ids": list(prompt_ids), "completion_ids": list(completion_ids), "text": None}
         return self._call_refusable(lambda: self._score_one(request, top_k), top_k, "logprobs")
 
+    def generate_tokens(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float,
+                        seed: int | None = None, where: str = "row") -> list[int]:
+        """Sample a completion of ``prompt_ids`` on the server and return it as token ids (sequence-level KD).
+
+        One ``/v1/completions`` request with the prompt as token ids, ``max_tokens=max_new_tokens``,
+        ``temperature`` and ``logprobs=1`` with vLLM's ``return_tokens_as_token_ids``, so the answer names
+        every generated token by id (text would be re-tokenized ambiguously). A server that names tokens by
+        string must name each one of exactly one id of the tokenizer, else :class:`AlignmentError`. When
+        the server stopped on its end-of-sequence token without returning it (vLLM leaves it out of the
+        text), it is appended, as local ``generate`` keeps it.
+        """
+        if not prompt_ids:
+            raise ValueError(f"{where}: the prompt is empty")
+        body = {**self.extra_body, "return_tokens_as_token_ids": True}
+        kwargs = {"seed": seed} if seed is not None else {}
+        response = self._call(where, self.client.completions.create, model=self.model, prompt=list(prompt_ids),
+                              max_tokens=int(max_new_tokens), temperature=float(temperature), logprobs=1,
+                              extra_body=body, **kwargs)
+        if not response.choices or response.choices[0].logprobs is None:
+            raise AlignmentError("the server's sample holds no logprobs, so its tokens cannot be read as ids")
+        choice = response.choices[0]
+        ids = []
+        for t, token in enumerate(choice.logprobs.tokens or []):
+            candidates = self._ids_for_string(token)
+            if len(candidates) != 1:
+                raise AlignmentError(f"generated token {t} ({token!r}) names {len(candidates)} token ids, not one "
+                                     "(serve the teacher with vLLM, which honours return_tokens_as_token_ids)")
+            ids.append(candidates[0])
+        if not ids or len(ids) > max_new_tokens:
+            raise AlignmentError(f"the server generated {len(ids)} tokens for max_tokens={max_new_tokens}")
+        eos = self.tokenizer.eos_token_id
+        stop_reason = (getattr(choice, "model_extra", None) or {}).get("stop_reason")
+        if (choice.finish_reason == "stop" and stop_reason is None and eos is not None and ids[-1] != eos
+                and len(ids) < max_new_tokens):
+            ids.append(eos)
+        return ids
+
     def _call_refusable(self, fn, top_k: int, field: str):
         try:
             return fn()

@@ -109,6 +109,8 @@ class _Window:
     left: int
     rows: int = 0
     failed: int = 0
+    sampled: int = 0  # seq_kd: rows the teacher was asked to sample
+    samples_failed: int = 0
     wait_s: float = 0.0  # time the trainer blocked on the server
     latency_s: float = 0.0  # longest time from a batch's requests to its last answer
 
@@ -140,6 +142,9 @@ class GKDTrainer(_TRLGKDTrainer):
     * With ``teacher_model`` (a model or a path; or ``args.teacher_model_name_or_path``): TRL's GKD,
       including on-policy ``lmbda`` and ``seq_kd``; the divergences come from
       :mod:`fastdistill.losses`, which are chunked over tokens so their extra memory is bounded.
+    * With a served teacher (an ``http(s)://`` base URL or an ``OpenAIServerTeacher``): no teacher weights
+      in memory; the server scores every row (top-k log-probs) and, with ``seq_kd``, samples the
+      off-policy micro-batches' completions (see :meth:`get_batch_samples`).
     * Without a teacher, when the dataset has ``teacher_logprobs`` (one log-prob per completion token)
       or ``teacher_topk_ids``/``teacher_topk_logprobs`` columns: trains from those columns through
       :func:`~fastdistill.losses.reverse_kl_on_chosen`. Generated completions have no stored teacher
@@ -328,18 +333,23 @@ class GKDTrainer(_TRLGKDTrainer):
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """With a served teacher: generate every micro-batch of the accumulation window up front and send each
         one's rows to the server as soon as its completions exist, so micro-batch i trains while the server
-        scores the rest. Strictly on-policy: the completions are the current policy's, scored in this step."""
+        scores the rest. Strictly on-policy: the completions are the current policy's, scored in this step.
+        With ``seq_kd``, the micro-batches TRL's ``lmbda`` draw leaves off-policy get the teacher's own samples
+        instead of the dataset's completions: all their sampling requests go out first, concurrently, while
+        the student generates the on-policy ones; each is then scored like any other row."""
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         if self.served is None or not batch_samples:
             return batch_samples, num_items_in_batch
         window = _Window(left=len(batch_samples))
-        for inputs in batch_samples:
-            if random.random() <= self.lmbda:
+        on_policy = [random.random() <= self.lmbda for _ in batch_samples]  # TRL's draw, once per micro-batch
+        # seq_kd: the teacher writes the off-policy micro-batches' completions; every request goes out now
+        samples = {i: self._submit_teacher_samples(inputs) for i, inputs in enumerate(batch_samples)
+                   if self.seq_kd and not on_policy[i]}
+        for i, inputs in enumerate(batch_samples):
+            if on_policy[i]:
                 self._generate_into(inputs)
-            elif self.seq_kd:
-                raise NotImplementedError("seq_kd with a served teacher is not supported yet: use lmbda > 0 "
-                                          "(on-policy) or annotate the teacher's samples offline "
-                                          "(fastdistill annotate)")
+            elif i in samples:
+                self._teacher_samples_into(inputs, samples[i], window)
             inputs["_fd_prepared"] = True
             if not self._has_stored_teacher(inputs):
                 rows, positions = batch_rows(inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
@@ -360,6 +370,37 @@ class GKDTrainer(_TRLGKDTrainer):
                 gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs) as unwrapped:
             ids, mask, labels = self.generate_on_policy_outputs(unwrapped, inputs, self.generation_config)
         inputs["input_ids"], inputs["attention_mask"], inputs["labels"] = ids, mask, labels
+
+    def _submit_teacher_samples(self, inputs):
+        """Send the micro-batch's prompts to the served teacher for sampling (sequence-level KD)."""
+        prompts = [ids[mask.bool()].tolist() for ids, mask in zip(inputs["prompts"], inputs["prompt_attention_mask"])]
+        return self.served.submit_samples(prompts, self.generation_config.max_new_tokens, self.temperature)
+
+    def _teacher_samples_into(self, inputs, pending, window) -> None:
+        """Replace the micro-batch's completions with the teacher's samples, laid out as TRL's
+        ``generate_on_policy_outputs`` lays out generated sequences (left-padded prompt, then the completion,
+        the labels -100 on prompt and padding). A row the teacher could not sample is left out of the step
+        (no completion tokens: no CE and no divergence for it), counted in ``teacher/failed_samples``."""
+        results = pending.results()
+        failed = sum(isinstance(r, BaseException) for r in results)
+        window.sampled += len(results)
+        window.samples_failed += failed
+        self.served.account(results, window.sampled, window.samples_failed, sampled=True)
+        prompts, prompt_mask = inputs["prompts"], inputs["prompt_attention_mask"]
+        completions = [[] if isinstance(r, BaseException) else r for r in results]
+        width = max(1, max(len(c) for c in completions))
+        pad = self.processing_class.pad_token_id
+        completion = torch.full((len(completions), width), pad, dtype=prompts.dtype, device=prompts.device)
+        completion_mask = torch.zeros_like(completion, dtype=prompt_mask.dtype)
+        for b, ids in enumerate(completions):
+            completion[b, : len(ids)] = torch.tensor(ids, dtype=prompts.dtype)
+            completion_mask[b, : len(ids)] = 1
+        input_ids = torch.cat([prompts, completion], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        labels = input_ids.clone()
+        labels[attention_mask == 0] = -100
+        labels[:, : prompts.shape[1]] = -100
+        inputs["input_ids"], inputs["attention_mask"], inputs["labels"] = input_ids, attention_mask, labels
 
     @staticmethod
     def _has_stored_teacher(inputs) -> bool:
@@ -384,6 +425,8 @@ class GKDTrainer(_TRLGKDTrainer):
             self._metrics[mode]["teacher/failed_rows"].append(float(window.failed))
             self._metrics[mode]["teacher/wait_s"].append(window.wait_s)
             self._metrics[mode]["teacher/latency_s"].append(window.latency_s)
+            if window.sampled:
+                self._metrics[mode]["teacher/failed_samples"].append(float(window.samples_failed))
         return score_tensors(results, positions, inputs["labels"][:, 1:], self.served.top_k)
 
     def _student_and_ce(self, model, inputs, labels, mask, num_items_in_batch):

@@ -8,6 +8,7 @@ from datasets import Dataset
 from served_fixtures import teacher_server  # noqa: F401
 
 from fastdistill.teacher import (
+    AlignmentError,
     OpenAIServerTeacher,
     ServedTeacher,
     TeacherFailureError,
@@ -162,3 +163,33 @@ def test_faulty_rows_are_retried_then_reported(model_and_tok, teacher_server):  
         dead.account(results, rows_in_step=4, failed_in_step=2)
     dead.account(results[:1], rows_in_step=8, failed_in_step=1)  # 1 of 8 is below the fraction
     assert dead.rows_failed == 3
+
+
+def fake_sampling_client(tokens, finish_reason, stop_reason=None):
+    """An OpenAI client double whose completions name generated tokens by string (a non-vLLM server)."""
+    from types import SimpleNamespace
+
+    choice = SimpleNamespace(logprobs=SimpleNamespace(tokens=tokens), finish_reason=finish_reason,
+                             model_extra={"stop_reason": stop_reason})
+    create = lambda **kwargs: SimpleNamespace(choices=[choice])  # noqa: E731
+    return SimpleNamespace(completions=SimpleNamespace(create=create))
+
+
+def test_generate_tokens_reads_ids_and_keeps_the_stop_token():
+    tok = tiny_tokenizer()
+    teacher = OpenAIServerTeacher("http://127.0.0.1:9/v1", "t")
+    teacher.tokenizer = tok
+    words = ids(tok, "x = 1")
+    as_strings = [tok.convert_ids_to_tokens(i) for i in words]
+    eos = tok.eos_token_id
+    teacher._client = fake_sampling_client(as_strings, "stop")  # stopped on EOS, which vLLM leaves out
+    assert teacher.generate_tokens([5, 6], 8, 1.0) == words + [eos]
+    teacher._client = fake_sampling_client(as_strings, "stop", stop_reason="\n")  # a stop string: nothing added
+    assert teacher.generate_tokens([5, 6], 8, 1.0) == words
+    teacher._client = fake_sampling_client(as_strings, "length")
+    assert teacher.generate_tokens([5, 6], len(words), 1.0) == words
+    teacher._client = fake_sampling_client([f"token_id:{i}" for i in words], "length")
+    assert teacher.generate_tokens([5, 6], len(words), 1.0) == words
+    teacher._client = fake_sampling_client([], "length")
+    with pytest.raises(AlignmentError, match="generated 0 tokens"):
+        teacher.generate_tokens([5, 6], 4, 1.0)

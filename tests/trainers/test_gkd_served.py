@@ -11,7 +11,7 @@ from served_fixtures import teacher_server  # noqa: F401
 
 from fastdistill import GKDConfig, GKDTrainer
 from fastdistill.teacher import OpenAIServerTeacher, TeacherFailureError
-from fastdistill.testing.teacher_server import Faults
+from fastdistill.testing.teacher_server import Faults, sample_tokens
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +147,94 @@ def test_failed_row_is_left_out_not_scored_zero(models, teacher_server, tmp_path
     assert a.served.rows_failed == 1
     torch.testing.assert_close(loss_three, loss_two, atol=1e-5, rtol=0)
     assert a._metrics["train"]["teacher/failed_rows"] == [1.0]
+
+
+def teacher_sample(teacher, prompt_ids, max_tokens, temperature, eos):
+    """What the local server samples for one request (seed 0): the teacher's own tokens, computed here."""
+
+    def logprobs_of(ids):
+        with torch.no_grad():
+            return torch.log_softmax(teacher(torch.tensor([ids])).logits[0].float(), -1)
+
+    generated = sample_tokens(logprobs_of, prompt_ids, max_tokens, temperature=temperature,
+                              generator=torch.Generator().manual_seed(0), eos_token_id=eos)
+    return [t for t, _ in generated]
+
+
+def completions_of(inputs):
+    return [ids[labels != -100].tolist() for ids, labels in zip(inputs["input_ids"], inputs["labels"])]
+
+
+def test_seq_kd_trains_on_the_teachers_samples(models, teacher_server, tmp_path):  # noqa: F811
+    """seq_kd with a served teacher: the off-policy micro-batches' completions are the teacher's samples (token
+    ids from the server, the same tokens the teacher model samples), then scored like any row, and training runs."""
+    student, teacher, tok = models
+    server = teacher_server(teacher, tok, max_logprobs=8)
+    trainer = fast_retries(GKDTrainer(
+        model=copy.deepcopy(student), processing_class=tok, train_dataset=dataset(),
+        args=config(tmp_path, teacher_model_name_or_path=server.base_url, teacher_top_k=8, lmbda=0.0, seq_kd=True,
+                    temperature=0.9, max_steps=2, rkl_lambda=0.5),
+    ))
+    collated = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    prompts = [ids[mask.bool()].tolist() for ids, mask in zip(collated["prompts"], collated["prompt_attention_mask"])]
+    dataset_completions = completions_of(collated)
+    (inputs,), _ = trainer.get_batch_samples(iter([dict(collated)]), 1, torch.device("cpu"))
+    expected = [teacher_sample(teacher, p, 6, 0.9, tok.eos_token_id) for p in prompts]
+    assert completions_of(inputs) == expected
+    assert expected != dataset_completions
+    for b, prompt in enumerate(prompts):  # the prompt is kept, left-padded, as TRL lays out generated rows
+        kept = inputs["input_ids"][b, : collated["prompts"].shape[1]][collated["prompt_attention_mask"][b].bool()]
+        assert kept.tolist() == prompt
+    samples = [body for path, body, _ in server.log if path == "/v1/completions" and "prompt_logprobs" not in body]
+    assert len(samples) == 2 and all(body["max_tokens"] == 6 and body["temperature"] == 0.9 for body in samples)
+    loss = trainer.compute_loss(trainer.model, inputs)  # scored on the server like any row
+    assert torch.isfinite(loss) and loss > 0
+    assert trainer._metrics["train"]["teacher/failed_samples"] == [0.0]
+
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 2 and all(h["teacher/failed_samples"] == 0 and h["loss/jsd"] > 0 for h in logs)
+    assert trainer.served.rows_sampled == 2 + 2 * 2 and trainer.served.samples_failed == 0
+    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+
+
+def test_seq_kd_failed_sample_is_left_out_and_counted(models, teacher_server, tmp_path):  # noqa: F811
+    student, teacher, tok = models
+
+    def rule(n, path, body):  # every sampling request for the add(1, 2) prompt fails
+        sampling = "prompt_logprobs" not in body and body.get("max_tokens") == 6
+        return "500" if sampling and "add(1, 2)" in tok.decode(body.get("prompt") or []) else None
+
+    server = teacher_server(teacher, tok, faults=Faults(rule=rule), max_logprobs=4)
+    trainer = fast_retries(GKDTrainer(
+        model=copy.deepcopy(student), processing_class=tok, train_dataset=dataset(),
+        args=config(tmp_path, teacher_model_name_or_path=server.base_url, teacher_top_k=4, lmbda=0.0, seq_kd=True,
+                    rkl_lambda=1.0, jsd_lambda=0.0, teacher_max_failed_fraction=0.5),
+    ))
+    collated = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])  # row 1 cannot be sampled
+    (inputs,), _ = trainer.get_batch_samples(iter([dict(collated)]), 1, torch.device("cpu"))
+    completions = completions_of(inputs)
+    assert completions[1] == [] and completions[0] and completions[2]  # left out: no CE, no divergence
+    assert trainer.served.samples_failed == 1 and trainer.served.rows_sampled == 2
+    assert server.count(action="500") == 1 + 2  # retried, then given up
+    loss = trainer.compute_loss(trainer.model, inputs)
+    assert torch.isfinite(loss) and loss > 0
+    assert trainer._metrics["train"]["teacher/failed_samples"] == [1.0]
+    assert trainer.served.rows_failed == 0 and trainer.served.rows_scored == 2
+
+
+def test_seq_kd_stops_when_the_teacher_cannot_sample(models, teacher_server, tmp_path):  # noqa: F811
+    student, teacher, tok = models
+    rule = lambda n, path, body: "500" if "prompt_logprobs" not in body and body.get("max_tokens") == 6 else None  # noqa: E731
+    server = teacher_server(teacher, tok, faults=Faults(rule=rule), max_logprobs=4)
+    trainer = fast_retries(GKDTrainer(
+        model=copy.deepcopy(student), processing_class=tok, train_dataset=dataset(),
+        args=config(tmp_path, teacher_model_name_or_path=server.base_url, teacher_top_k=4, lmbda=0.0, seq_kd=True,
+                    max_steps=1),
+    ))
+    with pytest.raises(TeacherFailureError, match=r"failed 2 of 2 samples.*500"):
+        trainer.train()
 
 
 def test_recipe_config_names_only_known_fields():
