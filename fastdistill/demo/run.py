@@ -49,6 +49,9 @@ def _common_args(cfg: DemoConfig, out: Path, name: str, steps: int, lr: float) -
         lr_scheduler_type="cosine",
         warmup_steps=min(10, steps // 10),
         disable_tqdm=False,
+        # TRL turns gradient checkpointing on by default; for models this small recomputing the forward in the
+        # backward only costs time (the gradients are the same)
+        gradient_checkpointing=False,
     )
 
 
