@@ -14,14 +14,17 @@ user/mount/network/PID namespaces when the kernel allows them. Before any untrus
    jobs) read from ``cmd_fd``, one after another, each in a fresh randomly named directory:
 
    * a *zygote* is forked per pair; it installs the code under test and collects the tests once
-     (the first untrusted code to run);
+     (the first untrusted code to run). From the second pair on it is forked ahead of time, right
+     after the previous pair's clean-up (a *spare*), and if the caller stays idle it warms up with
+     a trusted collection whose traces it removes (see :meth:`_Server._start_spare`);
    * per *job* (the original code, a repeat, or a mutant) the zygote forks a short-lived child that
      swaps in the job's code (re-executing the test module against it, see :class:`_Collected`),
      runs the already-collected items (stopping at the first failure for mutants) and streams
      per-test outcomes back through a private pipe, under a wall-clock timeout and, for mutants,
      a CPU-time budget (``ITIMER_PROF``) so hot infinite loops end within ~50 ms of CPU;
-   * after the pair, the worker (PID 1 of its namespace) kills every other process in the
-     namespace and empties its working directory, so nothing survives into the next pair.
+   * after the pair, the worker (PID 1 of its namespace) reports it, then kills every other
+     process in the namespace and empties its working directory before it reads the next pair,
+     so nothing survives into the next pair.
 
    The worker itself never executes untrusted code, and it enforces each pair's wall-clock
    budget on the zygote.
@@ -43,6 +46,7 @@ import time
 import types
 
 _CFG_NAME = ".fastdistill_sandbox.json"
+_WARM_AFTER_S = 0.1  # a spare zygote that has waited this long for its pair warms up (see _Server._start_spare)
 
 
 def _libc():
@@ -384,13 +388,22 @@ def _read_exact(fd, n):
     return b"".join(chunks)
 
 
-def _recv(fd):
-    """One length-prefixed JSON command from the parent; ``None`` at end of input."""
+def _recv_bytes(fd):
+    """The body of one length-prefixed frame (8-byte big-endian length, then the body); ``None`` at end of input."""
     header = _read_exact(fd, 8)
     if header is None:
         return None
-    body = _read_exact(fd, int.from_bytes(header, "big"))
-    return None if body is None else json.loads(body)
+    return _read_exact(fd, int.from_bytes(header, "big"))
+
+
+def _frame(body):
+    return len(body).to_bytes(8, "big") + body
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _writer(fd, nonce):
@@ -441,6 +454,23 @@ def _read_messages(fd, nonce, deadline, on_message, max_bytes=4_000_000):
                 continue
             if on_message(msg):
                 return "stop"
+
+
+def _poll_messages(fd, nonce):
+    """The types of the framed messages ``fd`` holds right now (without waiting), None at EOF."""
+    said, buf, prefix = [], b"", nonce + b" "
+    while select.select([fd], [], [], 0)[0]:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return None
+        buf += chunk
+    for line in buf.split(b"\n"):
+        if line.startswith(prefix):
+            try:
+                said.append(json.loads(line[len(prefix):]).get("t"))
+            except (ValueError, AttributeError):
+                continue
+    return said
 
 
 def _kill_and_wait(pid):
@@ -617,15 +647,72 @@ class _Server:
         gc.freeze()  # forked children then do not touch (copy) the worker's pages when collecting garbage
         self._send({"t": "ready", "view": self._cfg.get("view", ""), "uid": os.getuid(),
                     "uid_note": self._cfg.get("uid_note", "")})
+        # The first spare comes after the first pair: until the parent has moved this worker into its
+        # cgroups (when it sees "ready", before it sends a pair) nothing may be forked, or it escapes them.
+        spare = None
         while True:
-            spec = _recv(self._cmd_fd)
-            if spec is None:
+            body = _recv_bytes(self._cmd_fd)
+            if body is None:
                 break
-            result = self._run_pair(session, spec)
-            result.update({"t": "pair", "id": spec["id"]})
-            self._send(result)
+            self._run_pair(session, json.loads(body), body, spare)  # replies, then cleans up
+            spare = self._start_spare(session)
+        if spare is not None:
+            _kill_and_wait(spare["pid"])
         self._send({"t": "done"})
         return True
+
+    def _start_spare(self, session):
+        """Fork the next pair's zygote ahead of time (a *spare*), once the previous pair is cleaned up.
+
+        The spare blocks reading the pair's spec from a private pipe and then becomes that pair's
+        zygote. If no pair comes within :data:`_WARM_AFTER_S` (the caller is idle), it warms itself
+        up (:meth:`_warm_up`: a trusted collection, so pytest's caches are filled and the pages a
+        collection touches are copied before the pair arrives), saying ``warming`` and ``warm`` on
+        its own nonce-tagged pipe. None with ``cfg["prefork"]`` off (a zygote is forked per pair).
+        """
+        if not self._cfg.get("prefork"):
+            return None
+        nonce = os.urandom(8).hex().encode()
+        read_fd, write_fd = os.pipe()
+        spec_r, spec_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the spare: no untrusted code runs in it before it has its pair
+            code = 0
+            try:
+                os.close(read_fd)
+                os.close(spec_w)
+                os.close(self._result_fd)
+                os.close(self._cmd_fd)
+                self._spare(session, spec_r, write_fd, nonce)
+            except BaseException:  # noqa: BLE001 - the worker forks a zygote afresh instead
+                code = 3
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        os.close(spec_r)
+        try:
+            os.setpgid(pid, pid)
+        except OSError:
+            pass
+        return {"pid": pid, "read_fd": read_fd, "spec_w": spec_w, "nonce": nonce}
+
+    def _take_spare(self, spare, pair_dir, test_file, body):
+        """Hand the pair to ``spare``: ``(pid, read_fd, nonce, "warm" or "spare")``, or None when it
+        died or is in the middle of its warm-up (it is killed; the caller forks a zygote afresh)."""
+        said = _poll_messages(spare["read_fd"], spare["nonce"])
+        usable = said is not None and ("warm" in said or "warming" not in said)
+        if usable:
+            paths = json.dumps({"pair_dir": pair_dir, "test_file": test_file}).encode()
+            try:
+                _write_all(spare["spec_w"], _frame(paths) + _frame(body))
+            except OSError:
+                usable = False
+        os.close(spare["spec_w"])
+        if usable:
+            return spare["pid"], spare["read_fd"], spare["nonce"], "warm" if "warm" in said else "spare"
+        _kill_and_wait(spare["pid"])
+        os.close(spare["read_fd"])
+        return None
 
     def _clean_between_pairs(self, pair_dir):
         """Nothing a pair started or wrote may survive into the next pair."""
@@ -634,6 +721,7 @@ class _Server:
                 os.kill(-1, signal.SIGKILL)  # PID 1 of our own PID namespace: every other process in it
             except OSError:
                 pass
+            self._empty_workdir()  # while they die (emptied again once they are all gone)
             while True:
                 try:
                     os.waitpid(-1, 0)
@@ -643,6 +731,9 @@ class _Server:
                     continue
         else:
             _reap()
+        self._empty_workdir()
+
+    def _empty_workdir(self):
         workdir = self._cfg["workdir"]
         keep = {os.path.basename(self._cfg["ini_file"])}
         for entry in os.listdir(workdir):
@@ -656,8 +747,10 @@ class _Server:
                     except OSError:
                         pass
 
-    def _run_pair(self, session, spec):
+    def _run_pair(self, session, spec, body, spare):
+        """Run one pair on ``spare`` (or a zygote forked now), send its ``pair`` message, then clean up."""
         start = time.monotonic()
+        deadline = start + float(spec["timeout_s"])
         name = spec["module_name"]
         pair_dir = os.path.join(self._cfg["workdir"], "p" + os.urandom(8).hex())
         os.mkdir(pair_dir, 0o700)
@@ -667,26 +760,31 @@ class _Server:
         test_file = os.path.join(pair_dir, f"test_{name}_tests.py")
         with open(test_file, "w", encoding="utf-8") as fh:
             fh.write(spec["tests"])
-        nonce = os.urandom(8).hex().encode()
-        read_fd, write_fd = os.pipe()
         oom_before = _oom_kills(self._cfg.get("oom_fd"))
-        pid = os.fork()
-        if pid == 0:  # zygote: runs untrusted code (the test module's import)
-            code = 0
+        zygote = self._take_spare(spare, pair_dir, test_file, body) if spare is not None else None
+        if zygote is not None:
+            pid, read_fd, nonce, kind = zygote
+        else:
+            kind = "fresh"
+            nonce = os.urandom(8).hex().encode()
+            read_fd, write_fd = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # zygote: runs untrusted code (the test module's import)
+                code = 0
+                try:
+                    os.close(read_fd)
+                    os.close(self._result_fd)
+                    os.close(self._cmd_fd)
+                    self._zygote(session, spec, pair_dir, test_file, write_fd, nonce)
+                except BaseException:  # noqa: BLE001 - anything escaping is reported as a crash
+                    code = 3
+                finally:
+                    os._exit(code)
+            os.close(write_fd)
             try:
-                os.close(read_fd)
-                os.close(self._result_fd)
-                os.close(self._cmd_fd)
-                self._zygote(session, spec, pair_dir, test_file, write_fd, nonce)
-            except BaseException:  # noqa: BLE001 - anything escaping is reported as a crash
-                code = 3
-            finally:
-                os._exit(code)
-        os.close(write_fd)
-        try:
-            os.setpgid(pid, pid)
-        except OSError:
-            pass
+                os.setpgid(pid, pid)
+            except OSError:
+                pass
         jobs, finished = [], []
 
         def on_message(msg):
@@ -697,15 +795,21 @@ class _Server:
                 return True
             return False
 
-        status = _read_messages(read_fd, nonce, start + float(spec["timeout_s"]), on_message,
-                                max_bytes=4_000_000 * max(1, len(spec["jobs"])))
-        wstatus = _kill_and_wait(pid)
+        status = _read_messages(read_fd, nonce, deadline, on_message, max_bytes=4_000_000 * max(1, len(spec["jobs"])))
+        exit_info = ""  # a zygote that reported its end is done: how it then ends says nothing
+        if not finished:
+            exit_info = _exit_info(_kill_and_wait(pid))
+        after = _oom_kills(self._cfg.get("oom_fd"))
+        # The reply goes out before the clean-up (the next pair is read only after it): the caller
+        # does not wait for the processes to be reaped and the directory to be emptied.
+        self._send({"jobs": jobs, "completed": bool(finished), "timed_out": status == "timeout",
+                    "exit": exit_info, "duration_s": time.monotonic() - start,
+                    "oom_kills": (after - oom_before) if after is not None and oom_before is not None else 0,
+                    "zygote": kind, "t": "pair", "id": spec["id"]})
+        if finished and not (self._cfg["namespaces"] and os.getpid() == 1):
+            _kill_and_wait(pid)  # (as PID 1 of its namespace, the clean-up below ends every process at once)
         os.close(read_fd)
         self._clean_between_pairs(pair_dir)
-        after = _oom_kills(self._cfg.get("oom_fd"))
-        return {"jobs": jobs, "completed": bool(finished), "timed_out": status == "timeout",
-                "exit": _exit_info(wstatus), "duration_s": time.monotonic() - start,
-                "oom_kills": (after - oom_before) if after is not None and oom_before is not None else 0}
 
     # -- zygote side ---------------------------------------------------------------------------------
     def pytest_collectreport(self, report):
@@ -730,6 +834,67 @@ class _Server:
             errors.append(["<plugins>", "the tests registered pytest plugins or hooks; not allowed"])
             return items, errors, True
         return items, errors, False
+
+    def _spare(self, session, spec_r, fd, nonce):
+        """A spare zygote (see :meth:`_start_spare`): warm up, say so, wait for the pair, serve it."""
+        os.setpgid(0, 0)
+        if not select.select([spec_r], [], [], _WARM_AFTER_S)[0]:  # idle: use the time to warm up
+            emit = _writer(fd, nonce)
+            emit({"t": "warming"})
+            self._warm_up(session)
+            emit({"t": "warm"})
+        header = _recv_bytes(spec_r)
+        body = _recv_bytes(spec_r) if header is not None else None
+        os.close(spec_r)
+        if body is None:  # the worker is gone or took a fresh zygote instead
+            return
+        paths = json.loads(header)
+        self._zygote(session, json.loads(body), paths["pair_dir"], paths["test_file"], fd, nonce)
+
+    _WARM_TESTS = ("from _fastdistill_warm_cut import f\n\n\n"
+                   "def test_fastdistill_warm_up():\n    assert f(1) == 2\n")
+
+    def _warm_up(self, session):
+        """Collect a trusted one-test file (and build the state a CUT swap uses) in this process, then
+        undo every trace of it but the warmth: its modules, ``sys.path`` entry, directory, and the
+        session's and assertion rewriter's collection state are put back as they were, so the
+        pair's collection sees what a freshly forked zygote sees (the tests in ``test_containment``
+        and ``test_sandbox`` compare both ways). Costs ~15 ms of this process, off the pair's path."""
+        warm_dir = os.path.join(self._cfg["workdir"], "w" + os.urandom(8).hex())
+        saved_path, saved_modules = list(sys.path), set(sys.modules)
+        saved_session = dict(vars(session))
+        rewriter = next((h for h in sys.meta_path if type(h).__name__ == "AssertionRewritingHook"), None)
+        saved_rewriter = {k: (v.copy() if isinstance(v, (set, dict, list)) else v)
+                          for k, v in vars(rewriter).items()} if rewriter is not None else None
+        os.mkdir(warm_dir, 0o700)
+        try:
+            cut = os.path.join(warm_dir, "_fastdistill_warm_cut.py")
+            with open(cut, "w", encoding="utf-8") as fh:
+                fh.write("def f(x):\n    return x + 1\n")
+            test_file = os.path.join(warm_dir, "test_fastdistill_warm_up.py")
+            with open(test_file, "w", encoding="utf-8") as fh:
+                fh.write(self._WARM_TESTS)
+            items = list(session.perform_collect([test_file]))
+            for item in items:
+                item.location
+            collected = _Collected(session, items, warm_dir, "_fastdistill_warm_cut")
+            collected.swap("def f(x):\n    return x + 2\n", cut)
+        finally:
+            for name in set(sys.modules) - saved_modules:
+                if os.path.realpath(str(getattr(sys.modules[name], "__file__", None) or "/")).startswith(
+                        os.path.realpath(warm_dir) + os.sep):
+                    del sys.modules[name]
+            sys.path[:] = saved_path
+            sys.path_importer_cache.pop(warm_dir, None)
+            vars(session).clear()
+            vars(session).update(saved_session)
+            if rewriter is not None:
+                vars(rewriter).clear()
+                vars(rewriter).update(saved_rewriter)
+            linecache.cache.pop(cut, None)
+            _rmtree(warm_dir)
+        if os.path.exists(warm_dir):
+            raise OSError(f"could not remove the warm-up directory {warm_dir}")
 
     def _zygote(self, session, spec, pair_dir, test_file, fd, nonce):
         os.setpgid(0, 0)

@@ -62,6 +62,11 @@ the kernel refuses, the worker falls back to a read-only view of the host and a 
 TMP_MB = 64
 """Size cap of the sealed view's ``/tmp`` tmpfs (MB)."""
 
+PREFORK_ZYGOTE = True
+"""Workers fork each pair's zygote ahead of time, while idle, and warm it up with a trusted
+collection (see ``_child._Server._start_spare``): a warm pair skips the fork and pytest's cold
+collection. False forks a zygote when the pair arrives (the results are the same)."""
+
 UNPRIVILEGED_ID = 65534
 """The uid and gid (``nobody``, the same number inside the sandbox's user namespace and outside) that
 every process of a worker runs as once its namespaces are set up, with no supplementary groups. Only
@@ -384,6 +389,7 @@ class _Worker:
             cfg = {"nonce": self.nonce.decode(), "workdir": self.workdir, "ini_file": ini_file,
                    "memory_mb": memory_mb, "fsize_mb": 64, "nproc": nproc, "cpu_s": cpu_s,
                    "namespaces": self.namespaces, "root_dir": self.rootdir, "tmp_mb": TMP_MB,
+                   "prefork": bool(PREFORK_ZYGOTE),
                    "drop_ids": ([UNPRIVILEGED_ID, UNPRIVILEGED_ID] if self.namespaces and caps.get("unprivileged_uid")
                                 is not None else None)}
             Path(self.workdir, _CFG_NAME).write_text(json.dumps(cfg), encoding="utf-8")
@@ -568,7 +574,7 @@ class _Worker:
         if status == "ok":
             msg = self._last
             out.update(jobs=msg["jobs"], completed=msg["completed"], timed_out=msg["timed_out"], exit=msg["exit"],
-                       oom_kills=int(msg.get("oom_kills") or 0))
+                       oom_kills=int(msg.get("oom_kills") or 0), zygote=str(msg.get("zygote") or ""))
         else:
             self.alive = False
             out["timed_out"] = status == "timeout"
