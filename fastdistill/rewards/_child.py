@@ -22,9 +22,9 @@ user/mount/network/PID namespaces when the kernel allows them. Before any untrus
      runs the already-collected items (stopping at the first failure for mutants) and streams
      per-test outcomes back through a private pipe, under a wall-clock timeout and, for mutants,
      a CPU-time budget (``ITIMER_PROF``) so hot infinite loops end within ~50 ms of CPU;
-   * after the pair, the worker (PID 1 of its namespace) reports it, then kills every other
-     process in the namespace and empties its working directory before it reads the next pair,
-     so nothing survives into the next pair.
+   * after the pair, the worker (PID 1 of its namespace) kills every other process in the
+     namespace and empties its working directory, then reports the pair, so nothing survives
+     into the next pair (nor the caller's return).
 
    The worker itself never executes untrusted code, and it enforces each pair's wall-clock
    budget on the zygote.
@@ -37,6 +37,7 @@ import ctypes
 import gc
 import json
 import linecache
+import math
 import os
 import resource
 import select
@@ -425,13 +426,14 @@ def _writer(fd, nonce):
 def _read_messages(fd, nonce, deadline, on_message, max_bytes=4_000_000):
     """Read framed lines from ``fd`` until EOF, ``deadline`` or ``on_message`` returns True.
 
+    ``deadline`` is a ``time.monotonic()`` value, or a function returning the current one.
     Returns ``"eof"``, ``"timeout"``, ``"overflow"`` or ``"stop"``.
     """
     buf = b""
     prefix = nonce + b" "
     total = 0
     while True:
-        remaining = deadline - time.monotonic()
+        remaining = (deadline() if callable(deadline) else deadline) - time.monotonic()
         if remaining <= 0:
             return "timeout"
         ready, _, _ = select.select([fd], [], [], remaining)
@@ -748,7 +750,7 @@ class _Server:
                         pass
 
     def _run_pair(self, session, spec, body, spare):
-        """Run one pair on ``spare`` (or a zygote forked now), send its ``pair`` message, then clean up."""
+        """Run one pair on ``spare`` (or a zygote forked now), clean up after it, send its ``pair`` message."""
         start = time.monotonic()
         deadline = start + float(spec["timeout_s"])
         name = spec["module_name"]
@@ -786,30 +788,50 @@ class _Server:
             except OSError:
                 pass
         jobs, finished = [], []
+        inline = {"start": None, "wall": 0.0, "tests": [], "collect_errors": []}  # see _inline
 
         def on_message(msg):
-            if msg.get("t") == "job":
+            kind = msg.get("t")
+            if kind == "job":
                 jobs.append(msg)
-            elif msg.get("t") == "end":
+            elif kind == "end":
                 finished.append(True)
                 return True
+            elif kind == "job_start" and inline["start"] is None and self._inline(spec):
+                inline.update(start=time.monotonic(), wall=float(msg.get("wall") or 0.0))
+            elif kind in ("test", "collect_error") and inline["start"] is not None and not jobs:
+                inline["tests" if kind == "test" else "collect_errors"].append(msg.get("r"))
             return False
 
-        status = _read_messages(read_fd, nonce, deadline, on_message, max_bytes=4_000_000 * max(1, len(spec["jobs"])))
+        def current_deadline():  # the pair's, or the inline job's once it started (whichever is first)
+            return deadline if inline["start"] is None else min(deadline, inline["start"] + inline["wall"])
+
+        max_bytes = 4_000_000 * max(1, len(spec["jobs"])) + (5_000_000 if self._inline(spec) else 0)
+        status = _read_messages(read_fd, nonce, current_deadline, on_message, max_bytes=max_bytes)
         exit_info = ""  # a zygote that reported its end is done: how it then ends says nothing
         if not finished:
-            exit_info = _exit_info(_kill_and_wait(pid))
+            wstatus = _kill_and_wait(pid)
+            exit_info = _exit_info(wstatus)
+            if inline["start"] is not None and not jobs and (status != "timeout" or current_deadline() < deadline):
+                # the inline job did not end: report it as _run_job reports a job child that did not
+                job_status = "timeout" if status == "timeout" else "crash"
+                oom_now = _oom_kills(self._cfg.get("oom_fd"))
+                if job_status == "crash" and oom_now is not None and oom_before is not None and oom_now > oom_before:
+                    job_status = "memory"
+                jobs.append({"status": job_status, "tests": inline["tests"], "collect_errors": inline["collect_errors"],
+                             "duration_s": time.monotonic() - inline["start"], "exit": exit_info,
+                             "recollected": False, "cpu_s": None, "t": "job", "i": 0})
+                finished.append(True)
+                status, exit_info = "eof", ""
         after = _oom_kills(self._cfg.get("oom_fd"))
-        # The reply goes out before the clean-up (the next pair is read only after it): the caller
-        # does not wait for the processes to be reaped and the directory to be emptied.
+        if finished and not (self._cfg["namespaces"] and os.getpid() == 1):
+            _kill_and_wait(pid)  # (as PID 1 of its namespace, the clean-up below ends every process at once)
+        os.close(read_fd)
+        self._clean_between_pairs(pair_dir)  # before the reply: once the caller has it, nothing of the pair is left
         self._send({"jobs": jobs, "completed": bool(finished), "timed_out": status == "timeout",
                     "exit": exit_info, "duration_s": time.monotonic() - start,
                     "oom_kills": (after - oom_before) if after is not None and oom_before is not None else 0,
                     "zygote": kind, "t": "pair", "id": spec["id"]})
-        if finished and not (self._cfg["namespaces"] and os.getpid() == 1):
-            _kill_and_wait(pid)  # (as PID 1 of its namespace, the clean-up below ends every process at once)
-        os.close(read_fd)
-        self._clean_between_pairs(pair_dir)
 
     # -- zygote side ---------------------------------------------------------------------------------
     def pytest_collectreport(self, report):
@@ -958,6 +980,8 @@ class _Server:
             swap = job.get("source") is not None and job["source"] != installed
             if errors and (forbidden or job.get("stop_first") or not items):
                 result = {"status": "ok", "tests": [], "collect_errors": errors, "duration_s": 0.0, "exit": ""}
+            elif self._inline(spec):
+                result = self._run_inline(session, items, job, path, test_file, float(wall), errors, emit)
             else:
                 result = self._run_job(session, items, collected, job, swap, path, test_file, float(wall),
                                        cpu_budget, errors)
@@ -987,6 +1011,50 @@ class _Server:
         return (result["status"] == "ok" and not result["collect_errors"] and "passed" in outcomes
                 and not any(o in ("failed", "error") for o in outcomes))
 
+    def _inline(self, spec):
+        """Whether the pair's only job runs in the zygote itself rather than in a child forked for it
+        (``cfg["inline"]``): a plain run of the tests as written (``run_tests`` with one repeat), where
+        no other job needs the collected state kept pristine. Saves a fork and a process teardown
+        (~6 ms); the worker then supervises the job as the zygote would a job child (its wall-clock
+        timeout from the ``job_start`` message, a crash, the memory budget) and reports the same
+        job result. The tests could forge that job's result either way (see the module docstring)."""
+        jobs = spec["jobs"]
+        return bool(self._cfg.get("inline")) and len(jobs) == 1 and jobs[0].get("source") is None and \
+            not jobs[0].get("stop_first") and jobs[0].get("timeout_s") is not None and \
+            jobs[0].get("needs_killed") is None
+
+    def _run_inline(self, session, items, job, path, test_file, wall, errors, emit):
+        """Run the pair's only job here, in the zygote (see :meth:`_inline`); returns its job result."""
+        start = time.monotonic()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_before = usage.ru_utime + usage.ru_stime
+        emit({"t": "job_start", "wall": wall})
+        tests, collect_errors, ended = [], [], []
+        size = [0]
+        prefix_len = 18  # a job child's line: "\n", its 16-hex-digit nonce, " " (see _run_job and _writer)
+
+        def job_emit(msg):
+            # what a job child's parent would read: its size is capped the same way (_read_messages)
+            size[0] += prefix_len + len(json.dumps(msg).encode()) + 1
+            if size[0] > 4_000_000:
+                emit({"t": "job", "i": 0, "status": "crash", "tests": tests, "collect_errors": collect_errors,
+                      "duration_s": time.monotonic() - start, "exit": "killed by signal 9", "recollected": False,
+                      "cpu_s": None})
+                emit({"t": "end"})
+                os._exit(0)
+            if msg.get("t") == "end":
+                ended.append(msg)
+                return
+            (tests if msg.get("t") == "test" else collect_errors).append(msg["r"])
+            emit(msg)  # the worker reports what ran if the job never ends
+
+        self._job_child(session, items, None, job, False, path, test_file, wall, None, errors, job_emit,
+                        cpu_offset=cpu_before)
+        cpu = ended[0].get("cpu_s") if ended else None
+        return {"status": "ok", "tests": tests, "collect_errors": collect_errors,
+                "duration_s": time.monotonic() - start, "exit": "", "recollected": False,
+                "cpu_s": cpu if isinstance(cpu, (int, float)) else None}
+
     def _run_job(self, session, items, collected, job, swap, path, test_file, wall, cpu_budget, errors):
         job_nonce = os.urandom(8).hex().encode()
         read_fd, write_fd = os.pipe()
@@ -998,7 +1066,7 @@ class _Server:
                 os.close(read_fd)
                 os.close(self._zygote_fd)
                 self._job_child(session, items, collected, job, swap, path, test_file, wall, cpu_budget, errors,
-                                write_fd, job_nonce)
+                                _writer(write_fd, job_nonce))
             except BaseException:  # noqa: BLE001
                 code = 3
             finally:
@@ -1043,19 +1111,20 @@ class _Server:
                 "cpu_s": cpu[0] if cpu and isinstance(cpu[0], (int, float)) else None}
 
     # -- job child side ------------------------------------------------------------------------------
-    def _job_child(self, session, items, collected, job, swap, path, test_file, wall, cpu_budget, errors,
-                   write_fd, job_nonce):
+    def _job_child(self, session, items, collected, job, swap, path, test_file, wall, cpu_budget, errors, emit,
+                   cpu_offset=0.0):
+        """Run the job's tests in this process, reporting through ``emit``. ``cpu_offset``: CPU time this
+        process had used before (a zygote running its pair's only job, see :meth:`_inline`)."""
         from _pytest.runner import runtestprotocol
 
         os.setpgid(0, 0)
-        cpu = int(wall) + 1
+        cpu = int(wall) + 1 + math.ceil(cpu_offset)
         try:
             resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
         except (ValueError, OSError):
             pass
         if cpu_budget is not None:
             signal.setitimer(signal.ITIMER_PROF, cpu_budget)  # default action of SIGPROF: terminate
-        emit = _writer(write_fd, job_nonce)
         stop_first = job.get("stop_first")
         recollected = False
         if swap:
@@ -1105,7 +1174,7 @@ class _Server:
             if stop_first and outcome in ("failed", "error"):
                 break
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        emit({"t": "end", "recollected": recollected, "cpu_s": usage.ru_utime + usage.ru_stime})
+        emit({"t": "end", "recollected": recollected, "cpu_s": usage.ru_utime + usage.ru_stime - cpu_offset})
 
 
 

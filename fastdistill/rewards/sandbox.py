@@ -67,6 +67,10 @@ PREFORK_ZYGOTE = True
 collection (see ``_child._Server._start_spare``): a warm pair skips the fork and pytest's cold
 collection. False forks a zygote when the pair arrives (the results are the same)."""
 
+INLINE_SINGLE_JOB = True
+"""A pair with one plain job (``run_tests`` with one repeat) runs it in the zygote itself instead of
+in a child forked for it (see ``_child._Server._inline``); False always forks (the results are the same)."""
+
 UNPRIVILEGED_ID = 65534
 """The uid and gid (``nobody``, the same number inside the sandbox's user namespace and outside) that
 every process of a worker runs as once its namespaces are set up, with no supplementary groups. Only
@@ -389,7 +393,7 @@ class _Worker:
             cfg = {"nonce": self.nonce.decode(), "workdir": self.workdir, "ini_file": ini_file,
                    "memory_mb": memory_mb, "fsize_mb": 64, "nproc": nproc, "cpu_s": cpu_s,
                    "namespaces": self.namespaces, "root_dir": self.rootdir, "tmp_mb": TMP_MB,
-                   "prefork": bool(PREFORK_ZYGOTE),
+                   "prefork": bool(PREFORK_ZYGOTE), "inline": bool(INLINE_SINGLE_JOB),
                    "drop_ids": ([UNPRIVILEGED_ID, UNPRIVILEGED_ID] if self.namespaces and caps.get("unprivileged_uid")
                                 is not None else None)}
             Path(self.workdir, _CFG_NAME).write_text(json.dumps(cfg), encoding="utf-8")

@@ -1,5 +1,6 @@
 """Pre-forked, warmed-up zygotes (``sandbox.PREFORK_ZYGOTE``) must give exactly the results of a zygote
-forked when the pair arrives, and the warm-up must leave no trace the tests could see."""
+forked when the pair arrives, and the warm-up must leave no trace the tests could see; a pair's only
+job run in its zygote (``sandbox.INLINE_SINGLE_JOB``) must give the results of a job child."""
 
 import re
 import time
@@ -132,3 +133,53 @@ def test_every_zygote_is_in_the_workers_cgroups(monkeypatch):
         assert kinds == ["fresh", "spare", "warm"]
     finally:
         close_idle_workers()
+
+
+HOSTILE = [
+    ("from solution import add\nimport time\n\ndef test_a():\n    assert add(1, 1) == 2\n\n"
+     "def test_b():\n    assert True\n\ndef test_hang():\n    while True:\n        pass\n\n"
+     "def test_after():\n    pass\n", 2.0),
+    ("import time\n\ndef test_sleep():\n    time.sleep(30)\n", 1.5),
+    ("import os\n\ndef test_first():\n    pass\n\ndef test_exit():\n    os._exit(3)\n", 10.0),
+    ("import os\n\ndef test_exit0():\n    os._exit(0)\n", 10.0),
+    ("import ctypes\n\ndef test_segv():\n    ctypes.string_at(0)\n", 10.0),
+    ("import pytest\n\ndef test_pytest_exit():\n    pytest.exit('bye')\n", 10.0),
+    ("def test_interrupt():\n    raise KeyboardInterrupt\n", 10.0),
+    ("import sys\n\ndef test_sys_exit():\n    sys.exit(0)\n", 10.0),
+    ("def test_memory():\n    x = bytearray(4 * 1024 ** 3)\n", 10.0),
+    ("import pytest\n\n@pytest.mark.parametrize('i', range(300))\ndef test_many(i):\n"
+     "    assert i % 7, 'x' * 1400\n", 20.0),
+    ("import os, signal\n\ndef test_kill_self():\n    os.kill(os.getpid(), signal.SIGKILL)\n", 10.0),
+]
+
+
+def _hostile_runs(inline, monkeypatch):
+    monkeypatch.setattr(_sandbox, "INLINE_SINGLE_JOB", inline)
+    close_idle_workers()
+    try:
+        runs = []
+        for tests, timeout_s in HOSTILE:
+            run = run_tests(CODE, tests, timeout_s=timeout_s, memory_mb=1024)
+            runs.append(_normalised(run)[:4] + (run.completed, run.timed_out, run.out_of_memory,
+                                                re.sub(r"after \d+\.\ds", "after <t>s", _normalised(run)[6]),
+                                                [t[:2] for t in _normalised(run)[7]]))
+        return runs
+    finally:
+        close_idle_workers()
+
+
+def test_a_single_job_in_the_zygote_gives_the_results_of_a_job_child(monkeypatch):
+    forked = _hostile_runs(False, monkeypatch)
+    inline = _hostile_runs(True, monkeypatch)
+    for (tests, _), a, b in zip(HOSTILE, forked, inline):
+        assert b == a, tests
+
+
+def test_repeats_and_mutants_still_fork_a_child_per_job(monkeypatch):
+    """Only a pair's single plain job runs in its zygote: repeats each get a fresh process."""
+    monkeypatch.setattr(_sandbox, "INLINE_SINGLE_JOB", True)
+    tests = ("import os\n\n"
+             "def test_fresh_process():\n    assert os.environ.get('FD_MARK') is None\n"
+             "    os.environ['FD_MARK'] = '1'\n")
+    run = run_tests(CODE, tests, repeats=3)
+    assert run.ok and not run.flaky and len(run.repeat_durations_s) == 3
