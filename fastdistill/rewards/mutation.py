@@ -278,7 +278,7 @@ def mutation_scores(codes: list[str], tests: list[str], *, n_workers=FROM_SETTIN
                        use_cache=use_cache, settings=s)[0]
 
 
-_MIN_MUTANTS_PER_SHARD = 8  # a shard repeats its pair's collection and baselines (~30-40 ms): not for a few mutants
+_MIN_MUTANTS_PER_SHARD = 4  # a shard repeats its pair's collection and baseline (~20-40 ms): worth it from ~4 mutants
 
 
 def _shard_specs(specs: list[dict], n_workers: int) -> tuple[list[dict], list[tuple[int, list[int]]]]:
