@@ -31,6 +31,9 @@ user/mount/network/PID namespaces when the kernel allows them. Before any untrus
 
 Results go to the parent through ``result_fd``, a pipe opened before any untrusted code exists,
 closed in every zygote and child; each line starts with a newline and the per-run nonce.
+
+Pair specs, jobs and results are read and written in the wire form whose one description is the
+docstring of ``fastdistill/rewards/protocol.py`` (this script cannot import fastdistill).
 """
 
 import ctypes
