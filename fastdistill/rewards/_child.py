@@ -717,6 +717,10 @@ class _Server:
             return spare["pid"], spare["read_fd"], spare["nonce"], "warm" if "warm" in said else "spare"
         _kill_and_wait(spare["pid"])
         os.close(spare["read_fd"])
+        workdir = self._cfg["workdir"]
+        for entry in os.listdir(workdir):  # a warm-up cut short leaves its directory (w + 16 hex digits)
+            if entry.startswith("w") and len(entry) == 17:
+                _rmtree(os.path.join(workdir, entry))
         return None
 
     def _clean_between_pairs(self, pair_dir):

@@ -183,3 +183,23 @@ def test_repeats_and_mutants_still_fork_a_child_per_job(monkeypatch):
              "    os.environ['FD_MARK'] = '1'\n")
     run = run_tests(CODE, tests, repeats=3)
     assert run.ok and not run.flaky and len(run.repeat_durations_s) == 3
+
+
+def test_a_pair_that_arrives_during_the_warm_up_gets_a_fresh_zygote_and_a_clean_directory(monkeypatch):
+    """Calls ~0.1-0.2 s apart land while the spare warms up: it is replaced, and its directory removed."""
+    monkeypatch.setattr(_sandbox, "PREFORK_ZYGOTE", True)
+    tests = ("import os\n\ndef test_clean():\n    here = os.path.dirname(os.path.abspath(__file__))\n"
+             "    workdir = os.path.dirname(here)\n"
+             "    assert sorted(os.listdir(workdir)) == sorted(['fastdistill_pytest.ini', os.path.basename(here)])\n")
+    close_idle_workers()
+    try:
+        kinds = set()
+        _raw(tests)
+        for i in range(16):
+            raw = _raw(tests, 0.1 + 0.006 * i)
+            kinds.add(raw["zygote"])
+            run = _sandbox._to_test_run(raw, 1)
+            assert run.ok, run.reason + "".join(t.message for t in run.tests)
+        assert kinds <= {"fresh", "spare", "warm"}
+    finally:
+        close_idle_workers()
