@@ -12,7 +12,8 @@
 
 * callers: curation's ``tests_exec_eval`` on the examples x2 through the batch scorer vs row by row (warm pool,
   and cold: a worker per call, the previous behaviour), identical results checked; a loop of single
-  ``mutation_score`` calls vs one batched call; a small ``run_tests`` warm vs cold (median ms).
+  ``mutation_score`` calls vs one batched call (each generating its mutants); a small ``run_tests``
+  warm (back to back, and 0.3 s apart) vs cold (median ms).
 
 Prints tables and writes ``benchmarks/results/bench_rewards.json`` and ``bench_rewards_callers.json``.
 Usage: ``python benchmarks/bench_rewards.py [--naive-examples 6] [--max-mutants 30] [--engine-ref HEAD~2]
@@ -184,10 +185,12 @@ def callers(examples, workers, max_mutants=20, single_calls=21, run_tests_calls=
     close_idle_workers()
     clear_cache()
     mutation_score(problems[0]["code"], problems[0]["tests"], max_mutants=max_mutants, use_cache=False)  # warm up
+    clear_cache()  # both ways generate their mutants (the memo of the one run first would serve the other)
     t = time.perf_counter()
     singles = [mutation_score(e["code"], e["tests"], max_mutants=max_mutants, n_workers=workers, use_cache=False)
                for e in problems]
     single_s = time.perf_counter() - t
+    clear_cache()
     t = time.perf_counter()
     batch = mutation_scores([e["code"] for e in problems], [e["tests"] for e in problems], max_mutants=max_mutants,
                             n_workers=workers, use_cache=False)
@@ -201,11 +204,13 @@ def callers(examples, workers, max_mutants=20, single_calls=21, run_tests_calls=
 
     small = "from solution import add\n\ndef test_add():\n    assert add(2, 3) == 5\n"
     code = "def add(a, b):\n    return a + b\n"
-    for label, warm in (("warm", True), ("cold", False)):
+    for label, warm, idle_s in (("warm", True, 0.0), ("warm_idle", True, 0.3), ("cold", False, 0.0)):
+        # warm: back-to-back calls; warm_idle: calls 0.3 s apart (the pre-forked zygote warms up meanwhile)
         close_idle_workers()
         run_tests(code, small, keep_warm=warm)
         times = []
         for _ in range(run_tests_calls if warm else 5):
+            time.sleep(idle_s)
             t = time.perf_counter()
             assert run_tests(code, small, keep_warm=warm).ok
             times.append(time.perf_counter() - t)
@@ -250,6 +255,7 @@ def main():
                 "tests_exec_eval_row_by_row_cold_rows_per_s", "identical_to_row_by_row_warm",
                 "identical_to_row_by_row_cold", "single_calls_mutants_per_s", "batched_mutants_per_s",
                 "single_vs_batched_time_ratio", "single_vs_batched_same_killed", "run_tests_small_warm_median_ms",
+                "run_tests_small_warm_idle_median_ms",
                 "run_tests_small_cold_median_ms", "worker_start_sealed_median_s", "worker_start_unsealed_median_s"):
         print(f"{key:58s} {str(c[key]):>10s}")
     print(f"curation batched vs row-by-row cold (previous path): "

@@ -14,26 +14,33 @@ user/mount/network/PID namespaces when the kernel allows them. Before any untrus
    jobs) read from ``cmd_fd``, one after another, each in a fresh randomly named directory:
 
    * a *zygote* is forked per pair; it installs the code under test and collects the tests once
-     (the first untrusted code to run);
+     (the first untrusted code to run). From the second pair on it is forked ahead of time, right
+     after the previous pair's clean-up (a *spare*), and if the caller stays idle it warms up with
+     a trusted collection whose traces it removes (see :meth:`_Server._start_spare`);
    * per *job* (the original code, a repeat, or a mutant) the zygote forks a short-lived child that
      swaps in the job's code (re-executing the test module against it, see :class:`_Collected`),
      runs the already-collected items (stopping at the first failure for mutants) and streams
      per-test outcomes back through a private pipe, under a wall-clock timeout and, for mutants,
      a CPU-time budget (``ITIMER_PROF``) so hot infinite loops end within ~50 ms of CPU;
    * after the pair, the worker (PID 1 of its namespace) kills every other process in the
-     namespace and empties its working directory, so nothing survives into the next pair.
+     namespace and empties its working directory, then reports the pair, so nothing survives
+     into the next pair (nor the caller's return).
 
    The worker itself never executes untrusted code, and it enforces each pair's wall-clock
    budget on the zygote.
 
 Results go to the parent through ``result_fd``, a pipe opened before any untrusted code exists,
 closed in every zygote and child; each line starts with a newline and the per-run nonce.
+
+Pair specs, jobs and results are read and written in the wire form whose one description is the
+docstring of ``fastdistill/rewards/protocol.py`` (this script cannot import fastdistill).
 """
 
 import ctypes
 import gc
 import json
 import linecache
+import math
 import os
 import resource
 import select
@@ -43,6 +50,7 @@ import time
 import types
 
 _CFG_NAME = ".fastdistill_sandbox.json"
+_WARM_AFTER_S = 0.1  # a spare zygote that has waited this long for its pair warms up (see _Server._start_spare)
 
 
 def _libc():
@@ -384,13 +392,22 @@ def _read_exact(fd, n):
     return b"".join(chunks)
 
 
-def _recv(fd):
-    """One length-prefixed JSON command from the parent; ``None`` at end of input."""
+def _recv_bytes(fd):
+    """The body of one length-prefixed frame (8-byte big-endian length, then the body); ``None`` at end of input."""
     header = _read_exact(fd, 8)
     if header is None:
         return None
-    body = _read_exact(fd, int.from_bytes(header, "big"))
-    return None if body is None else json.loads(body)
+    return _read_exact(fd, int.from_bytes(header, "big"))
+
+
+def _frame(body):
+    return len(body).to_bytes(8, "big") + body
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _writer(fd, nonce):
@@ -412,13 +429,14 @@ def _writer(fd, nonce):
 def _read_messages(fd, nonce, deadline, on_message, max_bytes=4_000_000):
     """Read framed lines from ``fd`` until EOF, ``deadline`` or ``on_message`` returns True.
 
+    ``deadline`` is a ``time.monotonic()`` value, or a function returning the current one.
     Returns ``"eof"``, ``"timeout"``, ``"overflow"`` or ``"stop"``.
     """
     buf = b""
     prefix = nonce + b" "
     total = 0
     while True:
-        remaining = deadline - time.monotonic()
+        remaining = (deadline() if callable(deadline) else deadline) - time.monotonic()
         if remaining <= 0:
             return "timeout"
         ready, _, _ = select.select([fd], [], [], remaining)
@@ -441,6 +459,23 @@ def _read_messages(fd, nonce, deadline, on_message, max_bytes=4_000_000):
                 continue
             if on_message(msg):
                 return "stop"
+
+
+def _poll_messages(fd, nonce):
+    """The types of the framed messages ``fd`` holds right now (without waiting), None at EOF."""
+    said, buf, prefix = [], b"", nonce + b" "
+    while select.select([fd], [], [], 0)[0]:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return None
+        buf += chunk
+    for line in buf.split(b"\n"):
+        if line.startswith(prefix):
+            try:
+                said.append(json.loads(line[len(prefix):]).get("t"))
+            except (ValueError, AttributeError):
+                continue
+    return said
 
 
 def _kill_and_wait(pid):
@@ -617,15 +652,76 @@ class _Server:
         gc.freeze()  # forked children then do not touch (copy) the worker's pages when collecting garbage
         self._send({"t": "ready", "view": self._cfg.get("view", ""), "uid": os.getuid(),
                     "uid_note": self._cfg.get("uid_note", "")})
+        # The first spare comes after the first pair: until the parent has moved this worker into its
+        # cgroups (when it sees "ready", before it sends a pair) nothing may be forked, or it escapes them.
+        spare = None
         while True:
-            spec = _recv(self._cmd_fd)
-            if spec is None:
+            body = _recv_bytes(self._cmd_fd)
+            if body is None:
                 break
-            result = self._run_pair(session, spec)
-            result.update({"t": "pair", "id": spec["id"]})
-            self._send(result)
+            self._run_pair(session, json.loads(body), body, spare)  # replies, then cleans up
+            spare = self._start_spare(session)
+        if spare is not None:
+            _kill_and_wait(spare["pid"])
         self._send({"t": "done"})
         return True
+
+    def _start_spare(self, session):
+        """Fork the next pair's zygote ahead of time (a *spare*), once the previous pair is cleaned up.
+
+        The spare blocks reading the pair's spec from a private pipe and then becomes that pair's
+        zygote. If no pair comes within :data:`_WARM_AFTER_S` (the caller is idle), it warms itself
+        up (:meth:`_warm_up`: a trusted collection, so pytest's caches are filled and the pages a
+        collection touches are copied before the pair arrives), saying ``warming`` and ``warm`` on
+        its own nonce-tagged pipe. None with ``cfg["prefork"]`` off (a zygote is forked per pair).
+        """
+        if not self._cfg.get("prefork"):
+            return None
+        nonce = os.urandom(8).hex().encode()
+        read_fd, write_fd = os.pipe()
+        spec_r, spec_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the spare: no untrusted code runs in it before it has its pair
+            code = 0
+            try:
+                os.close(read_fd)
+                os.close(spec_w)
+                os.close(self._result_fd)
+                os.close(self._cmd_fd)
+                self._spare(session, spec_r, write_fd, nonce)
+            except BaseException:  # noqa: BLE001 - the worker forks a zygote afresh instead
+                code = 3
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        os.close(spec_r)
+        try:
+            os.setpgid(pid, pid)
+        except OSError:
+            pass
+        return {"pid": pid, "read_fd": read_fd, "spec_w": spec_w, "nonce": nonce}
+
+    def _take_spare(self, spare, pair_dir, test_file, body):
+        """Hand the pair to ``spare``: ``(pid, read_fd, nonce, "warm" or "spare")``, or None when it
+        died or is in the middle of its warm-up (it is killed; the caller forks a zygote afresh)."""
+        said = _poll_messages(spare["read_fd"], spare["nonce"])
+        usable = said is not None and ("warm" in said or "warming" not in said)
+        if usable:
+            paths = json.dumps({"pair_dir": pair_dir, "test_file": test_file}).encode()
+            try:
+                _write_all(spare["spec_w"], _frame(paths) + _frame(body))
+            except OSError:
+                usable = False
+        os.close(spare["spec_w"])
+        if usable:
+            return spare["pid"], spare["read_fd"], spare["nonce"], "warm" if "warm" in said else "spare"
+        _kill_and_wait(spare["pid"])
+        os.close(spare["read_fd"])
+        workdir = self._cfg["workdir"]
+        for entry in os.listdir(workdir):  # a warm-up cut short leaves its directory (w + 16 hex digits)
+            if entry.startswith("w") and len(entry) == 17:
+                _rmtree(os.path.join(workdir, entry))
+        return None
 
     def _clean_between_pairs(self, pair_dir):
         """Nothing a pair started or wrote may survive into the next pair."""
@@ -634,6 +730,7 @@ class _Server:
                 os.kill(-1, signal.SIGKILL)  # PID 1 of our own PID namespace: every other process in it
             except OSError:
                 pass
+            self._empty_workdir()  # while they die (emptied again once they are all gone)
             while True:
                 try:
                     os.waitpid(-1, 0)
@@ -643,6 +740,9 @@ class _Server:
                     continue
         else:
             _reap()
+        self._empty_workdir()
+
+    def _empty_workdir(self):
         workdir = self._cfg["workdir"]
         keep = {os.path.basename(self._cfg["ini_file"])}
         for entry in os.listdir(workdir):
@@ -656,8 +756,10 @@ class _Server:
                     except OSError:
                         pass
 
-    def _run_pair(self, session, spec):
+    def _run_pair(self, session, spec, body, spare):
+        """Run one pair on ``spare`` (or a zygote forked now), clean up after it, send its ``pair`` message."""
         start = time.monotonic()
+        deadline = start + float(spec["timeout_s"])
         name = spec["module_name"]
         pair_dir = os.path.join(self._cfg["workdir"], "p" + os.urandom(8).hex())
         os.mkdir(pair_dir, 0o700)
@@ -667,45 +769,76 @@ class _Server:
         test_file = os.path.join(pair_dir, f"test_{name}_tests.py")
         with open(test_file, "w", encoding="utf-8") as fh:
             fh.write(spec["tests"])
-        nonce = os.urandom(8).hex().encode()
-        read_fd, write_fd = os.pipe()
         oom_before = _oom_kills(self._cfg.get("oom_fd"))
-        pid = os.fork()
-        if pid == 0:  # zygote: runs untrusted code (the test module's import)
-            code = 0
+        zygote = self._take_spare(spare, pair_dir, test_file, body) if spare is not None else None
+        if zygote is not None:
+            pid, read_fd, nonce, kind = zygote
+        else:
+            kind = "fresh"
+            nonce = os.urandom(8).hex().encode()
+            read_fd, write_fd = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # zygote: runs untrusted code (the test module's import)
+                code = 0
+                try:
+                    os.close(read_fd)
+                    os.close(self._result_fd)
+                    os.close(self._cmd_fd)
+                    self._zygote(session, spec, pair_dir, test_file, write_fd, nonce)
+                except BaseException:  # noqa: BLE001 - anything escaping is reported as a crash
+                    code = 3
+                finally:
+                    os._exit(code)
+            os.close(write_fd)
             try:
-                os.close(read_fd)
-                os.close(self._result_fd)
-                os.close(self._cmd_fd)
-                self._zygote(session, spec, pair_dir, test_file, write_fd, nonce)
-            except BaseException:  # noqa: BLE001 - anything escaping is reported as a crash
-                code = 3
-            finally:
-                os._exit(code)
-        os.close(write_fd)
-        try:
-            os.setpgid(pid, pid)
-        except OSError:
-            pass
+                os.setpgid(pid, pid)
+            except OSError:
+                pass
         jobs, finished = [], []
+        inline = {"start": None, "wall": 0.0, "tests": [], "collect_errors": []}  # see _inline
 
         def on_message(msg):
-            if msg.get("t") == "job":
+            kind = msg.get("t")
+            if kind == "job":
                 jobs.append(msg)
-            elif msg.get("t") == "end":
+            elif kind == "end":
                 finished.append(True)
                 return True
+            elif kind == "job_start" and inline["start"] is None and self._inline(spec):
+                inline.update(start=time.monotonic(), wall=float(msg.get("wall") or 0.0))
+            elif kind in ("test", "collect_error") and inline["start"] is not None and not jobs:
+                inline["tests" if kind == "test" else "collect_errors"].append(msg.get("r"))
             return False
 
-        status = _read_messages(read_fd, nonce, start + float(spec["timeout_s"]), on_message,
-                                max_bytes=4_000_000 * max(1, len(spec["jobs"])))
-        wstatus = _kill_and_wait(pid)
-        os.close(read_fd)
-        self._clean_between_pairs(pair_dir)
+        def current_deadline():  # the pair's, or the inline job's once it started (whichever is first)
+            return deadline if inline["start"] is None else min(deadline, inline["start"] + inline["wall"])
+
+        max_bytes = 4_000_000 * max(1, len(spec["jobs"])) + (5_000_000 if self._inline(spec) else 0)
+        status = _read_messages(read_fd, nonce, current_deadline, on_message, max_bytes=max_bytes)
+        exit_info = ""  # a zygote that reported its end is done: how it then ends says nothing
+        if not finished:
+            wstatus = _kill_and_wait(pid)
+            exit_info = _exit_info(wstatus)
+            if inline["start"] is not None and not jobs and (status != "timeout" or current_deadline() < deadline):
+                # the inline job did not end: report it as _run_job reports a job child that did not
+                job_status = "timeout" if status == "timeout" else "crash"
+                oom_now = _oom_kills(self._cfg.get("oom_fd"))
+                if job_status == "crash" and oom_now is not None and oom_before is not None and oom_now > oom_before:
+                    job_status = "memory"
+                jobs.append({"status": job_status, "tests": inline["tests"], "collect_errors": inline["collect_errors"],
+                             "duration_s": time.monotonic() - inline["start"], "exit": exit_info,
+                             "recollected": False, "cpu_s": None, "t": "job", "i": 0})
+                finished.append(True)
+                status, exit_info = "eof", ""
         after = _oom_kills(self._cfg.get("oom_fd"))
-        return {"jobs": jobs, "completed": bool(finished), "timed_out": status == "timeout",
-                "exit": _exit_info(wstatus), "duration_s": time.monotonic() - start,
-                "oom_kills": (after - oom_before) if after is not None and oom_before is not None else 0}
+        if finished and not (self._cfg["namespaces"] and os.getpid() == 1):
+            _kill_and_wait(pid)  # (as PID 1 of its namespace, the clean-up below ends every process at once)
+        os.close(read_fd)
+        self._clean_between_pairs(pair_dir)  # before the reply: once the caller has it, nothing of the pair is left
+        self._send({"jobs": jobs, "completed": bool(finished), "timed_out": status == "timeout",
+                    "exit": exit_info, "duration_s": time.monotonic() - start,
+                    "oom_kills": (after - oom_before) if after is not None and oom_before is not None else 0,
+                    "zygote": kind, "t": "pair", "id": spec["id"]})
 
     # -- zygote side ---------------------------------------------------------------------------------
     def pytest_collectreport(self, report):
@@ -730,6 +863,67 @@ class _Server:
             errors.append(["<plugins>", "the tests registered pytest plugins or hooks; not allowed"])
             return items, errors, True
         return items, errors, False
+
+    def _spare(self, session, spec_r, fd, nonce):
+        """A spare zygote (see :meth:`_start_spare`): warm up, say so, wait for the pair, serve it."""
+        os.setpgid(0, 0)
+        if not select.select([spec_r], [], [], _WARM_AFTER_S)[0]:  # idle: use the time to warm up
+            emit = _writer(fd, nonce)
+            emit({"t": "warming"})
+            self._warm_up(session)
+            emit({"t": "warm"})
+        header = _recv_bytes(spec_r)
+        body = _recv_bytes(spec_r) if header is not None else None
+        os.close(spec_r)
+        if body is None:  # the worker is gone or took a fresh zygote instead
+            return
+        paths = json.loads(header)
+        self._zygote(session, json.loads(body), paths["pair_dir"], paths["test_file"], fd, nonce)
+
+    _WARM_TESTS = ("from _fastdistill_warm_cut import f\n\n\n"
+                   "def test_fastdistill_warm_up():\n    assert f(1) == 2\n")
+
+    def _warm_up(self, session):
+        """Collect a trusted one-test file (and build the state a CUT swap uses) in this process, then
+        undo every trace of it but the warmth: its modules, ``sys.path`` entry, directory, and the
+        session's and assertion rewriter's collection state are put back as they were, so the
+        pair's collection sees what a freshly forked zygote sees (the tests in ``test_containment``
+        and ``test_sandbox`` compare both ways). Costs ~15 ms of this process, off the pair's path."""
+        warm_dir = os.path.join(self._cfg["workdir"], "w" + os.urandom(8).hex())
+        saved_path, saved_modules = list(sys.path), set(sys.modules)
+        saved_session = dict(vars(session))
+        rewriter = next((h for h in sys.meta_path if type(h).__name__ == "AssertionRewritingHook"), None)
+        saved_rewriter = {k: (v.copy() if isinstance(v, (set, dict, list)) else v)
+                          for k, v in vars(rewriter).items()} if rewriter is not None else None
+        os.mkdir(warm_dir, 0o700)
+        try:
+            cut = os.path.join(warm_dir, "_fastdistill_warm_cut.py")
+            with open(cut, "w", encoding="utf-8") as fh:
+                fh.write("def f(x):\n    return x + 1\n")
+            test_file = os.path.join(warm_dir, "test_fastdistill_warm_up.py")
+            with open(test_file, "w", encoding="utf-8") as fh:
+                fh.write(self._WARM_TESTS)
+            items = list(session.perform_collect([test_file]))
+            for item in items:
+                item.location
+            collected = _Collected(session, items, warm_dir, "_fastdistill_warm_cut")
+            collected.swap("def f(x):\n    return x + 2\n", cut)
+        finally:
+            for name in set(sys.modules) - saved_modules:
+                if os.path.realpath(str(getattr(sys.modules[name], "__file__", None) or "/")).startswith(
+                        os.path.realpath(warm_dir) + os.sep):
+                    del sys.modules[name]
+            sys.path[:] = saved_path
+            sys.path_importer_cache.pop(warm_dir, None)
+            vars(session).clear()
+            vars(session).update(saved_session)
+            if rewriter is not None:
+                vars(rewriter).clear()
+                vars(rewriter).update(saved_rewriter)
+            linecache.cache.pop(cut, None)
+            _rmtree(warm_dir)
+        if os.path.exists(warm_dir):
+            raise OSError(f"could not remove the warm-up directory {warm_dir}")
 
     def _zygote(self, session, spec, pair_dir, test_file, fd, nonce):
         os.setpgid(0, 0)
@@ -793,6 +987,8 @@ class _Server:
             swap = job.get("source") is not None and job["source"] != installed
             if errors and (forbidden or job.get("stop_first") or not items):
                 result = {"status": "ok", "tests": [], "collect_errors": errors, "duration_s": 0.0, "exit": ""}
+            elif self._inline(spec):
+                result = self._run_inline(session, items, job, path, test_file, float(wall), errors, emit)
             else:
                 result = self._run_job(session, items, collected, job, swap, path, test_file, float(wall),
                                        cpu_budget, errors)
@@ -822,6 +1018,50 @@ class _Server:
         return (result["status"] == "ok" and not result["collect_errors"] and "passed" in outcomes
                 and not any(o in ("failed", "error") for o in outcomes))
 
+    def _inline(self, spec):
+        """Whether the pair's only job runs in the zygote itself rather than in a child forked for it
+        (``cfg["inline"]``): a plain run of the tests as written (``run_tests`` with one repeat), where
+        no other job needs the collected state kept pristine. Saves a fork and a process teardown
+        (~6 ms); the worker then supervises the job as the zygote would a job child (its wall-clock
+        timeout from the ``job_start`` message, a crash, the memory budget) and reports the same
+        job result. The tests could forge that job's result either way (see the module docstring)."""
+        jobs = spec["jobs"]
+        return bool(self._cfg.get("inline")) and len(jobs) == 1 and jobs[0].get("source") is None and \
+            not jobs[0].get("stop_first") and jobs[0].get("timeout_s") is not None and \
+            jobs[0].get("needs_killed") is None
+
+    def _run_inline(self, session, items, job, path, test_file, wall, errors, emit):
+        """Run the pair's only job here, in the zygote (see :meth:`_inline`); returns its job result."""
+        start = time.monotonic()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_before = usage.ru_utime + usage.ru_stime
+        emit({"t": "job_start", "wall": wall})
+        tests, collect_errors, ended = [], [], []
+        size = [0]
+        prefix_len = 18  # a job child's line: "\n", its 16-hex-digit nonce, " " (see _run_job and _writer)
+
+        def job_emit(msg):
+            # what a job child's parent would read: its size is capped the same way (_read_messages)
+            size[0] += prefix_len + len(json.dumps(msg).encode()) + 1
+            if size[0] > 4_000_000:
+                emit({"t": "job", "i": 0, "status": "crash", "tests": tests, "collect_errors": collect_errors,
+                      "duration_s": time.monotonic() - start, "exit": "killed by signal 9", "recollected": False,
+                      "cpu_s": None})
+                emit({"t": "end"})
+                os._exit(0)
+            if msg.get("t") == "end":
+                ended.append(msg)
+                return
+            (tests if msg.get("t") == "test" else collect_errors).append(msg["r"])
+            emit(msg)  # the worker reports what ran if the job never ends
+
+        self._job_child(session, items, None, job, False, path, test_file, wall, None, errors, job_emit,
+                        cpu_offset=cpu_before)
+        cpu = ended[0].get("cpu_s") if ended else None
+        return {"status": "ok", "tests": tests, "collect_errors": collect_errors,
+                "duration_s": time.monotonic() - start, "exit": "", "recollected": False,
+                "cpu_s": cpu if isinstance(cpu, (int, float)) else None}
+
     def _run_job(self, session, items, collected, job, swap, path, test_file, wall, cpu_budget, errors):
         job_nonce = os.urandom(8).hex().encode()
         read_fd, write_fd = os.pipe()
@@ -833,7 +1073,7 @@ class _Server:
                 os.close(read_fd)
                 os.close(self._zygote_fd)
                 self._job_child(session, items, collected, job, swap, path, test_file, wall, cpu_budget, errors,
-                                write_fd, job_nonce)
+                                _writer(write_fd, job_nonce))
             except BaseException:  # noqa: BLE001
                 code = 3
             finally:
@@ -878,19 +1118,20 @@ class _Server:
                 "cpu_s": cpu[0] if cpu and isinstance(cpu[0], (int, float)) else None}
 
     # -- job child side ------------------------------------------------------------------------------
-    def _job_child(self, session, items, collected, job, swap, path, test_file, wall, cpu_budget, errors,
-                   write_fd, job_nonce):
+    def _job_child(self, session, items, collected, job, swap, path, test_file, wall, cpu_budget, errors, emit,
+                   cpu_offset=0.0):
+        """Run the job's tests in this process, reporting through ``emit``. ``cpu_offset``: CPU time this
+        process had used before (a zygote running its pair's only job, see :meth:`_inline`)."""
         from _pytest.runner import runtestprotocol
 
         os.setpgid(0, 0)
-        cpu = int(wall) + 1
+        cpu = int(wall) + 1 + math.ceil(cpu_offset)
         try:
             resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
         except (ValueError, OSError):
             pass
         if cpu_budget is not None:
             signal.setitimer(signal.ITIMER_PROF, cpu_budget)  # default action of SIGPROF: terminate
-        emit = _writer(write_fd, job_nonce)
         stop_first = job.get("stop_first")
         recollected = False
         if swap:
@@ -940,7 +1181,7 @@ class _Server:
             if stop_first and outcome in ("failed", "error"):
                 break
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        emit({"t": "end", "recollected": recollected, "cpu_s": usage.ru_utime + usage.ru_stime})
+        emit({"t": "end", "recollected": recollected, "cpu_s": usage.ru_utime + usage.ru_stime - cpu_offset})
 
 
 

@@ -28,6 +28,7 @@ from fastdistill.rewards.mutants import (  # noqa: F401 - re-exported: the publi
     _mutants_of,
     generate_mutants,
 )
+from fastdistill.rewards.protocol import Gate, Job, MutationRequest, PairSpec, TestRequest
 from fastdistill.rewards.sandbox import TestRun, _to_test_run, execute_pairs
 from fastdistill.rewards.settings import SandboxSettings
 
@@ -274,14 +275,14 @@ def mutation_scores(codes: list[str], tests: list[str], *, n_workers=FROM_SETTIN
                   memory_mb=memory_mb, baseline_timeout_s=baseline_timeout_s,
                   mutant_timeout_factor=mutant_timeout_factor, mutant_timeout_min_s=mutant_timeout_min_s,
                   mutant_cpu_min_s=mutant_cpu_min_s, keep_warm=keep_warm)
-    return score_batch([(c, t, s.max_mutants, None) for c, t in zip(codes, tests)], module_name=module_name,
+    return score_batch([MutationRequest(c, t, s.max_mutants) for c, t in zip(codes, tests)], module_name=module_name,
                        use_cache=use_cache, settings=s)[0]
 
 
-_MIN_MUTANTS_PER_SHARD = 8  # a shard repeats its pair's collection and baselines (~30-40 ms): not for a few mutants
+_MIN_MUTANTS_PER_SHARD = 4  # a shard repeats its pair's collection and baseline (~20-40 ms): worth it from ~4 mutants
 
 
-def _shard_specs(specs: list[dict], n_workers: int) -> tuple[list[dict], list[tuple[int, list[int]]]]:
+def _shard_specs(specs: list[PairSpec], n_workers: int) -> tuple[list[PairSpec], list[tuple[int, list[int]]]]:
     """Split pairs into shards when there are more workers than pairs, so every worker has work.
 
     A shard of a pair gets every baseline job (they set the mutants' budgets and gate them), a
@@ -293,22 +294,22 @@ def _shard_specs(specs: list[dict], n_workers: int) -> tuple[list[dict], list[tu
     if 0 < len(specs) < n_workers:
         per_pair = n_workers // len(specs)
         for k, spec in enumerate(specs):
-            n_mut = sum(1 for job in spec["jobs"] if job.get("stop_first") and job.get("needs_killed") is None)
+            n_mut = sum(1 for job in spec.jobs if job.stop_first and job.needs_killed is None)
             shards_of[k] = max(1, min(per_pair, n_mut // _MIN_MUTANTS_PER_SHARD))
     run_specs, shards = [], []
     for k, spec in enumerate(specs):
         n = shards_of[k]
         if n == 1:
             run_specs.append(spec)
-            shards.append((k, list(range(len(spec["jobs"])))))
+            shards.append((k, list(range(len(spec.jobs)))))
             continue
         owner, turn = {}, 0
-        for i, job in enumerate(spec["jobs"]):
-            if job.get("base"):
+        for i, job in enumerate(spec.jobs):
+            if job.base:
                 owner[i] = None  # every shard
-            elif job.get("needs_killed") is not None:
-                owner[i] = owner[job["needs_killed"]]
-            elif job.get("stop_first"):
+            elif job.needs_killed is not None:
+                owner[i] = owner[job.needs_killed]
+            elif job.stop_first:
                 owner[i], turn = turn % n, turn + 1
             else:
                 owner[i] = 0  # repeats stay together
@@ -317,11 +318,11 @@ def _shard_specs(specs: list[dict], n_workers: int) -> tuple[list[dict], list[tu
             local = {i: pos for pos, i in enumerate(members)}
             jobs = []
             for i in members:
-                job = dict(spec["jobs"][i])
-                if job.get("needs_killed") is not None:
-                    job["needs_killed"] = local[job["needs_killed"]]
+                job = spec.jobs[i]
+                if job.needs_killed is not None:
+                    job = replace(job, needs_killed=local[job.needs_killed])
                 jobs.append(job)
-            run_specs.append(dict(spec, jobs=jobs))
+            run_specs.append(replace(spec, jobs=jobs))
             shards.append((k, members))
     return run_specs, shards
 
@@ -356,14 +357,16 @@ def score_batch(mutation_requests: list[tuple], test_requests: list[tuple] = (),
                 settings: SandboxSettings | dict | None = None) -> tuple[list, list]:
     """Mutation scores and repeated test runs for a whole batch in one sandbox call, one pair per test file.
 
-    ``mutation_requests``: ``(code, tests, max_mutants, needs)`` tuples, scored exactly as
+    ``mutation_requests``: :class:`~fastdistill.rewards.protocol.MutationRequest` s (or plain
+    ``(code, tests, max_mutants, needs)`` tuples), scored exactly as
     :func:`mutation_scores` scores ``(code, tests)`` with that ``max_mutants`` (and sharing its
     cache), or, when ``max_mutants`` is a sequence of :class:`Mutant`, against exactly those
     mutants, in that order (robustness pairs each sampled mutant with its rewrite); ``needs`` is
     ``None`` or the index of another request with the same ``tests`` that must pass on its code
     first; when it does not, this request is not run and its result is ``None``
     (robustness: a rewrite of the CUT only matters when the tests pass on the CUT itself).
-    ``test_requests``: ``(code, tests, repeats)`` tuples, answered with a
+    ``test_requests``: :class:`~fastdistill.rewards.protocol.TestRequest` s (``(code, tests, repeats)``),
+    answered with a
     :class:`~fastdistill.rewards.sandbox.TestRun` as :func:`~fastdistill.rewards.sandbox.run_tests`
     (budget ``test_timeout_s``) would; when a mutation request of the same pair runs, the repeats
     also need the tests to pass on that run first (a failure there makes the run count as failed).
@@ -380,9 +383,8 @@ def score_batch(mutation_requests: list[tuple], test_requests: list[tuple] = (),
     n_workers, seed, timeout_s, memory_mb = s.n_workers, s.seed, s.pair_timeout_s, s.memory_mb
     baseline_timeout_s, test_timeout_s, keep_warm = s.baseline_timeout_s, s.test_timeout_s, s.keep_warm
     factor, min_s, cpu_min_s = s.mutant_timeout_factor, s.mutant_timeout_min_s, s.mutant_cpu_min_s
-    mutation_requests, test_requests = list(mutation_requests), list(test_requests)
-    mutation_requests = [(strip_bom(c), strip_bom(t), *rest) for c, t, *rest in mutation_requests]
-    test_requests = [(strip_bom(c), strip_bom(t), *rest) for c, t, *rest in test_requests]
+    mutation_requests = [MutationRequest(strip_bom(c), strip_bom(t), *rest) for c, t, *rest in mutation_requests]
+    test_requests = [TestRequest(strip_bom(c), strip_bom(t), *rest) for c, t, *rest in test_requests]
     m_results: list = [None] * len(mutation_requests)
     keys = [_cache_key("v2", c, t, module_name, _mutants_key(mm), seed, memory_mb, factor, min_s, cpu_min_s)
             for c, t, mm, _ in mutation_requests]
@@ -421,7 +423,7 @@ def score_batch(mutation_requests: list[tuple], test_requests: list[tuple] = (),
             needs_of[i] = dep
     # 2. one spec per (test file, CUT) with one job group per version of that CUT (itself, its rewrites)
     specs, plans = [], {}  # (tests, root code) -> plan
-    gate = {"factor": factor, "min_s": min_s, "max_s": max(min_s, timeout_s), "cpu_min_s": min(cpu_min_s, min_s)}
+    gate = Gate(factor=factor, min_s=min_s, max_s=max(min_s, timeout_s), cpu_min_s=min(cpu_min_s, min_s))
     per_job = max(0.5, float(test_timeout_s) - 0.5)
 
     def root_of(i):
@@ -466,17 +468,14 @@ def score_batch(mutation_requests: list[tuple], test_requests: list[tuple] = (),
             if group["base"]:
                 plan["n_mut"] += 1
                 group["base"] = len(jobs)
-                jobs.append({"source": code, "stop_first": False, "timeout_s": baseline_timeout_s, "group": g,
-                             "base": True, "needs": deps})
+                jobs.append(Job(source=code, timeout_s=baseline_timeout_s, group=g, base=True, needs=deps))
                 root = plan["groups"][plan["code"]]
                 for source in group["mutants"]:
                     group["mutants"][source] = len(jobs)
-                    job = {"source": source, "stop_first": True, "timeout_s": None, "group": g, "base": False,
-                           "needs": [g, *deps]}
                     original = root["mutants"].get(group["pairs"].get(source)) if group is not root else None
-                    if original is not None:  # a paired rewrite: only worth running if its original was killed
-                        job["needs_killed"] = original
-                    jobs.append(job)
+                    # a paired rewrite (original not None): only worth running if its original was killed
+                    jobs.append(Job(source=source, stop_first=True, timeout_s=None, group=g, base=False,
+                                    needs=[g, *deps], needs_killed=original))
             else:
                 group["base"] = None
             for repeats in group["repeats"]:
@@ -484,13 +483,13 @@ def score_batch(mutation_requests: list[tuple], test_requests: list[tuple] = (),
                 indices = []
                 for _ in range(repeats):
                     indices.append(len(jobs))
-                    jobs.append({"source": code, "stop_first": False, "timeout_s": per_job, "group": g, "base": False,
-                                 "needs": [g, *deps] if group["base"] is not None else []})
+                    jobs.append(Job(source=code, timeout_s=per_job, group=g, base=False,
+                                    needs=[g, *deps] if group["base"] is not None else []))
                 group["repeats"][repeats] = (indices, group["repeats"][repeats])
         plan["spec"] = len(specs)
-        specs.append({"code": plan["code"], "tests": tests, "module_name": module_name, "write_module": False,
-                      "jobs": jobs, "gate": gate,
-                      "timeout_s": timeout_s * plan["n_mut"] + (float(test_timeout_s) if plan["n_test"] else 0.0)})
+        specs.append(PairSpec(code=plan["code"], tests=tests, module_name=module_name, write_module=False,
+                              jobs=jobs, gate=gate, timeout_s=timeout_s * plan["n_mut"]
+                              + (float(test_timeout_s) if plan["n_test"] else 0.0)))
     run_specs, shards = _shard_specs(specs, n_workers)
     raws = _merge_shards(execute_pairs(run_specs, memory_mb=memory_mb, n_workers=n_workers, keep_warm=keep_warm,
                                        nproc=s.max_processes),

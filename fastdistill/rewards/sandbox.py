@@ -38,9 +38,11 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
+
+from fastdistill.rewards.protocol import Gate, Job, PairResult, PairSpec, from_wire, to_wire
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,15 @@ the kernel refuses, the worker falls back to a read-only view of the host and a 
 
 TMP_MB = 64
 """Size cap of the sealed view's ``/tmp`` tmpfs (MB)."""
+
+PREFORK_ZYGOTE = True
+"""Workers fork each pair's zygote ahead of time, while idle, and warm it up with a trusted
+collection (see ``_child._Server._start_spare``): a warm pair skips the fork and pytest's cold
+collection. False forks a zygote when the pair arrives (the results are the same)."""
+
+INLINE_SINGLE_JOB = True
+"""A pair with one plain job (``run_tests`` with one repeat) runs it in the zygote itself instead of
+in a child forked for it (see ``_child._Server._inline``); False always forks (the results are the same)."""
 
 UNPRIVILEGED_ID = 65534
 """The uid and gid (``nobody``, the same number inside the sandbox's user namespace and outside) that
@@ -384,6 +395,7 @@ class _Worker:
             cfg = {"nonce": self.nonce.decode(), "workdir": self.workdir, "ini_file": ini_file,
                    "memory_mb": memory_mb, "fsize_mb": 64, "nproc": nproc, "cpu_s": cpu_s,
                    "namespaces": self.namespaces, "root_dir": self.rootdir, "tmp_mb": TMP_MB,
+                   "prefork": bool(PREFORK_ZYGOTE), "inline": bool(INLINE_SINGLE_JOB),
                    "drop_ids": ([UNPRIVILEGED_ID, UNPRIVILEGED_ID] if self.namespaces and caps.get("unprivileged_uid")
                                 is not None else None)}
             Path(self.workdir, _CFG_NAME).write_text(json.dumps(cfg), encoding="utf-8")
@@ -551,35 +563,33 @@ class _Worker:
                         self._last = msg
                         return "ok"
 
-    def run_pair(self, spec: dict) -> dict:
-        """Send one pair and wait for its result (raw dict as :func:`execute_jobs` returns)."""
+    def run_pair(self, spec: PairSpec) -> PairResult:
+        """Send one pair (its wire form, see :mod:`~fastdistill.rewards.protocol`) and wait for its result."""
         start = time.monotonic()
         self._output = bytearray()
-        out = {"jobs": [], "completed": False, "timed_out": False, "output": "", "returncode": None,
-               "reason": "", "exit": "", "oom_kills": 0}
-        payload = json.dumps(spec).encode()
+        payload = json.dumps(to_wire(spec)).encode()
         try:
             _write_all(self.cmd_w, len(payload).to_bytes(8, "big") + payload)
-            status = self._wait(start + float(spec["timeout_s"]) + self.GRACE_S,
-                                lambda m: m.get("t") == "pair" and m.get("id") == spec["id"])
+            status = self._wait(start + float(spec.timeout_s) + self.GRACE_S,
+                                lambda m: m.get("t") == "pair" and m.get("id") == spec.id)
         except OSError:
             status = "died"
-        out["output"] = self._output.decode("utf-8", "replace")
         if status == "ok":
-            msg = self._last
-            out.update(jobs=msg["jobs"], completed=msg["completed"], timed_out=msg["timed_out"], exit=msg["exit"],
-                       oom_kills=int(msg.get("oom_kills") or 0))
+            out = from_wire(PairResult, self._last)
+            out.oom_kills = int(out.oom_kills or 0)
+            out.zygote = str(out.zygote or "")
         else:
             self.alive = False
-            out["timed_out"] = status == "timeout"
+            out = PairResult(timed_out=status == "timeout")
             self.close()
-            out["returncode"] = self.proc.returncode if self.proc else None
-        out["duration_s"] = time.monotonic() - start
-        if out["timed_out"]:
-            out["reason"] = f"timed out after {float(spec['timeout_s']):.1f}s (wall clock); process group killed"
-        elif not out["completed"]:
-            out["reason"] = (f"sandbox worker died before reporting (return code {out['returncode']})" if status != "ok"
-                             else f"test process ended before reporting ({out['exit'] or 'no report'})")
+            out.returncode = self.proc.returncode if self.proc else None
+        out.output = self._output.decode("utf-8", "replace")
+        out.duration_s = time.monotonic() - start
+        if out.timed_out:
+            out.reason = f"timed out after {float(spec.timeout_s):.1f}s (wall clock); process group killed"
+        elif not out.completed:
+            out.reason = (f"sandbox worker died before reporting (return code {out.returncode})" if status != "ok"
+                          else f"test process ended before reporting ({out.exit or 'no report'})")
         return out
 
     def close(self) -> None:
@@ -717,30 +727,32 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
-def execute_pairs(specs: list[dict], *, memory_mb: int, n_workers: int = 1, nproc: int = 64,
+def execute_pairs(specs: list, *, memory_mb: int, n_workers: int = 1, nproc: int = 64,
                   keep_warm: bool | None = None) -> list[dict]:
-    """Run many (code, tests, jobs) pairs on up to ``n_workers`` sandbox workers; one raw dict each.
+    """Run many (code, tests, jobs) pairs on up to ``n_workers`` sandbox workers; one raw result each:
+    a :class:`~fastdistill.rewards.protocol.PairResult` in its wire form (a dict).
 
     Raises :class:`SandboxUnavailableError` when a worker cannot start (see its docstring).
 
-    Each spec: ``{"code", "tests", "module_name", "write_module", "jobs", "timeout_s", "gate"?}``
-    (see :func:`execute_jobs` for jobs). With namespaces a worker serves many pairs (start-up paid
-    once per worker); without them every pair gets a fresh worker. Pairs are handed out largest
-    first, one at a time, to whichever worker is free. ``keep_warm`` (default :data:`KEEP_WARM`,
+    Each spec: a :class:`~fastdistill.rewards.protocol.PairSpec` or its wire form (see
+    :mod:`~fastdistill.rewards.protocol`; ``id`` is assigned here). With namespaces a worker serves
+    many pairs (start-up paid once per worker); without them every pair gets a fresh worker. Pairs
+    are handed out largest first, one at a time, to whichever worker is free. ``keep_warm`` (default :data:`KEEP_WARM`,
     True) keeps the workers alive after the call for the next one (a GRPO run scores a batch every
     step; a loop of single calls reuses them); they are stopped after :data:`IDLE_TIMEOUT_S`
     unused, by :func:`close_idle_workers` or at interpreter exit. ``keep_warm=False``: nothing
     outlives the call.
     """
+    specs = [from_wire(PairSpec, spec) for spec in specs]
     for spec in specs:
-        if not spec["module_name"].isidentifier():
-            raise ValueError(f"module_name must be a Python identifier, got {spec['module_name']!r}")
+        if not spec.module_name.isidentifier():
+            raise ValueError(f"module_name must be a Python identifier, got {spec.module_name!r}")
     if not specs:
         return []
     keep_warm = _keep_warm(keep_warm)
-    specs = [dict(spec, id=i) for i, spec in enumerate(specs)]
+    specs = [replace(spec, id=i) for i, spec in enumerate(specs)]
     per_worker = None if sandbox_capabilities()["namespaces"] else 1
-    order = sorted(range(len(specs)), key=lambda i: -len(specs[i]["jobs"]))
+    order = sorted(range(len(specs)), key=lambda i: -len(specs[i].jobs))
     queue_lock = threading.Lock()
     results: list = [None] * len(specs)
     unavailable: list[SandboxUnavailableError] = []
@@ -770,7 +782,7 @@ def execute_pairs(specs: list[dict], *, memory_mb: int, n_workers: int = 1, npro
                         worker.close()
                         worker = None
                         return
-                results[index] = worker.run_pair(spec)
+                results[index] = to_wire(worker.run_pair(spec))
                 served += 1
                 if not worker.alive or (per_worker is not None and served >= per_worker):
                     worker.close()
@@ -793,11 +805,6 @@ def execute_pairs(specs: list[dict], *, memory_mb: int, n_workers: int = 1, npro
     return results
 
 
-def _failed(reason: str) -> dict:
-    return {"jobs": [], "completed": False, "timed_out": False, "output": "", "returncode": None,
-            "reason": reason, "exit": "", "duration_s": 0.0, "oom_kills": 0}
-
-
 def execute_jobs(code: str, tests: str, jobs: list[dict], *, timeout_s: float, memory_mb: int,
                  module_name: str = "solution", write_module: bool = True, nproc: int = 64,
                  extra_cfg: dict | None = None) -> dict:
@@ -809,8 +816,9 @@ def execute_jobs(code: str, tests: str, jobs: list[dict], *, timeout_s: float, m
     ``{"jobs": [...], "completed": bool, "timed_out": bool, "output": str, "returncode": int | None,
     "reason": str, "duration_s": float}`` where finished jobs appear in order.
     """
-    spec = {"code": code, "tests": tests, "module_name": module_name, "write_module": write_module,
-            "jobs": jobs, "timeout_s": timeout_s, "gate": (extra_cfg or {}).get("baseline_gate")}
+    gate = (extra_cfg or {}).get("baseline_gate")
+    spec = PairSpec(code=code, tests=tests, module_name=module_name, write_module=write_module, timeout_s=timeout_s,
+                    jobs=[from_wire(Job, job) for job in jobs], gate=from_wire(Gate, gate) if gate else None)
     return execute_pairs([spec], memory_mb=memory_mb, n_workers=1, nproc=nproc)[0]
 
 
@@ -892,9 +900,8 @@ def run_tests(code: str, tests: str, *, timeout_s: float = 10.0, memory_mb: int 
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
     per_job = max(0.5, float(timeout_s) - 0.5)
-    jobs = [{"source": None, "stop_first": False, "timeout_s": per_job} for _ in range(repeats)]
-    spec = {"code": code, "tests": tests, "module_name": module_name, "write_module": True, "jobs": jobs,
-            "timeout_s": timeout_s, "gate": None}
+    spec = PairSpec(code=code, tests=tests, module_name=module_name, timeout_s=timeout_s,
+                    jobs=[Job(timeout_s=per_job) for _ in range(repeats)])
     raw = execute_pairs([spec], memory_mb=memory_mb, n_workers=1, keep_warm=keep_warm)[0]
     return _to_test_run(raw, repeats)
 
@@ -908,9 +915,8 @@ def run_tests_many(codes: list[str], tests: list[str], *, timeout_s: float = 10.
     if len(codes) != len(tests):
         raise ValueError("codes and tests must have the same length")
     per_job = max(0.5, float(timeout_s) - 0.5)
-    specs = [{"code": c, "tests": t, "module_name": module_name, "write_module": True, "timeout_s": timeout_s,
-              "jobs": [{"source": None, "stop_first": False, "timeout_s": per_job} for _ in range(repeats)]}
-             for c, t in zip(codes, tests)]
+    specs = [PairSpec(code=c, tests=t, module_name=module_name, timeout_s=timeout_s,
+                      jobs=[Job(timeout_s=per_job) for _ in range(repeats)]) for c, t in zip(codes, tests)]
     raws = execute_pairs(specs, memory_mb=memory_mb, n_workers=n_workers or os.cpu_count() or 1,
                          keep_warm=keep_warm)
     return [_to_test_run(raw, repeats) for raw in raws]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 
 import pytest
@@ -51,7 +52,9 @@ def test_single_calls_reuse_one_warm_worker_and_it_keeps_no_pair_files():
         assert not run_tests(CODE, BAD).ok
     assert _pool_pids() == pids  # the same worker served every call
     worker = sandbox._IDLE[0]
-    assert sorted(os.listdir(worker.workdir)) == ["fastdistill_pytest.ini"]  # nothing of a pair survives it
+    # nothing of a pair survives it (an idle worker's spare zygote warms up in a w<hex> directory of its own)
+    left = [e for e in os.listdir(worker.workdir) if not re.fullmatch(r"w[0-9a-f]{16}", e)]
+    assert left == ["fastdistill_pytest.ini"]
 
 
 def test_keep_warm_false_leaves_nothing():

@@ -6,6 +6,7 @@ import pytest
 
 from fastdistill.data.examples import load_examples
 from fastdistill.rewards import generate_mutants, mutation_scores
+from fastdistill.rewards._child import _Server
 from fastdistill.rewards.sandbox import execute_pairs
 
 EXAMPLES = {e["name"]: e for e in load_examples()}
@@ -23,10 +24,7 @@ def _reference_kills(code, tests, max_mutants):
         if job is None:
             out.append((True, True))
             continue
-        timed_out = job["status"] == "timeout"
-        killed = (timed_out or job["status"] == "crash" or bool(job["collect_errors"])
-                  or any(t[1] in ("failed", "error") for t in job["tests"]))
-        out.append((killed, timed_out))
+        out.append((_Server._killed(job), job["status"] == "timeout"))  # the worker's one rule
     return out
 
 
