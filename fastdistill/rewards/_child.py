@@ -42,6 +42,7 @@ import json
 import linecache
 import math
 import os
+import re
 import resource
 import select
 import signal
@@ -741,6 +742,8 @@ class _Server:
         else:
             _reap()
         self._empty_workdir()
+        if self._cfg.get("view") == "sealed":
+            _empty_scratch()
 
     def _empty_workdir(self):
         workdir = self._cfg["workdir"]
@@ -1198,6 +1201,65 @@ def _drop_pair_modules(pair_dir, keep):
     for name, mod in list(sys.modules.items()):
         if name != keep and os.path.realpath(str(getattr(mod, "__file__", None) or "/")).startswith(prefix):
             del sys.modules[name]
+
+
+_SCRATCH = ("/tmp", "/dev/shm")  # the sealed view's own tmpfs mounts, shared by every pair of a worker
+
+
+def _mount_points():
+    """Mount points of this mount namespace, as this process sees them (``/proc/self/mountinfo``)."""
+    points = set()
+    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+        for line in fh:
+            fields = line.split()
+            if len(fields) > 4:  # field 5 is the mount point; space, tab, newline and backslash are octal escapes
+                points.add(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]))
+    return points
+
+
+def _empty_scratch():
+    """Remove whatever a pair left in the sealed view's ``/tmp`` and ``/dev/shm``, so nothing passes from one
+    pair to the next. What is bound under ``/tmp`` (the worker directory, an interpreter or ``sys.path`` entry
+    living there) and the directories leading to it stay."""
+    mounts = _mount_points()
+
+    def clean(directory):
+        try:
+            entries = os.listdir(directory)
+        except OSError:
+            return
+        for entry in entries:
+            path = os.path.join(directory, entry)
+            if path in mounts:
+                continue
+            if any(m.startswith(path + "/") for m in mounts):
+                clean(path)
+            elif os.path.isdir(path) and not os.path.islink(path):
+                _rmtree(path)
+            else:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+    for top in _SCRATCH:
+        clean(top)
+    _remove_sysv_ipc()
+
+
+def _remove_sysv_ipc():
+    """Remove the System V shared memory segments, semaphore sets and message queues a pair left in the
+    worker's IPC namespace (the host's is never reachable; this keeps pairs apart)."""
+    libc = _libc()
+    for kind, remove in (("shm", lambda i: libc.shmctl(i, 0, None)), ("sem", lambda i: libc.semctl(i, 0, 0)),
+                         ("msg", lambda i: libc.msgctl(i, 0, None))):  # 0: IPC_RMID
+        try:
+            with open(f"/proc/sysvipc/{kind}", encoding="utf-8") as fh:
+                ids = [int(line.split()[1]) for line in fh.read().splitlines()[1:] if line.strip()]
+        except (OSError, ValueError, IndexError):
+            continue
+        for ipc_id in ids:
+            remove(ipc_id)
 
 
 def _rmtree(path):

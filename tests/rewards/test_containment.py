@@ -24,6 +24,7 @@ from fastdistill.rewards import (
     sandbox_capabilities,
 )
 from fastdistill.rewards import sandbox as _sandbox
+from fastdistill.rewards.sandbox import run_tests_many
 
 CODE = "def add(a, b):\n    return a + b\n"
 CAPS = sandbox_capabilities()
@@ -155,6 +156,30 @@ def test_sysv_shared_memory_does_not_outlive_the_sandbox(sealed):
     with open("/proc/sysvipc/shm") as fh:
         keys = [int(line.split()[0]) for line in fh.read().splitlines()[1:]]
     assert key not in keys  # ... but never in the host's IPC namespace
+
+
+def test_nothing_passes_from_one_pair_to_the_next_in_a_warm_worker(sealed):
+    """One worker runs both pairs: what the first leaves in the view's /tmp, /dev/shm or its IPC namespace is
+    gone when the second runs."""
+    key = int(uuid.uuid4().hex[:7], 16)
+    leave = ("import ctypes, os\n\ndef test_leave():\n"
+             "    os.makedirs('/tmp/fd-dir', exist_ok=True)\n"
+             "    for path in ('/tmp/fd-leak', '/tmp/fd-dir/inner', '/dev/shm/fd-leak'):\n"
+             "        with open(path, 'w') as fh:\n            fh.write('x')\n"
+             "    libc = ctypes.CDLL(None, use_errno=True)\n"
+             f"    assert libc.shmget({key}, 4096, 0o1000 | 0o666) >= 0\n"
+             f"    assert libc.semget({key}, 1, 0o1000 | 0o666) >= 0\n"
+             f"    assert libc.msgget({key}, 0o1000 | 0o666) >= 0\n")
+    find = ("import ctypes, os\n\ndef test_find():\n"
+            "    left = [p for p in ('/tmp/fd-leak', '/tmp/fd-dir', '/dev/shm/fd-leak') if os.path.exists(p)]\n"
+            "    assert left == []\n"
+            "    libc = ctypes.CDLL(None, use_errno=True)\n"
+            f"    assert libc.shmget({key}, 4096, 0o666) == -1\n"
+            f"    assert libc.semget({key}, 1, 0o666) == -1\n"
+            f"    assert libc.msgget({key}, 0o666) == -1\n")
+    first, second = run_tests_many([CODE, CODE], [leave, find], n_workers=1)
+    assert first.ok, first.output
+    assert second.ok, second.output + "".join(t.message for t in second.tests)
 
 
 def test_oom_score_adj_is_1000_and_cannot_be_lowered(sealed):
