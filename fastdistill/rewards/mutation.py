@@ -28,7 +28,7 @@ from fastdistill.rewards.mutants import (  # noqa: F401 - re-exported: the publi
     _mutants_of,
     generate_mutants,
 )
-from fastdistill.rewards.protocol import Gate, Job, MutationRequest, PairSpec, TestRequest
+from fastdistill.rewards.protocol import Gate, Job, MutationRequest, PairResult, PairSpec, TestRequest
 from fastdistill.rewards.sandbox import TestRun, _to_test_run, execute_pairs
 from fastdistill.rewards.settings import SandboxSettings
 
@@ -197,30 +197,30 @@ def _prepare(code, tests, *, max_mutants, seed):
 def _baseline_run(raw, baseline) -> TestRun:
     """The baseline job (job 0) of a pair as a one-repeat :class:`TestRun`."""
     if baseline is None:
-        return _to_test_run({**raw, "jobs": [], "completed": False}, 1)
-    return _to_test_run({**raw, "jobs": [dict(baseline, i=0)], "completed": True, "reason": "",
-                         "timed_out": False, "duration_s": baseline["duration_s"]}, 1)
+        return _to_test_run(replace(raw, jobs=[], completed=False), 1)
+    return _to_test_run(replace(raw, jobs=[replace(baseline, i=0)], completed=True, reason="", timed_out=False,
+                                duration_s=baseline.duration_s), 1)
 
 
-def _finish(mutants, raw) -> MutationResult:
-    result = MutationResult(total=len(mutants), duration_s=raw["duration_s"])
-    by_index = {job["i"]: job for job in raw["jobs"]}
+def _finish(mutants, raw: PairResult) -> MutationResult:
+    result = MutationResult(total=len(mutants), duration_s=raw.duration_s)
+    by_index = {job.i: job for job in raw.jobs}
     baseline = by_index.get(0)
     result.baseline_run = _baseline_run(raw, baseline)
     if baseline is None:
         result.survived = len(mutants)
-        result.reason = f"tests did not finish on the original code: {raw['reason']}"
+        result.reason = f"tests did not finish on the original code: {raw.reason}"
         return result
-    outcomes = [t[1] for t in baseline["tests"]]
+    outcomes = [t[1] for t in baseline.tests]
     result.baseline_passed = outcomes.count("passed")
-    result.baseline_duration_s = baseline["duration_s"]
+    result.baseline_duration_s = baseline.duration_s
     problems = []
-    if baseline["status"] != "ok":
+    if baseline.status != "ok":
         problems.append({"timeout": "timed out", "memory": "killed for exceeding the sandbox memory budget"}.get(
-            baseline["status"], f"the test process ended early ({baseline.get('exit') or 'no final report'})"))
-    if baseline["collect_errors"]:
-        problems.append("collection/import error: " + baseline["collect_errors"][0][1][-300:])
-    bad = [t for t in baseline["tests"] if t[1] in ("failed", "error")]
+            baseline.status, f"the test process ended early ({baseline.exit or 'no final report'})"))
+    if baseline.collect_errors:
+        problems.append("collection/import error: " + baseline.collect_errors[0][1][-300:])
+    bad = [t for t in baseline.tests if t[1] in ("failed", "error")]
     if bad:
         problems.append(f"{len(bad)} test(s) fail on the original code, first: {bad[0][0]}")
     if not outcomes.count("passed") and not problems:
@@ -232,11 +232,11 @@ def _finish(mutants, raw) -> MutationResult:
     result.baseline_ok = True
     for index, mutant in enumerate(mutants, start=1):
         job = by_index.get(index)
-        if job is None or job["status"] == "skipped":  # not reached, or a paired rewrite whose original survived
+        if job is None or job.status == "skipped":  # not reached, or a paired rewrite whose original survived
             outcome = MutantOutcome(mutant.operator, mutant.line, mutant.description, killed=False)
         else:
-            timed_out = job["status"] == "timeout"  # the verdict is the worker's (one rule, in _child._killed)
-            outcome = MutantOutcome(mutant.operator, mutant.line, mutant.description, killed=bool(job["killed"]),
+            timed_out = job.status == "timeout"  # the verdict is the worker's (one rule, in _child._killed)
+            outcome = MutantOutcome(mutant.operator, mutant.line, mutant.description, killed=bool(job.killed),
                                     timed_out=timed_out)
         result.mutants.append(outcome)
     result.killed = sum(m.killed for m in result.mutants)
@@ -247,7 +247,7 @@ def _finish(mutants, raw) -> MutationResult:
     if not result.total:
         result.reason = "no mutants could be generated from the code"
     elif missing > 0:
-        result.reason = (f"{raw['reason'] or 'run stopped early'}; {missing} mutant(s) not evaluated, "
+        result.reason = (f"{raw.reason or 'run stopped early'}; {missing} mutant(s) not evaluated, "
                          "counted as survived")
     else:
         result.reason = f"ok: {result.killed}/{result.total} mutants killed"
@@ -327,25 +327,25 @@ def _shard_specs(specs: list[PairSpec], n_workers: int) -> tuple[list[PairSpec],
     return run_specs, shards
 
 
-def _merge_shards(raws: list[dict], shards: list[tuple[int, list[int]]], n_pairs: int) -> list[dict]:
+def _merge_shards(raws: list[PairResult], shards: list[tuple[int, list[int]]], n_pairs: int) -> list[PairResult]:
     """One raw result per pair from its shards' results (job indices mapped back; a baseline from the
     pair's first shard; completed only if every shard completed)."""
     merged: list = [None] * n_pairs
     for raw, (k, members) in zip(raws, shards):
-        jobs = [dict(job, i=members[job["i"]]) for job in raw["jobs"]]
+        jobs = [replace(job, i=members[job.i]) for job in raw.jobs]
         if merged[k] is None:
-            merged[k] = dict(raw, jobs=jobs)
+            merged[k] = replace(raw, jobs=jobs)
             continue
-        have = {job["i"] for job in merged[k]["jobs"]}
+        have = {job.i for job in merged[k].jobs}
         out = merged[k]
-        out["jobs"] = sorted(out["jobs"] + [job for job in jobs if job["i"] not in have], key=lambda j: j["i"])
-        out["completed"] = out["completed"] and raw["completed"]
-        out["timed_out"] = out["timed_out"] or raw["timed_out"]
-        out["duration_s"] = max(out["duration_s"], raw["duration_s"])
-        out["output"] = out["output"] + raw["output"]
-        out["reason"] = "; ".join(r for r in (out["reason"], raw["reason"]) if r)
-        out["exit"] = out["exit"] or raw["exit"]
-        out["returncode"] = out["returncode"] if out["returncode"] is not None else raw["returncode"]
+        out.jobs = sorted(out.jobs + [job for job in jobs if job.i not in have], key=lambda j: j.i)
+        out.completed = out.completed and raw.completed
+        out.timed_out = out.timed_out or raw.timed_out
+        out.duration_s = max(out.duration_s, raw.duration_s)
+        out.output = out.output + raw.output
+        out.reason = "; ".join(r for r in (out.reason, raw.reason) if r)
+        out.exit = out.exit or raw.exit
+        out.returncode = out.returncode if out.returncode is not None else raw.returncode
     return merged
 
 
@@ -498,17 +498,16 @@ def score_batch(mutation_requests: list[tuple], test_requests: list[tuple] = (),
     t_results: list = [None] * len(test_requests)
 
     def sub_raw(raw, indices):
-        by_index = {job["i"]: job for job in raw["jobs"]}
-        jobs = [dict(by_index[j], i=n) for n, j in enumerate(indices) if j in by_index]
-        return {**raw, "jobs": jobs}
+        by_index = {job.i: job for job in raw.jobs}
+        return replace(raw, jobs=[replace(by_index[j], i=n) for n, j in enumerate(indices) if j in by_index])
 
     for plan in plans.values():
         raw = raws[plan["spec"]]
         for group in plan["groups"].values():
             for repeats, (indices, owners) in group["repeats"].items():
                 part = sub_raw(raw, indices)
-                if group["base"] is not None and raw["completed"] and len(part["jobs"]) < repeats:
-                    part["reason"] = "tests failed on their first run; repeats not run"
+                if group["base"] is not None and raw.completed and len(part.jobs) < repeats:
+                    part.reason = "tests failed on their first run; repeats not run"
                 run = _to_test_run(part, repeats)
                 for k in owners:
                     t_results[k] = run
@@ -516,8 +515,8 @@ def score_batch(mutation_requests: list[tuple], test_requests: list[tuple] = (),
         plan = plan_of[i]
         group = plan["groups"][mutation_requests[i][0]]
         raw = raws[plan["spec"]]
-        ran = {job["i"] for job in raw["jobs"]}
-        if group["base"] not in ran and needs_of[i] is not None and raw["completed"]:
+        ran = {job.i for job in raw.jobs}
+        if group["base"] not in ran and needs_of[i] is not None and raw.completed:
             continue  # what it needs failed, so it was not run: result None
         result = _finish(mutants, sub_raw(raw, [group["base"], *(group["mutants"][m.source] for m in mutants)]))
         m_results[i] = result

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
-from fastdistill.rewards.protocol import Gate, Job, PairResult, PairSpec, from_wire, to_wire
+from fastdistill.rewards.protocol import Gate, Job, JobResult, PairResult, PairSpec, from_wire, to_wire
 
 logger = logging.getLogger(__name__)
 
@@ -728,9 +728,9 @@ if hasattr(os, "register_at_fork"):
 
 
 def execute_pairs(specs: list, *, memory_mb: int, n_workers: int = 1, nproc: int = 64,
-                  keep_warm: bool | None = None) -> list[dict]:
-    """Run many (code, tests, jobs) pairs on up to ``n_workers`` sandbox workers; one raw result each:
-    a :class:`~fastdistill.rewards.protocol.PairResult` in its wire form (a dict).
+                  keep_warm: bool | None = None) -> list[PairResult]:
+    """Run many (code, tests, jobs) pairs on up to ``n_workers`` sandbox workers; one
+    :class:`~fastdistill.rewards.protocol.PairResult` each.
 
     Raises :class:`SandboxUnavailableError` when a worker cannot start (see its docstring).
 
@@ -782,7 +782,7 @@ def execute_pairs(specs: list, *, memory_mb: int, n_workers: int = 1, nproc: int
                         worker.close()
                         worker = None
                         return
-                results[index] = to_wire(worker.run_pair(spec))
+                results[index] = worker.run_pair(spec)
                 served += 1
                 if not worker.alive or (per_worker is not None and served >= per_worker):
                     worker.close()
@@ -807,14 +807,13 @@ def execute_pairs(specs: list, *, memory_mb: int, n_workers: int = 1, nproc: int
 
 def execute_jobs(code: str, tests: str, jobs: list[dict], *, timeout_s: float, memory_mb: int,
                  module_name: str = "solution", write_module: bool = True, nproc: int = 64,
-                 extra_cfg: dict | None = None) -> dict:
+                 extra_cfg: dict | None = None) -> PairResult:
     """Low-level entry point shared by :func:`run_tests` and the mutation engine (one pair).
 
     Each job is ``{"source": str | None, "stop_first": bool, "timeout_s": float | None}``
     (``source=None`` runs the CUT as written to disk / installed for the pair; ``timeout_s=None``
-    derives the budget from the first job's time through ``extra_cfg["baseline_gate"]``). Returns
-    ``{"jobs": [...], "completed": bool, "timed_out": bool, "output": str, "returncode": int | None,
-    "reason": str, "duration_s": float}`` where finished jobs appear in order.
+    derives the budget from the first job's time through ``extra_cfg["baseline_gate"]``). Returns the
+    pair's :class:`~fastdistill.rewards.protocol.PairResult` (finished jobs in order).
     """
     gate = (extra_cfg or {}).get("baseline_gate")
     spec = PairSpec(code=code, tests=tests, module_name=module_name, write_module=write_module, timeout_s=timeout_s,
@@ -872,9 +871,9 @@ def _remove_cgroup(path: Path) -> None:
     logger.warning("could not remove cgroup %s", path)
 
 
-def _summarise_job(job: dict) -> list[TestOutcome]:
-    outcomes = [TestOutcome(nodeid=n, outcome=o, duration_s=float(d), message=m) for n, o, d, m in job["tests"]]
-    for nodeid, message in job.get("collect_errors", []):
+def _summarise_job(job: JobResult) -> list[TestOutcome]:
+    outcomes = [TestOutcome(nodeid=n, outcome=o, duration_s=float(d), message=m) for n, o, d, m in job.tests]
+    for nodeid, message in job.collect_errors:
         outcomes.append(TestOutcome(nodeid=nodeid, outcome="error", message=message))
     return outcomes
 
@@ -930,24 +929,23 @@ def _raised_memory_error(message: str) -> bool:
     return any(line.startswith("E ") and line[1:].strip().startswith(starved) for line in message.splitlines()[-3:])
 
 
-def _to_test_run(raw: dict, repeats: int) -> TestRun:
-    run = TestRun(duration_s=raw["duration_s"], completed=raw["completed"], timed_out=raw["timed_out"],
-                  output=raw["output"])
-    reasons = [raw["reason"]] if raw["reason"] else []
+def _to_test_run(raw: PairResult, repeats: int) -> TestRun:
+    run = TestRun(duration_s=raw.duration_s, completed=raw.completed, timed_out=raw.timed_out, output=raw.output)
+    reasons = [raw.reason] if raw.reason else []
     merged: dict[str, TestOutcome] = {}
     rank = {"passed": 0, "skipped": 1, "failed": 2, "error": 3}
     seen_outcomes: dict[str, set] = {}
-    for job in raw["jobs"]:
-        if job["status"] == "timeout":
+    for job in raw.jobs:
+        if job.status == "timeout":
             run.timed_out = True
-            reasons.append(f"repeat {job['i'] + 1}: timed out after {job['duration_s']:.1f}s")
-        elif job["status"] == "crash":
-            reasons.append(f"repeat {job['i'] + 1}: test process ended before pytest finished"
-                           f" ({job.get('exit') or 'no final report'}; os._exit or a crash?)")
-        elif job["status"] == "memory":
+            reasons.append(f"repeat {job.i + 1}: timed out after {job.duration_s:.1f}s")
+        elif job.status == "crash":
+            reasons.append(f"repeat {job.i + 1}: test process ended before pytest finished"
+                           f" ({job.exit or 'no final report'}; os._exit or a crash?)")
+        elif job.status == "memory":
             run.out_of_memory = True
-            reasons.append(f"repeat {job['i'] + 1}: killed for exceeding the sandbox memory budget")
-        run.repeat_durations_s.append(sum(float(t[2]) for t in job["tests"]))
+            reasons.append(f"repeat {job.i + 1}: killed for exceeding the sandbox memory budget")
+        run.repeat_durations_s.append(sum(float(t[2]) for t in job.tests))
         for outcome in _summarise_job(job):
             seen_outcomes.setdefault(outcome.nodeid, set()).add(outcome.outcome)
             prev = merged.get(outcome.nodeid)
@@ -970,10 +968,10 @@ def _to_test_run(raw: dict, repeats: int) -> TestRun:
         run.out_of_memory = True
         reasons.append(f"out of memory: {starved[0].nodeid} ran out of memory (MemoryError; the sandbox memory "
                        "budget is too small for this test file; SandboxSettings.memory_mb raises it)")
-    if raw.get("oom_kills") and not run.out_of_memory:  # the OOM killer ended one of the tests' processes
+    if raw.oom_kills and not run.out_of_memory:  # the OOM killer ended one of the tests' processes
         run.out_of_memory = True
-        reasons.append(f"{raw['oom_kills']} process(es) killed for exceeding the sandbox memory budget")
-    finished = [j for j in raw["jobs"] if j["status"] == "ok"]
+        reasons.append(f"{raw.oom_kills} process(es) killed for exceeding the sandbox memory budget")
+    finished = [j for j in raw.jobs if j.status == "ok"]
     if len(finished) != repeats:
         run.completed = False
         if run.errors == 0 and not run.timed_out:

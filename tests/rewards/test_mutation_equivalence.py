@@ -7,6 +7,7 @@ import pytest
 from fastdistill.data.examples import load_examples
 from fastdistill.rewards import generate_mutants, mutation_scores
 from fastdistill.rewards._child import _Server
+from fastdistill.rewards.protocol import to_wire
 from fastdistill.rewards.sandbox import execute_pairs
 
 EXAMPLES = {e["name"]: e for e in load_examples()}
@@ -20,11 +21,11 @@ def _reference_kills(code, tests, max_mutants):
              for m in mutants]
     out = []
     for raw in execute_pairs(specs, memory_mb=1024, n_workers=2):
-        job = raw["jobs"][0] if raw["jobs"] else None
+        job = raw.jobs[0] if raw.jobs else None
         if job is None:
             out.append((True, True))
             continue
-        out.append((_Server._killed(job), job["status"] == "timeout"))  # the worker's one rule
+        out.append((_Server._killed(to_wire(job)), job.status == "timeout"))  # the worker's one rule
     return out
 
 

@@ -78,17 +78,26 @@ def test_the_one_killed_rule(result, killed):
     assert _child._Server._killed(result) is killed
 
 
-def test_what_the_worker_sends_is_what_the_protocol_describes():
-    """Every key of a real pair result and of its job results is a field of the dataclasses (no drift)."""
+def test_what_the_worker_sends_is_what_the_protocol_describes(monkeypatch):
+    """Every key of a real pair result message and of its job results is a field of the dataclasses (no drift)."""
+    from fastdistill.rewards import sandbox
+
+    seen = []
+
+    def recording(cls, data):
+        if cls is PairResult:
+            seen.append(data)
+        return from_wire(cls, data)
+
+    monkeypatch.setattr(sandbox, "from_wire", recording)
     mutant = CODE.replace("+", "-")
     spec = PairSpec(code=CODE, tests=TESTS, write_module=False, timeout_s=30.0,
                     gate=Gate(factor=5.0, min_s=1.0, max_s=10.0, cpu_min_s=0.2),
                     jobs=[Job(source=CODE, timeout_s=10.0, group=0, base=True, needs=[]),
                           Job(source=mutant, stop_first=True, group=0, base=False, needs=[0])])
-    (raw,) = execute_pairs([spec], memory_mb=1024)
-    pair_fields = set(PairResult.__dataclass_fields__)
-    job_fields = set(JobResult.__dataclass_fields__) | {"t"}
-    assert set(raw) <= pair_fields and raw["completed"]
-    assert all(set(job) <= job_fields for job in raw["jobs"])
-    typed = from_wire(PairResult, raw)
+    (typed,) = execute_pairs([spec], memory_mb=1024)
+    (message,) = seen  # the worker's own "pair" message, as it came off the pipe
+    assert set(message) <= set(PairResult.__dataclass_fields__) | {"t", "id"} and message["completed"]
+    assert all(set(job) <= set(JobResult.__dataclass_fields__) | {"t"} for job in message["jobs"])
+    assert isinstance(typed, PairResult) and all(isinstance(j, JobResult) for j in typed.jobs)
     assert [j.killed for j in typed.jobs] == [None, True]  # the verdict comes with the mutant, from the worker

@@ -87,7 +87,7 @@ def test_paired_rewrites_run_only_where_the_original_mutant_was_killed(monkeypat
 
     def recording(specs, **kwargs):
         raws = execute(specs, **kwargs)
-        statuses.append([job["status"] for raw in raws for job in sorted(raw["jobs"], key=lambda j: j["i"])])
+        statuses.append([job.status for raw in raws for job in sorted(raw.jobs, key=lambda j: j.i)])
         return raws
 
     monkeypatch.setattr(mutation, "execute_pairs", recording)

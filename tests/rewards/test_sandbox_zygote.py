@@ -87,9 +87,9 @@ def test_the_warm_up_leaves_no_trace(monkeypatch):
     monkeypatch.setattr(_sandbox, "PREFORK_ZYGOTE", True)
     close_idle_workers()
     try:
-        assert _raw(FILES[0])["zygote"] == "fresh"  # a new worker forks nothing before its first pair
+        assert _raw(FILES[0]).zygote == "fresh"  # a new worker forks nothing before its first pair
         raw = _raw(TRACE_TESTS, IDLE_S)
-        assert raw["zygote"] == "warm"  # the pair did run on a warmed-up spare
+        assert raw.zygote == "warm"  # the pair did run on a warmed-up spare
         run = _sandbox._to_test_run(raw, 1)
         assert run.ok and run.passed == 1, run.reason + "".join(t.message for t in run.tests)
     finally:
@@ -100,7 +100,7 @@ def test_without_prefork_every_zygote_is_fresh(monkeypatch):
     monkeypatch.setattr(_sandbox, "PREFORK_ZYGOTE", False)
     close_idle_workers()
     try:
-        assert [_raw(FILES[0], idle)["zygote"] for idle in (0.0, IDLE_S)] == ["fresh", "fresh"]
+        assert [_raw(FILES[0], idle).zygote for idle in (0.0, IDLE_S)] == ["fresh", "fresh"]
     finally:
         close_idle_workers()
 
@@ -127,7 +127,7 @@ def test_every_zygote_is_in_the_workers_cgroups(monkeypatch):
         kinds = []
         for idle in (0.0, 0.0, IDLE_S):  # a fresh worker's first pair, a spare, a warmed-up spare
             raw = _raw(tests, idle)
-            kinds.append(raw["zygote"])
+            kinds.append(raw.zygote)
             run = _sandbox._to_test_run(raw, 1)
             assert run.ok, run.reason + "".join(t.message for t in run.tests)
         assert kinds == ["fresh", "spare", "warm"]
@@ -197,7 +197,7 @@ def test_a_pair_that_arrives_during_the_warm_up_gets_a_fresh_zygote_and_a_clean_
         _raw(tests)
         for i in range(16):
             raw = _raw(tests, 0.1 + 0.006 * i)
-            kinds.add(raw["zygote"])
+            kinds.add(raw.zygote)
             run = _sandbox._to_test_run(raw, 1)
             assert run.ok, run.reason + "".join(t.message for t in run.tests)
         assert kinds <= {"fresh", "spare", "warm"}
