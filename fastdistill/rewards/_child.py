@@ -479,6 +479,31 @@ def _poll_messages(fd, nonce):
     return said
 
 
+def _fork_child(body, close=()):
+    """Fork a child in its own process group that closes ``close`` (the parent's pipe ends it must not hold)
+    and runs ``body(write_fd)``, the write end of a fresh pipe; it exits 0, or 3 when anything escapes
+    ``body`` (reported by the reader as a crash). Returns ``(pid, read_fd)``: the parent keeps the read end."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.close(read_fd)
+            for fd in close:
+                os.close(fd)
+            body(write_fd)
+        except BaseException:  # noqa: BLE001 - anything escaping is reported as a crash
+            code = 3
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    try:
+        os.setpgid(pid, pid)
+    except OSError:
+        pass
+    return pid, read_fd
+
+
 def _kill_and_wait(pid):
     """SIGKILL the process group led by ``pid`` (and ``pid``), reap it, return its wait status."""
     for kill, target in ((os.killpg, pid), (os.kill, pid)):
@@ -679,27 +704,11 @@ class _Server:
         if not self._cfg.get("prefork"):
             return None
         nonce = os.urandom(8).hex().encode()
-        read_fd, write_fd = os.pipe()
         spec_r, spec_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the spare: no untrusted code runs in it before it has its pair
-            code = 0
-            try:
-                os.close(read_fd)
-                os.close(spec_w)
-                os.close(self._result_fd)
-                os.close(self._cmd_fd)
-                self._spare(session, spec_r, write_fd, nonce)
-            except BaseException:  # noqa: BLE001 - the worker forks a zygote afresh instead
-                code = 3
-            finally:
-                os._exit(code)
-        os.close(write_fd)
+        # the spare: no untrusted code runs in it before it has its pair (if it fails, a zygote is forked afresh)
+        pid, read_fd = _fork_child(lambda fd: self._spare(session, spec_r, fd, nonce),
+                                   close=(spec_w, self._result_fd, self._cmd_fd))
         os.close(spec_r)
-        try:
-            os.setpgid(pid, pid)
-        except OSError:
-            pass
         return {"pid": pid, "read_fd": read_fd, "spec_w": spec_w, "nonce": nonce}
 
     def _take_spare(self, spare, pair_dir, test_file, body):
@@ -779,24 +788,9 @@ class _Server:
         else:
             kind = "fresh"
             nonce = os.urandom(8).hex().encode()
-            read_fd, write_fd = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # zygote: runs untrusted code (the test module's import)
-                code = 0
-                try:
-                    os.close(read_fd)
-                    os.close(self._result_fd)
-                    os.close(self._cmd_fd)
-                    self._zygote(session, spec, pair_dir, test_file, write_fd, nonce)
-                except BaseException:  # noqa: BLE001 - anything escaping is reported as a crash
-                    code = 3
-                finally:
-                    os._exit(code)
-            os.close(write_fd)
-            try:
-                os.setpgid(pid, pid)
-            except OSError:
-                pass
+            # zygote: runs untrusted code (the test module's import)
+            pid, read_fd = _fork_child(lambda fd: self._zygote(session, spec, pair_dir, test_file, fd, nonce),
+                                       close=(self._result_fd, self._cmd_fd))
         jobs, finished = [], []
         inline = {"start": None, "wall": 0.0, "tests": [], "collect_errors": []}  # see _inline
 
@@ -1067,25 +1061,11 @@ class _Server:
 
     def _run_job(self, session, items, collected, job, swap, path, test_file, wall, cpu_budget, errors):
         job_nonce = os.urandom(8).hex().encode()
-        read_fd, write_fd = os.pipe()
         start = time.monotonic()
-        pid = os.fork()
-        if pid == 0:  # job child
-            code = 0
-            try:
-                os.close(read_fd)
-                os.close(self._zygote_fd)
-                self._job_child(session, items, collected, job, swap, path, test_file, wall, cpu_budget, errors,
-                                _writer(write_fd, job_nonce))
-            except BaseException:  # noqa: BLE001
-                code = 3
-            finally:
-                os._exit(code)
-        os.close(write_fd)
-        try:
-            os.setpgid(pid, pid)
-        except OSError:
-            pass
+        pid, read_fd = _fork_child(
+            lambda fd: self._job_child(session, items, collected, job, swap, path, test_file, wall, cpu_budget,
+                                       errors, _writer(fd, job_nonce)),
+            close=(self._zygote_fd,))
         tests, collect_errors, finished, cpu = [], [], [], []
         oom_before = _oom_kills(self._cfg.get("oom_fd"))
 
