@@ -33,6 +33,9 @@ class DemoConfig:
     grpo_lr: float = 2e-4
     grpo_generations: int = 8
     grpo_prompts_per_step: int = 2
+    # reward weights of the GRPO-mutant branch (None: the library's "mutant" preset, which gives test speed a
+    # weight of 0.1)
+    grpo_mutant_weights: dict | None = None
     mutant_temperature: float = 0.8
     mutant_max_tokens: int = 96
     speed_temperature: float = 0.5

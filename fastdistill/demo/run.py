@@ -194,7 +194,11 @@ def _grpo(model, tokenizer, train: list[dict], cfg: DemoConfig, out: Path, branc
         [{"name": ex["name"], "code": ex["code"], "tests": ex["tests"]} for ex in train], cfg.renames, cfg.seed + 7
     )
     ds = Dataset.from_list([{"prompt": r["prompt"], "code": r["code"]} for r in rows]).shuffle(seed=cfg.seed)
-    reward = composite_reward(preset=branch, max_mutants=cfg.max_mutants, n_workers=cfg.workers)
+    common = dict(max_mutants=cfg.max_mutants, n_workers=cfg.workers)
+    if branch == "mutant" and cfg.grpo_mutant_weights:
+        reward = composite_reward(dict(cfg.grpo_mutant_weights), **common)
+    else:
+        reward = composite_reward(preset=branch, **common)
     args = GRPOConfig(
         **{
             **_common_args(cfg, out, f"grpo_{branch}", cfg.grpo_steps, cfg.grpo_lr),
