@@ -759,14 +759,7 @@ class _Server:
         keep = {os.path.basename(self._cfg["ini_file"])}
         for entry in os.listdir(workdir):
             if entry not in keep:
-                path = os.path.join(workdir, entry)
-                if os.path.isdir(path) and not os.path.islink(path):
-                    _rmtree(path)
-                else:
-                    try:
-                        os.unlink(path)
-                    except OSError:
-                        pass
+                _remove(os.path.join(workdir, entry))
 
     def _run_pair(self, session, spec, body, spare):
         """Run one pair on ``spare`` (or a zygote forked now), clean up after it, send its ``pair`` message."""
@@ -1214,13 +1207,8 @@ def _empty_scratch():
                 continue
             if any(m.startswith(path + "/") for m in mounts):
                 clean(path)
-            elif os.path.isdir(path) and not os.path.islink(path):
-                _rmtree(path)
             else:
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
+                _remove(path)
 
     for top in _SCRATCH:
         clean(top)
@@ -1240,6 +1228,17 @@ def _remove_sysv_ipc():
             continue
         for ipc_id in ids:
             remove(ipc_id)
+
+
+def _remove(path):
+    """Remove a file, a link or a whole directory; whatever cannot be removed is left."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        _rmtree(path)
+    else:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def _rmtree(path):
