@@ -109,7 +109,7 @@ class _Window:
     left: int
     rows: int = 0
     failed: int = 0
-    sampled: int = 0  # seq_kd: rows the teacher was asked to sample
+    sampled: int = 0  # seq_kd: rows the teacher is asked to sample in this step
     samples_failed: int = 0
     wait_s: float = 0.0  # time the trainer blocked on the server
     latency_s: float = 0.0  # longest time from a batch's requests to its last answer
@@ -345,6 +345,7 @@ class GKDTrainer(_TRLGKDTrainer):
         # seq_kd: the teacher writes the off-policy micro-batches' completions; every request goes out now
         samples = {i: self._submit_teacher_samples(inputs) for i, inputs in enumerate(batch_samples)
                    if self.seq_kd and not on_policy[i]}
+        window.sampled = sum(len(pending.futures) for pending in samples.values())  # every sample the step asks for
         for i, inputs in enumerate(batch_samples):
             if on_policy[i]:
                 self._generate_into(inputs)
@@ -382,9 +383,7 @@ class GKDTrainer(_TRLGKDTrainer):
         the labels -100 on prompt and padding). A row the teacher could not sample is left out of the step
         (no completion tokens: no CE and no divergence for it), counted in ``teacher/failed_samples``."""
         results = pending.results()
-        failed = sum(isinstance(r, BaseException) for r in results)
-        window.sampled += len(results)
-        window.samples_failed += failed
+        window.samples_failed += sum(isinstance(r, BaseException) for r in results)
         self.served.account(results, window.sampled, window.samples_failed, sampled=True)
         prompts, prompt_mask = inputs["prompts"], inputs["prompt_attention_mask"]
         completions = [[] if isinstance(r, BaseException) else r for r in results]

@@ -224,6 +224,27 @@ def test_seq_kd_failed_sample_is_left_out_and_counted(models, teacher_server, tm
     assert trainer.served.rows_failed == 0 and trainer.served.rows_scored == 2
 
 
+def test_seq_kd_failed_fraction_is_over_the_whole_step(models, teacher_server, tmp_path):  # noqa: F811
+    """1 failed sample of the step's 4 (two micro-batches) is within teacher_max_failed_fraction=0.25, even though
+    it is half of the first micro-batch's samples."""
+    student, teacher, tok = models
+
+    def rule(n, path, body):
+        sampling = "prompt_logprobs" not in body and body.get("max_tokens") == 6
+        return "500" if sampling and "add(1, 2)" in tok.decode(body.get("prompt") or []) else None
+
+    server = teacher_server(teacher, tok, faults=Faults(rule=rule), max_logprobs=4)
+    trainer = fast_retries(GKDTrainer(
+        model=copy.deepcopy(student), processing_class=tok, train_dataset=dataset(),
+        args=config(tmp_path, teacher_model_name_or_path=server.base_url, teacher_top_k=4, lmbda=0.0, seq_kd=True,
+                    teacher_max_failed_fraction=0.25),
+    ))
+    batches = [dict(trainer.data_collator([trainer.train_dataset[i] for i in rows])) for rows in ((0, 1), (2, 3))]
+    (first, second), _ = trainer.get_batch_samples(iter(batches), 2, torch.device("cpu"))
+    assert completions_of(first)[1] == [] and all(completions_of(second))
+    assert trainer.served.samples_failed == 1 and trainer.served.rows_sampled == 3
+
+
 def test_seq_kd_stops_when_the_teacher_cannot_sample(models, teacher_server, tmp_path):  # noqa: F811
     student, teacher, tok = models
     rule = lambda n, path, body: "500" if "prompt_logprobs" not in body and body.get("max_tokens") == 6 else None  # noqa: E731
