@@ -671,6 +671,7 @@ class _Server:
         self._send = _writer(result_fd, cfg["nonce"].encode())
         self._collect_errors = None
         self._zygote_fd = -1
+        self._mounts = None  # the sealed view's mount points, read once (nothing inside can mount)
 
     # -- worker side ------------------------------------------------------------------------------
     def pytest_collection(self, session):
@@ -752,7 +753,9 @@ class _Server:
             _reap()
         self._empty_workdir()
         if self._cfg.get("view") == "sealed":
-            _empty_scratch()
+            if self._mounts is None:
+                self._mounts = _mount_points()
+            _empty_scratch(self._mounts)
 
     def _empty_workdir(self):
         workdir = self._cfg["workdir"]
@@ -1190,11 +1193,10 @@ def _mount_points():
     return points
 
 
-def _empty_scratch():
+def _empty_scratch(mounts):
     """Remove whatever a pair left in the sealed view's ``/tmp`` and ``/dev/shm``, so nothing passes from one
     pair to the next. What is bound under ``/tmp`` (the worker directory, an interpreter or ``sys.path`` entry
-    living there) and the directories leading to it stay."""
-    mounts = _mount_points()
+    living there) and the directories leading to it stay. ``mounts``: :func:`_mount_points`."""
 
     def clean(directory):
         try:
