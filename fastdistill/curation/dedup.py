@@ -17,17 +17,21 @@ fallback). ``mode="drop"`` then attaches an indices mapping built from the numpy
 ``int`` per kept row.
 
 Near (``method="minhash"``): MinHash signatures of word (or code-token) n-grams and LSH banding
-through `rensa <https://github.com/beowolx/rensa>`_ (``RMinHash`` + ``RMinHashLSH``, Rust, measured
-~25x faster than ``datasketch`` here); ``datasketch`` (``MinHash`` + ``MinHashLSH``) is the fallback
-when rensa cannot be imported. Rows are visited in order; a row is a duplicate when an LSH candidate
-among the rows already *kept* has an estimated Jaccard >= ``threshold`` (insert-if-no-match), and its
-``cluster_id`` is the index of the lowest such kept row. Defaults: ``num_perm=128``, ``ngram=5``
-word shingles, ``threshold=0.8``, ``seed=42``; the number of LSH bands is the smallest divisor of
-``num_perm`` whose candidate probability at ``threshold`` is >= 0.9, since candidates are verified.
-Rows with no tokens (empty or null) are never near-duplicates (exact dedup handles them).
-Before that ordered pass, a bulk prefilter (Arrow tokenisation + a 16-hash numpy sketch, no Python
-object per row) drops from the Python loop the rows that share no band with any other row, so
-the per-row work is paid only by rows that may be near-duplicates (see :func:`minhash_duplicates`).
+through `rensa <https://github.com/beowolx/rensa>`_ (Rust); ``datasketch`` (``MinHash`` +
+``MinHashLSH``) is the fallback when rensa cannot be imported. Rows are visited in order; a row is a
+duplicate when an LSH candidate among the rows already *kept* has an estimated Jaccard >=
+``threshold`` (insert-if-no-match), and its ``cluster_id`` is the index of the lowest such kept row.
+Defaults: ``num_perm=128``, ``ngram=5`` word shingles, ``threshold=0.8``, ``seed=42``; the number of
+LSH bands is the smallest divisor of ``num_perm`` whose candidate probability at ``threshold`` is >=
+0.9, since candidates are verified. Rows with no tokens (empty or null) are never near-duplicates
+(exact dedup handles them).
+With word shingles and rensa (the default), no Python object is made per row or shingle: a numba
+kernel hashes the word n-grams of the Arrow bytes (:func:`fastdistill.curation._kernels.word_ngram_hashes`),
+rensa computes the signatures from those hashes in bulk, and the ordered pass is one compiled loop
+(:func:`fastdistill.curation._kernels.ordered_lsh_pass`). Before it, a bulk prefilter (a 16-hash
+numpy sketch of the same n-gram hashes) drops the rows that share no band with any other row, so the
+ordered pass sees only rows that may be near-duplicates (see :func:`minhash_duplicates`). Code
+tokens or datasketch take the general path: ``str`` shingles per row and the library's LSH object.
 
 Both decisions are one global pass in the calling process, so the result is the same for any
 ``num_proc`` (``num_proc`` only parallelises the row-wise steps before; it is accepted here for a
@@ -46,15 +50,13 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from fastdistill.curation._ds import add_columns, arrow_column, select_rows
+# 64-bit mixing constants (golden ratio, splitmix64) for the numpy key hashes below
+from fastdistill.curation._kernels import _M1, _M2, ordered_lsh_pass, word_ngram_hashes
 
 logger = logging.getLogger(__name__)
 
 MINHASH_DEFAULTS = {"num_perm": 128, "ngram": 5, "threshold": 0.8, "seed": 42, "tokenizer": "words"}
 _CODE_TOKEN = re.compile(r"\w+|[^\w\s]")
-# 64-bit mixing constants (golden ratio, splitmix64) for the numpy key hashes below
-_M1 = np.uint64(0x9E3779B97F4A7C15)
-_M2 = np.uint64(0xBF58476D1CE4E5B9)
-_M3 = np.uint64(0x94D049BB133111EB)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -370,54 +372,13 @@ class _Backend:
 
 
 def _flat_shingle_hashes(chunk: pa.Array, ngram: int) -> tuple[np.ndarray, np.ndarray]:
-    """Word n-gram hashes of every row, flat (u64) + row offsets (int64), with no Python object per token.
-
-    Words come from Arrow's ``utf8_split_whitespace``; each distinct word of the batch is hashed
-    once with xxh3 (stable across processes); n-gram hashes are combined in numpy (multiply-add,
-    then a splitmix64 finaliser, uint64 wrap-around). A row with fewer than ``ngram`` words gives
-    one hash of all its words, an empty row none -- the same sets as :func:`shingles`.
-    """
-    import xxhash  # fast, stable non-cryptographic hash for words
-
-    n_rows = len(chunk)
-    lists = pc.utf8_split_whitespace(chunk)
-    words = pc.list_flatten(lists)
-    row_of_word = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
-    nonempty = pc.greater(pc.binary_length(words), 0)  # Arrow keeps "" at leading/trailing blanks; str.split() not
-    words = words.filter(nonempty)
-    counts = np.bincount(row_of_word[nonempty.to_numpy(zero_copy_only=False)], minlength=n_rows).astype(np.int64)
-    if len(words) == 0:
-        return np.zeros(0, np.uint64), np.zeros(n_rows + 1, np.int64)
-    enc = pc.dictionary_encode(words)
-    word_hash = np.fromiter((xxhash.xxh3_64_intdigest(w.encode()) for w in enc.dictionary.to_pylist()),
-                            dtype=np.uint64, count=len(enc.dictionary))
-    h = word_hash[enc.indices.to_numpy(zero_copy_only=False)]
-    starts = np.cumsum(counts) - counts
-    total = len(h)
-    with np.errstate(over="ignore"):
-        g = h.copy()
-        # window hash at every position (windows crossing rows are discarded below; none is longer than the batch)
-        for k in range(1, min(ngram, total)):
-            g[:total - k] = g[:total - k] * _M1 + h[k:]
-        short = np.flatnonzero((counts > 0) & (counts < ngram))
-        if len(short):  # rows shorter than ngram: one hash over their own words only
-            gs = h[starts[short]].copy()
-            for k in range(1, ngram - 1):
-                inside = k < counts[short]
-                gs = np.where(inside, gs * _M1 + h[np.minimum(starts[short] + k, total - 1)], gs)
-            g[starts[short]] = gs
-        g ^= g >> np.uint64(31)
-        g *= _M2
-        g ^= g >> np.uint64(29)
-        g *= _M3
-        g ^= g >> np.uint64(32)
-    n_grams = np.where(counts >= ngram, counts - ngram + 1, np.minimum(counts, 1))
-    row_end = np.repeat(starts + counts, counts)
-    valid = (np.arange(total) + ngram) <= row_end
-    if len(short):
-        valid[starts[short]] = True
-    offsets = np.concatenate([[0], np.cumsum(n_grams)]).astype(np.int64)
-    return g[valid], offsets
+    """Word n-gram hashes of every row, flat (u64) + row offsets (int64), with no Python object per
+    token: :func:`fastdistill.curation._kernels.word_ngram_hashes` (one numba pass over the bytes).
+    A row with fewer than ``ngram`` words gives one hash of all its words, an empty row none -- the
+    same sets as :func:`shingles`."""
+    if pa.types.is_large_string(chunk.type) or pa.types.is_string_view(chunk.type):
+        chunk = chunk.cast(pa.string())
+    return word_ngram_hashes(chunk, ngram)
 
 
 _PREFILTER_BANDS, _PREFILTER_ROWS = 8, 2
@@ -508,6 +469,11 @@ def minhash_verified_pass(candidate_texts: pa.ChunkedArray | pa.Array, rows: np.
     kept_sigs: dict[int, object] = {}
     bar = tqdm(total=len(rows), desc=f"minhash dedup ({engine.name})", unit="rows",
                disable=not progress or len(rows) < 50_000)
+    if engine.name == "rensa" and tokenizer == "words":
+        _verified_pass_on_hashes(candidate_texts, rows, dup, cluster, engine, ngram=ngram, batch_size=batch_size,
+                                 bar=bar)
+        bar.close()
+        return dup, cluster, engine.name
     for off in range(0, len(rows), batch_size):
         # Python strings exist for one batch at a time only.
         batch = candidate_texts.slice(off, batch_size).to_pylist()
@@ -530,6 +496,51 @@ def minhash_verified_pass(candidate_texts: pa.ChunkedArray | pa.Array, rows: np.
         bar.update(len(batch))
     bar.close()
     return dup, cluster, engine.name
+
+
+def _band_keys_of_signatures(sig: np.ndarray, num_bands: int) -> np.ndarray:
+    """``(n, num_bands)`` uint64: each LSH band of the uint32 signatures folded into one 64-bit key."""
+    rows = sig.shape[1] // num_bands
+    bands = sig.reshape(len(sig), num_bands, rows).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        key = bands[:, :, 0].copy()
+        for r in range(1, rows):
+            key *= _M1
+            key += bands[:, :, r]
+        key ^= key >> np.uint64(31)
+        key *= _M2
+        key ^= key >> np.uint64(29)
+    return key
+
+
+def _verified_pass_on_hashes(texts: pa.ChunkedArray, rows: np.ndarray, dup: np.ndarray, cluster: np.ndarray,
+                             engine: _Backend, *, ngram: int, batch_size: int, bar) -> None:
+    """The ordered insert-if-no-match pass with no Python object per shingle or row (rensa, words).
+
+    The shingles of a batch are the 64-bit n-gram hashes of :func:`_flat_shingle_hashes`; rensa
+    computes their ``RMinHash`` signatures in bulk (``digest_matrix_from_flat_token_hashes``); the
+    ordered pass itself (LSH buckets of the kept rows, a match when the fraction of equal signature
+    values -- rensa's ``jaccard`` -- is >= the threshold) is one compiled loop
+    (:func:`fastdistill.curation._kernels.ordered_lsh_pass`). On code-shaped rows the ``str``
+    shingles and ``RMinHashLSH`` calls of the general path took ~70 us a row.
+    """
+    num_perm = engine.num_perm
+    sigs, nonempty = [], []
+    for off in range(0, len(rows), batch_size):
+        chunk = texts.slice(off, batch_size)
+        chunk = chunk.combine_chunks() if chunk.num_chunks != 1 else chunk.chunk(0)
+        hashes, offsets = _flat_shingle_hashes(chunk, ngram)
+        matrix = engine._rensa.RMinHash.digest_matrix_from_flat_token_hashes(hashes, offsets, num_perm, engine.seed)
+        sigs.append(np.array(matrix.to_rows(), dtype=np.uint32).reshape(len(chunk), num_perm))
+        nonempty.append(offsets[1:] > offsets[:-1])
+        bar.update(len(chunk))
+    if not sigs:
+        return
+    sig = np.concatenate(sigs)
+    is_dup, match = ordered_lsh_pass(sig, _band_keys_of_signatures(sig, engine.num_bands), np.concatenate(nonempty),
+                                     engine.threshold)
+    dup[:] = is_dup
+    cluster[:] = rows[match]
 
 
 def uses_prefilter(tokenizer: str, threshold: float, prefilter: bool = True) -> bool:

@@ -27,7 +27,7 @@ from fastdistill.validation import ConfigError, Problems
 
 logger = logging.getLogger(__name__)
 
-_VERSIONED = ("fastdistill", "datasets", "pyarrow", "numpy", "rensa", "datasketch", "sqlglot", "xxhash", "pyyaml")
+_VERSIONED = ("fastdistill", "datasets", "pyarrow", "numpy", "rensa", "datasketch", "sqlglot", "numba", "pyyaml")
 
 
 def library_versions() -> dict:

@@ -1,0 +1,337 @@
+"""Byte-level kernels of the curation hot paths, compiled with `numba <https://numba.pydata.org>`_.
+
+Two loops over the UTF-8 data buffer of an Arrow string array that no Arrow kernel does in one
+pass, and that cost most of the time on code-shaped rows (a few kB, newlines and indentation in
+every row, a few non-ASCII characters):
+
+* :func:`collapse_whitespace` -- the ``"collapse"`` whitespace rule of
+  :mod:`fastdistill.curation.canonical` (every run of ``str.isspace()`` characters becomes one
+  space, no space at either end), and in the same pass a flag for every row holding a character
+  that NFC may change. RE2's ``replace_substring_regex`` with the same rule ran at ~160 MB/s here;
+  this loop, branch-free on ASCII bytes, at ~650 MB/s, and it releases the GIL, so the step's
+  batch threads use every core.
+* :func:`word_ngram_hashes` -- the 64-bit hashes of the word n-grams of every row (words split as
+  ``str.split()`` does), flat with row offsets, for the MinHash prefilter and signatures; it
+  replaces Arrow tokenisation + dictionary encoding + a Python hash per distinct word.
+
+numba (LLVM) is used rather than a C extension of our own: it is a maintained, widely installed
+package with wheels for every platform we support, and the kernels stay readable Python. Each
+kernel is compiled on first use (about a second; ``cache=True`` keeps the machine code on disk
+for later processes). Both kernels are tested against the Python reference functions.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import unicodedata
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from numba import njit
+
+# Code points for which ``str.isspace()`` is true (a test checks it against every code point).
+WS_RANGES = [(0x09, 0x0D), (0x1C, 0x20), (0x85, 0x85), (0xA0, 0xA0), (0x1680, 0x1680), (0x2000, 0x200A),
+             (0x2028, 0x2029), (0x202F, 0x202F), (0x205F, 0x205F), (0x3000, 0x3000)]
+
+
+def _bitmap(codepoints) -> np.ndarray:
+    bm = np.zeros((sys.maxunicode + 1) // 8, dtype=np.uint8)
+    cps = np.fromiter(codepoints, dtype=np.int64)
+    np.bitwise_or.at(bm, cps >> 3, (1 << (cps & 7)).astype(np.uint8))
+    return bm
+
+
+@functools.lru_cache(maxsize=1)
+def _ws_tables() -> tuple[np.ndarray, np.ndarray]:
+    """(ASCII whitespace table, whitespace bitmap over every code point), built once."""
+    ascii_ws = np.zeros(256, dtype=np.uint8)
+    ws = [c for lo, hi in WS_RANGES for c in range(lo, hi + 1)]
+    ascii_ws[[c for c in ws if c < 0x80]] = 1
+    return ascii_ws, _bitmap(ws)
+
+
+@functools.lru_cache(maxsize=1)
+def _nfc_bitmap() -> np.ndarray:
+    return _bitmap(nfc_candidates())
+
+
+@functools.lru_cache(maxsize=1)
+def nfc_candidates() -> list[int]:
+    """Code points that can make a string non-NFC. A string with none of them is NFC: every other
+    character is NFC by itself, has combining class 0 and cannot be the second half of a canonical
+    composition (so nothing composes with the character before it)."""
+    chars = set(range(0x1161, 0x1176)) | set(range(0x11A8, 0x11C3))  # Hangul V/T jamo compose with L/LV
+    for c in range(sys.maxunicode + 1):
+        if 0xD800 <= c < 0xE000:
+            continue
+        ch = chr(c)
+        if unicodedata.combining(ch) or not unicodedata.is_normalized("NFC", ch):
+            chars.add(c)
+        dec = unicodedata.decomposition(ch)
+        if dec and not dec.startswith("<") and len(dec.split()) == 2:
+            chars.add(int(dec.split()[1], 16))
+    return sorted(chars)
+
+
+def _buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets int32 incl. the array's offset, data uint8) of a ``pa.string()`` array, zero-copy."""
+    n = len(arr)
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=n + 1, offset=arr.offset * 4)
+    data = arr.buffers()[2]
+    data = np.zeros(0, np.uint8) if data is None else np.frombuffer(data, dtype=np.uint8)
+    return offsets, data
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _decode(data, i, end, b):
+    """(code point, byte length) of the UTF-8 sequence starting with lead byte ``b`` at ``i``."""
+    if b >= 0xF0:
+        ln, cp = 4, np.int64(b & 0x07)
+    elif b >= 0xE0:
+        ln, cp = 3, np.int64(b & 0x0F)
+    else:
+        ln, cp = 2, np.int64(b & 0x1F)
+    if ln > end - i:  # never read past the row, even on malformed data
+        ln = end - i
+    for k in range(1, ln):
+        cp = (cp << 6) | np.int64(data[i + k] & 0x3F)
+    return cp, ln
+
+
+@njit(nogil=True, cache=True)
+def _collapse_kernel(data, offsets, ascii_ws, ws_bm, nfc_bm, out, out_offsets, nfc_flags):
+    # Every byte is written; the output position advances unless the byte continues a whitespace
+    # run (``w & prev``), so a run leaves one byte, written as a space. A multi-byte whitespace
+    # character counts as one whitespace byte followed by continuation bytes that never advance.
+    # Unsigned 64-bit positions: numba then emits no negative-index wrap-around (~1.5x faster).
+    one = np.uint64(1)
+    o = np.uint64(0)
+    for r in range(offsets.shape[0] - 1):
+        start, end = np.uint64(offsets[r]), np.uint64(offsets[r + 1])
+        row_start = o
+        out_offsets[r] = o
+        prev = one  # a run at the start of the row leaves nothing
+        skip = 0
+        flag = False
+        for i in range(start, end):
+            b = data[i]
+            w = np.uint64(ascii_ws[b])
+            if b >= 0x80:
+                if b >= 0xC0:
+                    cp, ln = _decode(data, i, end, b)
+                    if (ws_bm[cp >> 3] >> (cp & 7)) & 1:
+                        w = one
+                        skip = ln - 1
+                    elif (nfc_bm[cp >> 3] >> (cp & 7)) & 1:
+                        flag = True
+                elif skip > 0:
+                    w = one
+                    skip -= 1
+            out[o] = 32 if w else b
+            o += one - (w & prev)
+            prev = w
+        if prev and o > row_start:  # a run at the end of the row: drop its space
+            o -= one
+        nfc_flags[r] = flag
+    out_offsets[offsets.shape[0] - 1] = o
+
+
+def collapse_whitespace(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """``(collapsed, nfc_flags)`` for a ``pa.string()`` array: every whitespace run becomes one space
+    and none is left at either end; ``nfc_flags[i]`` is True where row ``i`` holds a character other
+    than whitespace that NFC may change (NFC comes first in the canonical form, so those rows must be
+    normalised and collapsed again; the whitespace characters NFC changes, U+2000/U+2001, become
+    whitespace and are collapsed either way). Nulls stay null."""
+    n = len(arr)
+    offsets, data = _buffers(arr)
+    ascii_ws, ws_bm = _ws_tables()
+    nfc_bm = _nfc_bitmap()
+    out = np.empty(max(int(offsets[-1] - offsets[0]), 1), dtype=np.uint8)
+    out_offsets = np.empty(n + 1, dtype=np.int32)
+    flags = np.empty(n, dtype=np.bool_)
+    _collapse_kernel(data, offsets, ascii_ws, ws_bm, nfc_bm, out, out_offsets, flags)
+    validity = None
+    if arr.null_count:
+        validity = pa.py_buffer(np.packbits(np.asarray(arr.is_valid()), bitorder="little"))
+    result = pa.StringArray.from_buffers(n, pa.py_buffer(out_offsets), pa.py_buffer(out[:out_offsets[-1]]),
+                                         validity, arr.null_count)
+    return result, flags
+
+
+# 64-bit mixing constants (golden ratio, splitmix64), FNV-1a 64 for the bytes of a word
+_M1 = np.uint64(0x9E3779B97F4A7C15)
+_M2 = np.uint64(0xBF58476D1CE4E5B9)
+_M3 = np.uint64(0x94D049BB133111EB)
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+
+
+@njit(nogil=True, cache=True)
+def _words_kernel(data, offsets, ascii_ws, ws_bm, counts, word_starts, words):
+    """Count the words of every row (``words`` empty) or write their raw hashes.
+
+    Same byte loop as :func:`_collapse_kernel`: ``w`` is 1 on every byte of a whitespace character.
+    A word hash is FNV-1a over its bytes (finalised in :func:`_ngram_kernel`). Branch-free on ASCII
+    bytes: the running hash is stored at every byte into the slot of the current word; row ``r``'s
+    words are ``words[word_starts[r] + 1:]`` and the slot before them takes the bytes before its first
+    word.
+    """
+    one = np.uint64(1)
+    write = words.shape[0] > 0
+    for r in range(offsets.shape[0] - 1):
+        start, end = np.uint64(offsets[r]), np.uint64(offsets[r + 1])
+        base = word_starts[r] if write else 0
+        nw = np.uint64(0)
+        prev = one
+        skip = 0
+        h = _FNV_OFFSET
+        for i in range(start, end):
+            b = data[i]
+            w = np.uint64(ascii_ws[b])
+            if b >= 0xC0:
+                cp, ln = _decode(data, i, end, b)
+                if (ws_bm[cp >> 3] >> (cp & 7)) & 1:
+                    w = one
+                    skip = ln - 1
+            elif b >= 0x80 and skip > 0:
+                w = one
+                skip -= 1
+            starts_word = (one - w) & prev
+            nw += starts_word
+            if write:
+                h = _FNV_OFFSET if starts_word else h
+                h = h if w else (h ^ np.uint64(b)) * _FNV_PRIME
+                words[base + nw] = h
+            prev = w
+        counts[r] = nw
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _finalize(x):
+    x ^= x >> np.uint64(30)
+    x *= _M2
+    x ^= x >> np.uint64(27)
+    x *= _M3
+    x ^= x >> np.uint64(31)
+    return x
+
+
+@njit(nogil=True, cache=True)
+def _ngram_kernel(counts, word_starts, words, ngram, out, out_offsets):
+    """The n-gram hashes of every row from its word hashes (multiply-add, splitmix64 finaliser)."""
+    o = 0
+    for r in range(counts.shape[0]):
+        out_offsets[r] = o
+        nw = counts[r]
+        if nw == 0:
+            continue
+        base = word_starts[r] + 1
+        for k in range(nw):
+            words[base + k] = _finalize(words[base + k])
+        span = min(ngram, nw)  # a row shorter than ngram words: one hash of all its words
+        for s in range(nw - span + 1):
+            g = words[base + s]
+            for k in range(1, span):
+                g = g * _M1 + words[base + s + k]
+            g ^= g >> np.uint64(31)
+            g *= _M2
+            g ^= g >> np.uint64(29)
+            g *= _M3
+            g ^= g >> np.uint64(32)
+            out[o] = g
+            o += 1
+    out_offsets[counts.shape[0]] = o
+
+
+def word_ngram_hashes(arr: pa.Array, ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(hashes, offsets)``: the 64-bit hashes of the word ``ngram``-grams of every row, flat
+    (uint64), and the row offsets into them (int64, ``len(arr) + 1``).
+
+    Words are the maximal runs of non-whitespace characters (``str.split()``); a row with fewer than
+    ``ngram`` words gives one hash of all its words, a row with none (empty, blank or null) no hash:
+    the same sets as :func:`fastdistill.curation.dedup.shingles`, one 64-bit value per shingle.
+    Depends only on the row, so any split into batches or processes gives the same hashes.
+    """
+    if arr.null_count:  # a null slot may still point at bytes: read it as ""
+        arr = pc.fill_null(arr, "")
+    n = len(arr)
+    offsets, data = _buffers(arr)
+    ascii_ws, ws_bm = _ws_tables()
+    counts = np.empty(n, dtype=np.int64)
+    no_words = np.zeros(0, dtype=np.uint64)
+    _words_kernel(data, offsets, ascii_ws, ws_bm, counts, np.zeros(n + 1, dtype=np.int64), no_words)
+    word_starts = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts + 1, out=word_starts[1:])  # one slot before each row's words
+    words = np.empty(int(word_starts[-1]) + 1, dtype=np.uint64)
+    _words_kernel(data, offsets, ascii_ws, ws_bm, counts, word_starts, words)
+    n_grams = np.where(counts >= ngram, counts - ngram + 1, np.minimum(counts, 1))
+    out = np.empty(max(int(n_grams.sum()), 1), dtype=np.uint64)
+    out_offsets = np.empty(n + 1, dtype=np.int64)
+    _ngram_kernel(counts, word_starts, words, ngram, out, out_offsets)
+    return out[:out_offsets[-1]], out_offsets
+
+
+@njit(nogil=True, cache=True)
+def _ordered_lsh_pass(sig, groups, n_groups, nonempty, threshold, dup, match):
+    """The ordered insert-if-no-match MinHash pass over the rows of ``sig`` (uint32 signatures).
+
+    ``groups[i, b]`` numbers the key of row ``i`` in band ``b`` (equal keys, equal numbers; numbers
+    of different bands never collide). The kept rows of a band bucket form a linked list
+    (``head``/``link``); a row's candidates are the kept rows of its buckets, checked in increasing
+    order, and the first whose fraction of equal signature values is >= ``threshold`` is its match.
+    """
+    m, n_perm = sig.shape
+    n_bands = groups.shape[1]
+    head = np.full(n_groups, -1, dtype=np.int64)
+    link = np.full((m, n_bands), -1, dtype=np.int64)
+    stamp = np.full(m, -1, dtype=np.int64)
+    cand = np.empty(m, dtype=np.int64)
+    for i in range(m):
+        if not nonempty[i]:
+            continue
+        nc = 0
+        for b in range(n_bands):
+            j = head[groups[i, b]]
+            while j >= 0:
+                if stamp[j] != i:
+                    stamp[j] = i
+                    cand[nc] = j
+                    nc += 1
+                j = link[j, b]
+        found = -1
+        if nc:
+            for j in np.sort(cand[:nc]):
+                equal = 0
+                for p in range(n_perm):
+                    equal += sig[i, p] == sig[j, p]
+                if equal / n_perm >= threshold:
+                    found = j
+                    break
+        if found < 0:
+            for b in range(n_bands):
+                g = groups[i, b]
+                link[i, b] = head[g]
+                head[g] = i
+        else:
+            dup[i] = True
+            match[i] = found
+
+
+def ordered_lsh_pass(sig: np.ndarray, band_keys: np.ndarray, nonempty: np.ndarray, threshold: float
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """``(is_duplicate, match)`` of the ordered MinHash pass (see :func:`_ordered_lsh_pass`);
+    ``match[i]`` is the index of the kept row that row ``i`` duplicates (``i`` when kept)."""
+    m, n_bands = band_keys.shape
+    groups = np.empty((m, n_bands), dtype=np.int64)
+    n_groups = 0
+    for b in range(n_bands):
+        _, inverse = np.unique(band_keys[:, b], return_inverse=True)
+        groups[:, b] = inverse.reshape(-1) + n_groups
+        n_groups += int(inverse.max()) + 1 if m else 0
+    dup = np.zeros(m, dtype=np.bool_)
+    match = np.arange(m, dtype=np.int64)
+    _ordered_lsh_pass(np.ascontiguousarray(sig, dtype=np.uint32), groups, n_groups,
+                      np.ascontiguousarray(nonempty, dtype=np.bool_), float(threshold), dup, match)
+    return dup, match

@@ -1,0 +1,94 @@
+"""The compiled curation kernels against their Python references (Liger-style: fast core vs naive)."""
+
+from __future__ import annotations
+
+import unicodedata
+
+import numpy as np
+import pyarrow as pa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fastdistill.curation._kernels import WS_RANGES, collapse_whitespace, ordered_lsh_pass, word_ngram_hashes
+from fastdistill.curation.canonical import canonical_text, canonicalize_arrow
+from fastdistill.curation.dedup import shingles
+
+WHITESPACE = "".join(chr(c) for lo, hi in WS_RANGES for c in range(lo, hi + 1))
+# whitespace of every UTF-8 length, characters NFC changes or composes, non-Latin letters
+ALPHABET = st.sampled_from(list(WHITESPACE) + list("ab_(x)=:#'\"\\") + ["\u0301", "e", "\u212b", "\u1100", "\u1161",
+                                                                     "é", "日", "λ", "\U0001f600", "\u0000"])
+TEXTS = st.one_of(st.none(), st.text(alphabet=ALPHABET, max_size=40), st.text(max_size=30))
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _collapse_reference(value: str) -> str:
+    return " ".join(value.split())  # str.split() splits on exactly the str.isspace() runs
+
+
+@SETTINGS
+@given(st.lists(TEXTS, max_size=12), st.integers(0, 3))
+def test_collapse_kernel_equals_reference_and_flags_every_non_nfc_row(values, start):
+    arr = pa.array(values, pa.string()).slice(min(start, len(values)))  # sliced arrays keep their offsets
+    got, needs_nfc = collapse_whitespace(arr)
+    expected = [None if v is None else _collapse_reference(v) for v in arr.to_pylist()]
+    assert got.to_pylist() == expected
+    for v, flag in zip(arr.to_pylist(), needs_nfc):
+        if v is not None and not flag:  # NFC changes nothing in an unflagged row that collapsing keeps
+            assert _collapse_reference(unicodedata.normalize("NFC", v)) == _collapse_reference(v)
+    # the canonical form (NFC then collapse) through the kernel is the reference, bit for bit
+    canon = canonicalize_arrow(pa.table({"t": arr}), "t")
+    assert canon.to_pylist() == [None if v is None else canonical_text(v) for v in arr.to_pylist()]
+
+
+def test_collapse_kernel_every_whitespace_character_and_ends():
+    for ch in WHITESPACE:
+        values = [f"{ch}a{ch}{ch}b{ch}", ch * 3, f"x{ch}y"]
+        got, _ = collapse_whitespace(pa.array(values))
+        assert got.to_pylist() == ["a b", "", "x y"], hex(ord(ch))
+
+
+@SETTINGS
+@given(st.lists(TEXTS, max_size=10), st.integers(1, 6))
+def test_word_ngram_hashes_are_the_shingle_sets(values, ngram):
+    hashes, offsets = word_ngram_hashes(pa.array(values, pa.string()), ngram)
+    assert offsets[0] == 0 and offsets[-1] == len(hashes) and np.all(np.diff(offsets) >= 0)
+    by_shingle: dict[str, int] = {}
+    for i, v in enumerate(values):
+        row = hashes[offsets[i]:offsets[i + 1]].tolist()
+        sh = shingles(v, ngram)
+        assert len(row) == len(sh)
+        for s, h in zip(sh, row):  # one hash per shingle, equal shingles <=> equal hashes (no collision here)
+            assert by_shingle.setdefault(s, h) == h
+    assert len(set(by_shingle.values())) == len(by_shingle)
+
+
+def _ordered_pass_reference(sig, keys, nonempty, threshold):
+    """The insert-if-no-match pass written plainly: compare with every kept row sharing a band key."""
+    kept: list[int] = []
+    dup = np.zeros(len(sig), dtype=bool)
+    match = np.arange(len(sig))
+    for i in range(len(sig)):
+        if not nonempty[i]:
+            continue
+        for j in kept:  # kept is increasing
+            if np.any(keys[i] == keys[j]) and np.count_nonzero(sig[i] == sig[j]) / sig.shape[1] >= threshold:
+                dup[i], match[i] = True, j
+                break
+        else:
+            kept.append(i)
+    return dup, match
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 60), st.sampled_from([0.5, 0.7, 0.8, 1.0]))
+def test_ordered_lsh_pass_equals_the_plain_loop(seed, n, threshold):
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 6, size=(max(1, n // 4), 16), dtype=np.uint32)
+    sig = base[rng.integers(0, len(base), n)].copy()  # rows near one of a few originals
+    sig[rng.random(sig.shape) < 0.25] = rng.integers(0, 6, dtype=np.uint32)
+    keys = np.stack([sig[:, b * 4:(b + 1) * 4].astype(np.uint64) @ np.array([1, 7, 49, 343], np.uint64)
+                     for b in range(4)], axis=1)
+    nonempty = rng.random(n) < 0.9
+    dup, match = ordered_lsh_pass(sig, keys, nonempty, threshold)
+    ref_dup, ref_match = _ordered_pass_reference(sig, keys, nonempty, threshold)
+    assert np.array_equal(dup, ref_dup) and np.array_equal(match, ref_match)
