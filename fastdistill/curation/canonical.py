@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fastdistill.curation._kernels import WS_RANGES as _WS_RANGES
-from fastdistill.curation._kernels import collapse_whitespace, nfc_candidates
+from fastdistill.curation._kernels import collapse_whitespace, collapsed_sha256, nfc_candidates, nfc_rows_text
 
 logger = logging.getLogger(__name__)
 
@@ -209,6 +209,12 @@ def _to_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     return values
 
 
+def _row_mask(n: int, rows: np.ndarray) -> pa.Array:
+    mask = np.zeros(n, dtype=bool)
+    mask[rows] = True
+    return pa.array(mask)
+
+
 def _sub_mask(arr: pa.Array, mask: pa.Array, fn) -> pa.Array:
     """Evaluate the boolean kernel ``fn`` only on the rows selected by ``mask`` (False elsewhere)."""
     mask_np = pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
@@ -233,14 +239,13 @@ def _canonical_text_arrow(arr: pa.Array, whitespace: str, lowercase: bool, sql: 
     if sql:  # sqlglot is pure Python: SQL normalisation is per row on both paths
         arr = pa.array([None if v is None else normalize_sql(v) for v in arr.to_pylist()], pa.string())
     if whitespace == "collapse":
-        # One pass of the collapse kernel over the bytes; it also flags the rows holding a character
-        # that NFC may change. Those (few) rows are normalised by Arrow's utf8proc kernel and
-        # collapsed again, which is NFC-then-collapse as in the reference.
-        collapsed, needs_nfc = collapse_whitespace(arr)
-        if needs_nfc.any():
-            mask = pa.array(needs_nfc)
-            renormed, _ = collapse_whitespace(pc.utf8_normalize(arr.filter(mask), "NFC"))
-            collapsed = pc.replace_with_mask(collapsed, mask, renormed)
+        # One pass of the collapse kernel over the bytes; it also finds the rows holding a character
+        # that NFC may change. Those (few) rows are normalised (Arrow's utf8proc kernel, on the part
+        # of the row it can change) and collapsed again: NFC-then-collapse, as in the reference.
+        collapsed, nfc_rows = collapse_whitespace(arr)
+        if len(nfc_rows):
+            renormed, _ = collapse_whitespace(nfc_rows_text(arr, nfc_rows))
+            collapsed = pc.replace_with_mask(collapsed, _row_mask(len(arr), nfc_rows), renormed)
         arr = collapsed
     else:
         # NFC: the (slow) utf8proc kernel only sees rows holding a character that NFC may change
@@ -298,6 +303,33 @@ def canonicalize_arrow(table: pa.Table, columns: str | Sequence[str], *, whitesp
     return pc.binary_join_element_wise("[", *[x for p in parts for x in (p, ",")][:-1], "]", "")
 
 
+def _hex_array(digests: np.ndarray, valid: pa.Array | None) -> pa.Array:
+    """``(n, 32)`` uint8 digests as an Arrow string array of 64-character hex values."""
+    n = len(digests)
+    hex_bytes = digests.tobytes().hex().encode("ascii")
+    out = pa.StringArray.from_buffers(n, pa.py_buffer(np.arange(0, 64 * n + 1, 64, dtype=np.int32)),
+                                      pa.py_buffer(hex_bytes))
+    if valid is not None:
+        out = pc.if_else(valid, out, pa.scalar(None, pa.string()))
+    return out
+
+
+def _collapsed_text_sha256(arr: pa.Array) -> pa.Array | None:
+    """SHA-256 hex of the default canonical form (NFC, collapse) of a string array in one compiled
+    pass (:func:`fastdistill.curation._kernels.collapsed_sha256`); None where it is unavailable."""
+    arr = _to_array(arr)
+    if pa.types.is_large_string(arr.type) or pa.types.is_string_view(arr.type):
+        arr = arr.cast(pa.string())
+    fused = collapsed_sha256(arr)
+    if fused is None:
+        return None
+    digests, nfc_rows = fused
+    if len(nfc_rows):  # rows NFC may change: normalise, then the same pass on those rows only
+        fixed, _ = collapsed_sha256(nfc_rows_text(arr, nfc_rows))
+        digests[nfc_rows] = fixed
+    return _hex_array(digests, pc.is_valid(arr) if arr.null_count else None)
+
+
 def sha256_hex_arrow(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
     """SHA-256 hex digest of every value of a string array (``null`` stays ``null``).
 
@@ -319,18 +351,21 @@ def sha256_hex_arrow(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
     bounds = offsets.tolist()
     sha = hashlib.sha256
     digests = b"".join([sha(data[a:b]).digest() for a, b in zip(bounds, bounds[1:])])
-    hex_bytes = digests.hex().encode("ascii")
-    out = pa.StringArray.from_buffers(n, pa.py_buffer(np.arange(0, 64 * n + 1, 64, dtype=np.int32)),
-                                      pa.py_buffer(hex_bytes))
-    if arr.null_count:
-        out = pc.if_else(pc.is_null(arr), pa.scalar(None, pa.string()), out)
-    return out
+    valid = pc.is_valid(arr) if arr.null_count else None
+    return _hex_array(np.frombuffer(digests, dtype=np.uint8).reshape(n, 32), valid)
 
 
 def hash_arrow(table: pa.Table, columns: str | Sequence[str], *, canonical: bool = True, whitespace: str = "collapse",
                lowercase: bool = False, sql: bool = False) -> pa.Array:
     """SHA-256 hex of the canonical string of each row (Arrow path); equal to :func:`hash_rows`."""
     cols = _as_columns(columns)
+    if canonical and len(cols) == 1 and whitespace == "collapse" and not lowercase and not sql:
+        _check_columns(table.column_names, cols)
+        t = table.schema.field(cols[0]).type
+        if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+            fused = _collapsed_text_sha256(table.column(cols[0]))
+            if fused is not None:
+                return fused
     if canonical:
         text = canonicalize_arrow(table, cols, whitespace=whitespace, lowercase=lowercase, sql=sql)
     else:

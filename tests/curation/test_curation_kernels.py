@@ -9,8 +9,15 @@ import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastdistill.curation._kernels import WS_RANGES, collapse_whitespace, ordered_lsh_pass, word_ngram_hashes
-from fastdistill.curation.canonical import canonical_text, canonicalize_arrow
+from fastdistill.curation._kernels import (
+    WS_RANGES,
+    _sha256_kernel,
+    collapse_whitespace,
+    nfc_rows_text,
+    ordered_lsh_pass,
+    word_ngram_hashes,
+)
+from fastdistill.curation.canonical import _collapsed_text_sha256, canonical_text, canonicalize_arrow, sha256_hex
 from fastdistill.curation.dedup import shingles
 
 WHITESPACE = "".join(chr(c) for lo, hi in WS_RANGES for c in range(lo, hi + 1))
@@ -29,15 +36,30 @@ def _collapse_reference(value: str) -> str:
 @given(st.lists(TEXTS, max_size=12), st.integers(0, 3))
 def test_collapse_kernel_equals_reference_and_flags_every_non_nfc_row(values, start):
     arr = pa.array(values, pa.string()).slice(min(start, len(values)))  # sliced arrays keep their offsets
-    got, needs_nfc = collapse_whitespace(arr)
+    got, nfc_rows = collapse_whitespace(arr)
     expected = [None if v is None else _collapse_reference(v) for v in arr.to_pylist()]
     assert got.to_pylist() == expected
-    for v, flag in zip(arr.to_pylist(), needs_nfc):
-        if v is not None and not flag:  # NFC changes nothing in an unflagged row that collapsing keeps
+    for i, v in enumerate(arr.to_pylist()):
+        if v is not None and i not in set(nfc_rows):  # NFC changes nothing in another row that collapsing keeps
             assert _collapse_reference(unicodedata.normalize("NFC", v)) == _collapse_reference(v)
+    # only the words NFC can change are normalised in those rows
+    fixed = nfc_rows_text(arr, nfc_rows).to_pylist()
+    assert [_collapse_reference(f) for f in fixed] == [
+        _collapse_reference(unicodedata.normalize("NFC", arr[int(i)].as_py())) for i in nfc_rows]
+    # the digest of each row's canonical form in one pass (OpenSSL from compiled code) or hashlib
+    fused = _collapsed_text_sha256(arr)
+    assert fused is None or fused.to_pylist() == [None if v is None else sha256_hex(canonical_text(v))
+                                                  for v in arr.to_pylist()]
     # the canonical form (NFC then collapse) through the kernel is the reference, bit for bit
     canon = canonicalize_arrow(pa.table({"t": arr}), "t")
     assert canon.to_pylist() == [None if v is None else canonical_text(v) for v in arr.to_pylist()]
+
+
+def test_openssl_kernel_loads_on_linux():
+    import sys
+
+    # the GIL-free SHA-256 is what makes hashing scale over threads; on Linux it must load
+    assert _sha256_kernel() is not None or not sys.platform.startswith("linux")
 
 
 def test_collapse_kernel_every_whitespace_character_and_ends():
