@@ -23,8 +23,10 @@ for later processes). Both kernels are tested against the Python reference funct
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import unicodedata
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -61,7 +63,30 @@ def _nfc_bitmap() -> np.ndarray:
 def nfc_candidates() -> list[int]:
     """Code points that can make a string non-NFC. A string with none of them is NFC: every other
     character is NFC by itself, has combining class 0 and cannot be the second half of a canonical
-    composition (so nothing composes with the character before it)."""
+    composition (so nothing composes with the character before it).
+
+    Finding them asks ``unicodedata`` about every code point (~1 s), so the list is kept in
+    ``~/.cache/fastdistill`` (``FASTDISTILL_CACHE``) per Unicode version; every process that
+    canonicalises (``num_proc`` workers, Ray workers) reads it from there.
+    """
+    cache = Path(os.environ.get("FASTDISTILL_CACHE") or Path.home() / ".cache" / "fastdistill")
+    path = cache / f"nfc_candidates_unicode_{unicodedata.unidata_version}.npy"
+    try:
+        return np.load(path).tolist()
+    except (OSError, ValueError):
+        pass
+    chars = _find_nfc_candidates()
+    try:  # a cache that cannot be written only costs the next process the same second
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.npy")
+        np.save(tmp, np.array(chars, dtype=np.int32))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return chars
+
+
+def _find_nfc_candidates() -> list[int]:
     chars = set(range(0x1161, 0x1176)) | set(range(0x11A8, 0x11C3))  # Hangul V/T jamo compose with L/LV
     for c in range(sys.maxunicode + 1):
         if 0xD800 <= c < 0xE000:
@@ -367,7 +392,8 @@ _FNV_PRIME = np.uint64(0x100000001B3)
 def _words_kernel(data, offsets, ascii_ws, ws_bm, counts, word_starts, words):
     """Count the words of every row (``words`` empty) or write their raw hashes.
 
-    Same byte loop as :func:`_collapse_kernel`: ``w`` is 1 on every byte of a whitespace character.
+    Same byte loop as :func:`_collapse_row`: ``w`` is 1 on every byte of a whitespace character (the
+    classification is written out in both loops: a shared helper returning a tuple made them 10x slower).
     A word hash is FNV-1a over its bytes (finalised in :func:`_ngram_kernel`). Branch-free on ASCII
     bytes: the running hash is stored at every byte into the slot of the current word; row ``r``'s
     words are ``words[word_starts[r] + 1:]`` and the slot before them takes the bytes before its first

@@ -114,3 +114,18 @@ def test_ordered_lsh_pass_equals_the_plain_loop(seed, n, threshold):
     dup, match = ordered_lsh_pass(sig, keys, nonempty, threshold)
     ref_dup, ref_match = _ordered_pass_reference(sig, keys, nonempty, threshold)
     assert np.array_equal(dup, ref_dup) and np.array_equal(match, ref_match)
+
+
+def test_nfc_candidates_are_cached_per_unicode_version(tmp_path, monkeypatch):
+    from fastdistill.curation._kernels import _find_nfc_candidates, nfc_candidates
+
+    monkeypatch.setenv("FASTDISTILL_CACHE", str(tmp_path))
+    nfc_candidates.cache_clear()
+    try:
+        first = nfc_candidates()  # scans and writes the cache
+        assert [p.name for p in tmp_path.iterdir()] == [f"nfc_candidates_unicode_{unicodedata.unidata_version}.npy"]
+        nfc_candidates.cache_clear()
+        assert nfc_candidates() == first == _find_nfc_candidates()  # read back: the same list
+        assert 0x0301 in first and ord("a") not in first
+    finally:
+        nfc_candidates.cache_clear()
