@@ -388,47 +388,6 @@ _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
 
 
-@njit(nogil=True, cache=True)
-def _words_kernel(data, offsets, ascii_ws, ws_bm, counts, word_starts, words):
-    """Count the words of every row (``words`` empty) or write their raw hashes.
-
-    Same byte loop as :func:`_collapse_row`: ``w`` is 1 on every byte of a whitespace character (the
-    classification is written out in both loops: a shared helper returning a tuple made them 10x slower).
-    A word hash is FNV-1a over its bytes (finalised in :func:`_ngram_kernel`). Branch-free on ASCII
-    bytes: the running hash is stored at every byte into the slot of the current word; row ``r``'s
-    words are ``words[word_starts[r] + 1:]`` and the slot before them takes the bytes before its first
-    word.
-    """
-    one = np.uint64(1)
-    write = words.shape[0] > 0
-    for r in range(offsets.shape[0] - 1):
-        start, end = np.uint64(offsets[r]), np.uint64(offsets[r + 1])
-        base = word_starts[r] if write else 0
-        nw = np.uint64(0)
-        prev = one
-        skip = 0
-        h = _FNV_OFFSET
-        for i in range(start, end):
-            b = data[i]
-            w = np.uint64(ascii_ws[b])
-            if b >= 0xC0:
-                cp, ln = _decode(data, i, end, b)
-                if (ws_bm[cp >> 3] >> (cp & 7)) & 1:
-                    w = one
-                    skip = ln - 1
-            elif b >= 0x80 and skip > 0:
-                w = one
-                skip -= 1
-            starts_word = (one - w) & prev
-            nw += starts_word
-            if write:
-                h = _FNV_OFFSET if starts_word else h
-                h = h if w else (h ^ np.uint64(b)) * _FNV_PRIME
-                words[base + nw] = h
-            prev = w
-        counts[r] = nw
-
-
 @njit(nogil=True, cache=True, inline="always")
 def _finalize(x):
     x ^= x >> np.uint64(30)
@@ -439,31 +398,164 @@ def _finalize(x):
     return x
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _row_words(data, start, end, ascii_ws, ws_bm, words):
+    """Hashes of the words of ``data[start:end]`` into ``words[1:]``; returns how many.
+
+    Same byte loop as :func:`_collapse_row`: ``w`` is 1 on every byte of a whitespace character (the
+    classification is written out in both loops: a shared helper returning a tuple made them 10x
+    slower). A word hash is FNV-1a over its bytes, then a splitmix64 finaliser. Branch-free on ASCII
+    bytes: the running hash is stored at every byte into the slot of the current word (``words[0]``
+    takes the bytes before the first word).
+    """
+    one = np.uint64(1)
+    nw = np.uint64(0)
+    prev = one
+    skip = 0
+    h = _FNV_OFFSET
+    for i in range(start, end):
+        b = data[i]
+        w = np.uint64(ascii_ws[b])
+        if b >= 0xC0:
+            cp, ln = _decode(data, i, end, b)
+            if (ws_bm[cp >> 3] >> (cp & 7)) & 1:
+                w = one
+                skip = ln - 1
+        elif b >= 0x80 and skip > 0:
+            w = one
+            skip -= 1
+        starts_word = (one - w) & prev
+        nw += starts_word
+        h = _FNV_OFFSET if starts_word else h
+        h = h if w else (h ^ np.uint64(b)) * _FNV_PRIME
+        words[nw] = h
+        prev = w
+    for k in range(1, nw + 1):
+        words[k] = _finalize(words[k])
+    return nw
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _ngram(words, s, span):
+    """Hash of the ``span`` words from ``words[s]`` (multiply-add, splitmix64 finaliser)."""
+    g = words[s]
+    for k in range(1, span):
+        g = g * _M1 + words[s + k]
+    g ^= g >> np.uint64(31)
+    g *= _M2
+    g ^= g >> np.uint64(29)
+    g *= _M3
+    g ^= g >> np.uint64(32)
+    return g
+
+
 @njit(nogil=True, cache=True)
-def _ngram_kernel(counts, word_starts, words, ngram, out, out_offsets):
-    """The n-gram hashes of every row from its word hashes (multiply-add, splitmix64 finaliser)."""
+def _ngram_kernel(data, offsets, ascii_ws, ws_bm, ngram, words, out, out_offsets):
+    """The n-gram hashes of every row, flat: row ``r``'s are ``out[out_offsets[r]:out_offsets[r + 1]]``."""
     o = 0
-    for r in range(counts.shape[0]):
+    for r in range(offsets.shape[0] - 1):
         out_offsets[r] = o
-        nw = counts[r]
+        nw = np.int64(_row_words(data, np.uint64(offsets[r]), np.uint64(offsets[r + 1]), ascii_ws, ws_bm, words))
         if nw == 0:
             continue
-        base = word_starts[r] + 1
-        for k in range(nw):
-            words[base + k] = _finalize(words[base + k])
         span = min(ngram, nw)  # a row shorter than ngram words: one hash of all its words
-        for s in range(nw - span + 1):
-            g = words[base + s]
-            for k in range(1, span):
-                g = g * _M1 + words[base + s + k]
-            g ^= g >> np.uint64(31)
-            g *= _M2
-            g ^= g >> np.uint64(29)
-            g *= _M3
-            g ^= g >> np.uint64(32)
-            out[o] = g
+        for s in range(1, nw - span + 2):
+            out[o] = _ngram(words, s, span)
             o += 1
-    out_offsets[counts.shape[0]] = o
+    out_offsets[offsets.shape[0] - 1] = o
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _permuted_min(row, x, mult, add):
+    """``row[p] = min(row[p], mult[p] * x32 + add[p] mod 2**32)`` for every permutation ``p`` of the
+    token hash ``x`` folded to 32 bits (uint32 arithmetic: the loop vectorises)."""
+    x32 = np.uint32((x ^ (x >> np.uint64(32))) & np.uint64(0xFFFFFFFF))
+    for p in range(mult.shape[0]):
+        row[p] = min(row[p], np.uint32(x32 * mult[p] + add[p]))
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _fold_bands(row, keys, n_bands):
+    """Each band of the signature ``row`` folded into one 64-bit key (never 0)."""
+    rows_per_band = row.shape[0] // n_bands
+    for b in range(n_bands):
+        key = np.uint64(row[b * rows_per_band])
+        for k in range(1, rows_per_band):
+            key = key * _M1 + np.uint64(row[b * rows_per_band + k])
+        key ^= key >> np.uint64(31)
+        key *= _M2
+        key ^= key >> np.uint64(29)
+        keys[b] = key | np.uint64(1)
+
+
+@njit(nogil=True, cache=True)
+def _band_keys_kernel(data, offsets, ascii_ws, ws_bm, ngram, words, mult, add, keys):
+    """Band keys of a small MinHash sketch of every row, in the pass that hashes its n-grams (no
+    array of n-gram hashes is written); rows with no word keep key 0."""
+    sketch = np.empty(mult.shape[0], dtype=np.uint32)
+    for r in range(offsets.shape[0] - 1):
+        nw = np.int64(_row_words(data, np.uint64(offsets[r]), np.uint64(offsets[r + 1]), ascii_ws, ws_bm, words))
+        if nw == 0:
+            continue
+        sketch[:] = np.uint32(0xFFFFFFFF)
+        span = min(ngram, nw)
+        for s in range(1, nw - span + 2):
+            _permuted_min(sketch, _ngram(words, s, span), mult, add)
+        _fold_bands(sketch, keys[r], keys.shape[1])
+
+
+@njit(nogil=True, cache=True)
+def _signature_kernel(hashes, offsets, mult, add, out):
+    for r in range(offsets.shape[0] - 1):
+        out[r, :] = np.uint32(0xFFFFFFFF)
+        for t in range(offsets[r], offsets[r + 1]):
+            _permuted_min(out[r], hashes[t], mult, add)
+
+
+@njit(nogil=True, cache=True)
+def _signature_keys_kernel(sig, keys):
+    for r in range(sig.shape[0]):
+        _fold_bands(sig[r], keys[r], keys.shape[1])
+
+
+def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    mult = rng.integers(0, 2**32, num_perm, dtype=np.uint64).astype(np.uint32) | np.uint32(1)
+    add = rng.integers(0, 2**32, num_perm, dtype=np.uint64).astype(np.uint32)
+    return mult, add
+
+
+def minhash_signatures(hashes: np.ndarray, offsets: np.ndarray, num_perm: int, seed: int) -> np.ndarray:
+    """``(rows, num_perm)`` uint32 MinHash signatures of the flat token hashes of each row.
+
+    Permutation ``p`` maps a token's 64-bit hash ``x`` (folded to 32 bits) to ``a_p * x + b_p`` mod
+    2**32 (``a_p`` odd, both drawn from ``seed``), and the signature keeps its minimum over the
+    row's tokens; the fraction of equal values of two signatures estimates the Jaccard similarity
+    of the token sets (unbiased; a test checks it against exact Jaccard). Written here rather than
+    taken from rensa: rensa computes the same kind of matrix as fast, but hands it back only as
+    Python lists (``to_rows``), which cost four times the computation.
+    """
+    mult, add = _permutations(num_perm, seed)
+    out = np.empty((len(offsets) - 1, num_perm), dtype=np.uint32)
+    _signature_kernel(np.ascontiguousarray(hashes, dtype=np.uint64), np.ascontiguousarray(offsets, dtype=np.int64),
+                      mult, add, out)
+    return out
+
+
+def signature_band_keys(sig: np.ndarray, num_bands: int) -> np.ndarray:
+    """``(rows, num_bands)`` uint64: each LSH band of the signatures folded into one 64-bit key."""
+    keys = np.zeros((len(sig), num_bands), dtype=np.uint64)
+    _signature_keys_kernel(np.ascontiguousarray(sig, dtype=np.uint32), keys)
+    return keys
+
+
+def _prepared(arr: pa.Array):
+    if arr.null_count:  # a null slot may still point at bytes: read it as ""
+        arr = pc.fill_null(arr, "")
+    offsets, data = _buffers(arr)
+    longest = int(np.diff(offsets).max()) if len(arr) else 0
+    words = np.empty(longest // 2 + 2, dtype=np.uint64)  # a word takes a byte and a separator
+    return offsets, data, words
 
 
 def word_ngram_hashes(arr: pa.Array, ngram: int) -> tuple[np.ndarray, np.ndarray]:
@@ -475,23 +567,25 @@ def word_ngram_hashes(arr: pa.Array, ngram: int) -> tuple[np.ndarray, np.ndarray
     the same sets as :func:`fastdistill.curation.dedup.shingles`, one 64-bit value per shingle.
     Depends only on the row, so any split into batches or processes gives the same hashes.
     """
-    if arr.null_count:  # a null slot may still point at bytes: read it as ""
-        arr = pc.fill_null(arr, "")
-    n = len(arr)
-    offsets, data = _buffers(arr)
+    offsets, data, words = _prepared(arr)
     ascii_ws, ws_bm = _ws_tables()
-    counts = np.empty(n, dtype=np.int64)
-    no_words = np.zeros(0, dtype=np.uint64)
-    _words_kernel(data, offsets, ascii_ws, ws_bm, counts, np.zeros(n + 1, dtype=np.int64), no_words)
-    word_starts = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(counts + 1, out=word_starts[1:])  # one slot before each row's words
-    words = np.empty(int(word_starts[-1]) + 1, dtype=np.uint64)
-    _words_kernel(data, offsets, ascii_ws, ws_bm, counts, word_starts, words)
-    n_grams = np.where(counts >= ngram, counts - ngram + 1, np.minimum(counts, 1))
-    out = np.empty(max(int(n_grams.sum()), 1), dtype=np.uint64)
-    out_offsets = np.empty(n + 1, dtype=np.int64)
-    _ngram_kernel(counts, word_starts, words, ngram, out, out_offsets)
+    # at most one n-gram per word: an upper bound; only the pages written are ever committed
+    out = np.empty(max(int(offsets[-1] - offsets[0]) // 2 + len(arr), 1), dtype=np.uint64)
+    out_offsets = np.empty(len(arr) + 1, dtype=np.int64)
+    _ngram_kernel(data, offsets, ascii_ws, ws_bm, ngram, words, out, out_offsets)
     return out[:out_offsets[-1]], out_offsets
+
+
+def minhash_sketch_keys(arr: pa.Array, ngram: int, seed: int, n_functions: int, n_bands: int) -> np.ndarray:
+    """``(len(arr), n_bands)`` uint64 band keys of a small MinHash sketch (``n_functions``
+    permutations, as in :func:`minhash_signatures`) of every row's word n-grams, computed without an
+    array of n-gram hashes (:func:`_band_keys_kernel`); rows with no word get key 0."""
+    offsets, data, words = _prepared(arr)
+    ascii_ws, ws_bm = _ws_tables()
+    mult, add = _permutations(n_functions, seed)
+    keys = np.zeros((len(arr), n_bands), dtype=np.uint64)
+    _band_keys_kernel(data, offsets, ascii_ws, ws_bm, ngram, words, mult, add, keys)
+    return keys
 
 
 @njit(nogil=True, cache=True)

@@ -16,22 +16,23 @@ fallback). ``mode="drop"`` then attaches an indices mapping built from the numpy
 (:func:`fastdistill.curation._ds.select_rows`) instead of ``Dataset.select``, which makes a Python
 ``int`` per kept row.
 
-Near (``method="minhash"``): MinHash signatures of word (or code-token) n-grams and LSH banding
-through `rensa <https://github.com/beowolx/rensa>`_ (Rust); ``datasketch`` (``MinHash`` +
-``MinHashLSH``) is the fallback when rensa cannot be imported. Rows are visited in order; a row is a
-duplicate when an LSH candidate among the rows already *kept* has an estimated Jaccard >=
-``threshold`` (insert-if-no-match), and its ``cluster_id`` is the index of the lowest such kept row.
-Defaults: ``num_perm=128``, ``ngram=5`` word shingles, ``threshold=0.8``, ``seed=42``; the number of
-LSH bands is the smallest divisor of ``num_perm`` whose candidate probability at ``threshold`` is >=
-0.9, since candidates are verified. Rows with no tokens (empty or null) are never near-duplicates
-(exact dedup handles them).
-With word shingles and rensa (the default), no Python object is made per row or shingle: a numba
-kernel hashes the word n-grams of the Arrow bytes (:func:`fastdistill.curation._kernels.word_ngram_hashes`),
-rensa computes the signatures from those hashes in bulk, and the ordered pass is one compiled loop
-(:func:`fastdistill.curation._kernels.ordered_lsh_pass`). Before it, a bulk prefilter (a 16-hash
-numpy sketch of the same n-gram hashes) drops the rows that share no band with any other row, so the
-ordered pass sees only rows that may be near-duplicates (see :func:`minhash_duplicates`). Code
-tokens or datasketch take the general path: ``str`` shingles per row and the library's LSH object.
+Near (``method="minhash"``): MinHash signatures of word (or code-token) n-grams and LSH banding.
+Rows are visited in order; a row is a duplicate when an LSH candidate among the rows already *kept*
+has an estimated Jaccard (the fraction of equal signature values) >= ``threshold``
+(insert-if-no-match), and its ``cluster_id`` is the index of the lowest such kept row. Defaults:
+``num_perm=128``, ``ngram=5`` word shingles, ``threshold=0.8``, ``seed=42``; the number of LSH bands is
+the smallest divisor of ``num_perm`` whose candidate probability at ``threshold`` is >= 0.9, since
+candidates are verified. Rows with no tokens (empty or null) are never near-duplicates (exact dedup
+handles them).
+With word shingles (the default), no Python object is made per row or shingle: numba kernels hash
+the word n-grams of the Arrow bytes (:func:`fastdistill.curation._kernels.word_ngram_hashes`),
+compute the signatures (:func:`fastdistill.curation._kernels.minhash_signatures`) and run the
+ordered pass (:func:`fastdistill.curation._kernels.ordered_lsh_pass`). Before it, a prefilter (a
+16-function sketch of the same n-gram hashes, in the same compiled pass) drops the rows that share
+no band with any other row, so the ordered pass sees only rows that may be near-duplicates (see
+:func:`minhash_duplicates`). Code tokens, or ``backend="rensa"`` / ``"datasketch"``, take the
+library path: ``str`` shingles per row, `rensa <https://github.com/beowolx/rensa>`_ (``RMinHash`` +
+``RMinHashLSH``, Rust), or ``datasketch`` when rensa cannot be imported.
 
 Both decisions are one global pass in the calling process, so the result is the same for any
 ``num_proc`` (``num_proc`` only parallelises the row-wise steps before; it is accepted here for a
@@ -51,10 +52,20 @@ from tqdm.auto import tqdm
 
 from fastdistill.curation._ds import add_columns, arrow_column, select_rows
 # 64-bit mixing constants (golden ratio, splitmix64) for the numpy key hashes below
-from fastdistill.curation._kernels import _M1, _M2, ordered_lsh_pass, word_ngram_hashes
+from fastdistill.curation._kernels import (
+    _M1,
+    _M2,
+    minhash_signatures,
+    minhash_sketch_keys,
+    ordered_lsh_pass,
+    signature_band_keys,
+    word_ngram_hashes,
+)
 
 logger = logging.getLogger(__name__)
 
+# ``backend`` name of the default word-shingle path (compiled kernels, no MinHash library)
+COMPILED_BACKEND = "compiled"
 MINHASH_DEFAULTS = {"num_perm": 128, "ngram": 5, "threshold": 0.8, "seed": 42, "tokenizer": "words"}
 _CODE_TOKEN = re.compile(r"\w+|[^\w\s]")
 
@@ -384,44 +395,22 @@ def _flat_shingle_hashes(chunk: pa.Array, ngram: int) -> tuple[np.ndarray, np.nd
 _PREFILTER_BANDS, _PREFILTER_ROWS = 8, 2
 
 
-def _sketch_params(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    n_hash = _PREFILTER_BANDS * _PREFILTER_ROWS
-    mult = rng.integers(1, 2**63, n_hash, dtype=np.uint64) | np.uint64(1)
-    add = rng.integers(0, 2**63, n_hash, dtype=np.uint64)
-    return mult, add
-
-
 def minhash_band_keys(texts: pa.Array | pa.ChunkedArray, *, ngram: int = 5, seed: int = 42) -> np.ndarray:
     """Batched row function of the MinHash prefilter: ``(n, 8)`` uint64 LSH band keys per row.
 
-    A small bulk MinHash sketch in numpy (16 hash functions over the n-gram hashes of
-    :func:`_flat_shingle_hashes`, no Python object per row or token), cut into 8 bands of 2 rows;
-    each band is folded into one 64-bit key. Rows with no token get key 0 in every band (they are
-    never candidates). The keys of a row depend on that row alone, so any split of the rows into
-    batches, processes or Ray blocks gives the same keys.
+    A small MinHash sketch (16 hash functions over the n-gram hashes of :func:`_flat_shingle_hashes`,
+    computed in the same compiled pass, :func:`fastdistill.curation._kernels.minhash_sketch_keys`),
+    cut into 8 bands of 2 rows; each band is folded into one 64-bit key. Rows with no token get key 0
+    in every band (they are never candidates). The keys of a row depend on that row alone, so any
+    split of the rows into batches, processes or Ray blocks gives the same keys.
     """
     texts = pa.chunked_array([texts]) if isinstance(texts, pa.Array) else texts
-    mult, add = _sketch_params(seed)
-    out = np.zeros((len(texts), _PREFILTER_BANDS), dtype=np.uint64)
-    pos = 0
+    parts = []
     for chunk in texts.chunks:
-        n = len(chunk)
-        hashes, offsets = _flat_shingle_hashes(chunk, ngram)
-        nonempty = offsets[1:] > offsets[:-1]
-        if len(hashes):
-            starts = offsets[:-1][nonempty]
-            sk = np.empty((int(nonempty.sum()), 2), dtype=np.uint64)
-            with np.errstate(over="ignore"):
-                for b in range(_PREFILTER_BANDS):
-                    for r in range(_PREFILTER_ROWS):
-                        j = b * _PREFILTER_ROWS + r
-                        sk[:, r] = np.minimum.reduceat(hashes * mult[j] + add[j], starts)
-                    key = sk[:, 0] * _M1 + sk[:, 1]
-                    key |= np.uint64(1)  # never 0, the key of empty rows
-                    out[pos:pos + n, b][nonempty] = key
-        pos += n
-    return out
+        if pa.types.is_large_string(chunk.type) or pa.types.is_string_view(chunk.type):
+            chunk = chunk.cast(pa.string())
+        parts.append(minhash_sketch_keys(chunk, ngram, seed, _PREFILTER_BANDS * _PREFILTER_ROWS, _PREFILTER_BANDS))
+    return np.concatenate(parts) if parts else np.zeros((0, _PREFILTER_BANDS), dtype=np.uint64)
 
 
 def minhash_candidates(band_keys: np.ndarray) -> np.ndarray:
@@ -463,17 +452,16 @@ def minhash_verified_pass(candidate_texts: pa.ChunkedArray | pa.Array, rows: np.
     if isinstance(candidate_texts, pa.Array):
         candidate_texts = pa.chunked_array([candidate_texts])
     rows = np.asarray(rows, dtype=np.int64)
-    engine = _Backend(num_perm, seed, threshold, backend)
     dup = np.zeros(len(rows), dtype=bool)
     cluster = rows.copy()
+    if backend is None and tokenizer == "words":
+        _verified_pass_on_hashes(candidate_texts, rows, dup, cluster, threshold=threshold, num_perm=num_perm,
+                                 ngram=ngram, seed=seed, batch_size=batch_size, progress=progress)
+        return dup, cluster, COMPILED_BACKEND
+    engine = _Backend(num_perm, seed, threshold, backend)
     kept_sigs: dict[int, object] = {}
     bar = tqdm(total=len(rows), desc=f"minhash dedup ({engine.name})", unit="rows",
                disable=not progress or len(rows) < 50_000)
-    if engine.name == "rensa" and tokenizer == "words":
-        _verified_pass_on_hashes(candidate_texts, rows, dup, cluster, engine, ngram=ngram, batch_size=batch_size,
-                                 bar=bar)
-        bar.close()
-        return dup, cluster, engine.name
     for off in range(0, len(rows), batch_size):
         # Python strings exist for one batch at a time only.
         batch = candidate_texts.slice(off, batch_size).to_pylist()
@@ -498,47 +486,31 @@ def minhash_verified_pass(candidate_texts: pa.ChunkedArray | pa.Array, rows: np.
     return dup, cluster, engine.name
 
 
-def _band_keys_of_signatures(sig: np.ndarray, num_bands: int) -> np.ndarray:
-    """``(n, num_bands)`` uint64: each LSH band of the uint32 signatures folded into one 64-bit key."""
-    rows = sig.shape[1] // num_bands
-    bands = sig.reshape(len(sig), num_bands, rows).astype(np.uint64)
-    with np.errstate(over="ignore"):
-        key = bands[:, :, 0].copy()
-        for r in range(1, rows):
-            key *= _M1
-            key += bands[:, :, r]
-        key ^= key >> np.uint64(31)
-        key *= _M2
-        key ^= key >> np.uint64(29)
-    return key
+def _verified_pass_on_hashes(texts: pa.ChunkedArray, rows: np.ndarray, dup: np.ndarray, cluster: np.ndarray, *,
+                             threshold: float, num_perm: int, ngram: int, seed: int, batch_size: int,
+                             progress: bool) -> None:
+    """The ordered insert-if-no-match pass with no Python object per shingle or row (words, default).
 
-
-def _verified_pass_on_hashes(texts: pa.ChunkedArray, rows: np.ndarray, dup: np.ndarray, cluster: np.ndarray,
-                             engine: _Backend, *, ngram: int, batch_size: int, bar) -> None:
-    """The ordered insert-if-no-match pass with no Python object per shingle or row (rensa, words).
-
-    The shingles of a batch are the 64-bit n-gram hashes of :func:`_flat_shingle_hashes`; rensa
-    computes their ``RMinHash`` signatures in bulk (``digest_matrix_from_flat_token_hashes``); the
-    ordered pass itself (LSH buckets of the kept rows, a match when the fraction of equal signature
-    values -- rensa's ``jaccard`` -- is >= the threshold) is one compiled loop
-    (:func:`fastdistill.curation._kernels.ordered_lsh_pass`). On code-shaped rows the ``str``
-    shingles and ``RMinHashLSH`` calls of the general path took ~70 us a row.
+    The shingles of a batch are the 64-bit n-gram hashes of :func:`_flat_shingle_hashes`; their
+    MinHash signatures (:func:`fastdistill.curation._kernels.minhash_signatures`) and the ordered
+    pass itself (LSH buckets of the kept rows, a match when the fraction of equal signature values is
+    >= the threshold, :func:`fastdistill.curation._kernels.ordered_lsh_pass`) are compiled loops. On
+    code-shaped rows the ``str`` shingles and ``RMinHashLSH`` calls of the library path took ~70 us a
+    row; this takes ~15.
     """
-    num_perm = engine.num_perm
     sigs, nonempty = [], []
-    for off in range(0, len(rows), batch_size):
+    for off in tqdm(range(0, len(rows), batch_size), desc="minhash signatures", unit="batch",
+                    disable=not progress or len(rows) < 50_000):
         chunk = texts.slice(off, batch_size)
         chunk = chunk.combine_chunks() if chunk.num_chunks != 1 else chunk.chunk(0)
         hashes, offsets = _flat_shingle_hashes(chunk, ngram)
-        matrix = engine._rensa.RMinHash.digest_matrix_from_flat_token_hashes(hashes, offsets, num_perm, engine.seed)
-        sigs.append(np.array(matrix.to_rows(), dtype=np.uint32).reshape(len(chunk), num_perm))
+        sigs.append(minhash_signatures(hashes, offsets, num_perm, seed))
         nonempty.append(offsets[1:] > offsets[:-1])
-        bar.update(len(chunk))
     if not sigs:
         return
     sig = np.concatenate(sigs)
-    is_dup, match = ordered_lsh_pass(sig, _band_keys_of_signatures(sig, engine.num_bands), np.concatenate(nonempty),
-                                     engine.threshold)
+    bands = choose_num_bands(threshold, num_perm)
+    is_dup, match = ordered_lsh_pass(sig, signature_band_keys(sig, bands), np.concatenate(nonempty), threshold)
     dup[:] = is_dup
     cluster[:] = rows[match]
 
@@ -643,8 +615,9 @@ def deduplicate(ds, column: str, *, method: str = "exact", threshold: float = 0.
             on that many threads; MinHash computes the band keys of its prefilter in that many
             processes (``datasets.map``). The keep-first decision after it is one global pass, so
             the result is identical for every ``num_proc``.
-        num_perm, ngram, seed, tokenizer, backend: MinHash settings (``backend`` None = rensa,
-            falling back to datasketch).
+        num_perm, ngram, seed, tokenizer, backend: MinHash settings (``backend`` None: compiled
+            kernels for word shingles, rensa for code tokens; ``"rensa"`` / ``"datasketch"``: that
+            library, with ``str`` shingles).
         cluster_column: if set (e.g. ``"cluster_id"``), add the index (in ``ds``) of the kept row
             each row duplicates (its own index for kept rows), so dropped rows can be inspected.
         mark_column: name of the flag column in mark mode.

@@ -129,3 +129,24 @@ def test_nfc_candidates_are_cached_per_unicode_version(tmp_path, monkeypatch):
         assert 0x0301 in first and ord("a") not in first
     finally:
         nfc_candidates.cache_clear()
+
+
+def test_minhash_signatures_estimate_jaccard_without_bias():
+    from fastdistill.curation._kernels import minhash_signatures
+
+    rng = np.random.default_rng(0)
+    errors = []
+    for target in (0.3, 0.5, 0.7, 0.85, 0.95):
+        for _ in range(40):
+            shared = rng.integers(0, 2**63, int(200 * target), dtype=np.uint64)
+            a = np.concatenate([shared, rng.integers(0, 2**63, 200 - len(shared), dtype=np.uint64)])
+            b = np.concatenate([shared, rng.integers(0, 2**63, 200 - len(shared), dtype=np.uint64)])
+            true = len(set(a.tolist()) & set(b.tolist())) / len(set(a.tolist()) | set(b.tolist()))
+            sig = minhash_signatures(np.concatenate([a, b]), np.array([0, len(a), len(a) + len(b)]), 128, 42)
+            errors.append(np.mean(sig[0] == sig[1]) - true)
+    errors = np.array(errors)
+    # 128 permutations: the standard error is at most sqrt(0.25 / 128) = 0.044 per pair
+    assert abs(errors.mean()) < 0.01 and errors.std() < 0.05
+    # the same tokens in another order and repeated give the same signature; an empty row stays at the maximum
+    sig = minhash_signatures(np.array([5, 9, 7, 7, 9, 5], np.uint64), np.array([0, 3, 6, 6]), 16, 1)
+    assert np.array_equal(sig[0], sig[1]) and np.all(sig[2] == np.iinfo(np.uint32).max)
