@@ -150,3 +150,17 @@ def test_minhash_signatures_estimate_jaccard_without_bias():
     # the same tokens in another order and repeated give the same signature; an empty row stays at the maximum
     sig = minhash_signatures(np.array([5, 9, 7, 7, 9, 5], np.uint64), np.array([0, 3, 6, 6]), 16, 1)
     assert np.array_equal(sig[0], sig[1]) and np.all(sig[2] == np.iinfo(np.uint32).max)
+
+
+def test_hashes_are_the_same_without_the_openssl_kernel(monkeypatch):
+    """Where OpenSSL cannot be called from compiled code (not Linux, no libcrypto), hashlib hashes the
+    canonical strings: same digests."""
+    from fastdistill.curation import _kernels, canonical
+
+    values = ["def f(x):\n    return  x\n", " e\u0301\u3000x ", None, "", "\t"] * 3
+    table = pa.table({"t": pa.array(values, pa.string())})
+    fused = canonical.hash_arrow(table, "t").to_pylist()
+    monkeypatch.setattr(_kernels, "_sha256_kernel", lambda: None)
+    assert canonical._collapsed_text_sha256(table.column("t")) is None
+    assert canonical.hash_arrow(table, "t").to_pylist() == fused == [
+        None if v is None else sha256_hex(canonical_text(v)) for v in values]
