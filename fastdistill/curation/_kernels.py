@@ -100,6 +100,28 @@ def _find_nfc_candidates() -> list[int]:
     return sorted(chars)
 
 
+def to_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One Arrow array (a chunked array's chunks combined; a single chunk is used as it is)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+    return values
+
+
+def as_string_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One ``pa.string()`` array (32-bit offsets, what the kernels read) from any Arrow string array."""
+    values = to_array(values)
+    if pa.types.is_large_string(values.type) or pa.types.is_string_view(values.type):
+        values = values.cast(pa.string())
+    return values
+
+
+def _valid_rows(flags: np.ndarray, arr: pa.Array) -> np.ndarray:
+    """Indices of the flagged rows that are not null (a null slot may still point at bytes)."""
+    if arr.null_count:
+        flags &= np.asarray(arr.is_valid())
+    return np.flatnonzero(flags)
+
+
 def _buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(offsets int32 incl. the array's offset, data uint8) of a ``pa.string()`` array, zero-copy."""
     n = len(arr)
@@ -269,12 +291,10 @@ def collapse_whitespace(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
     _collapse_kernel(data, offsets, ascii_ws, ws_bm, _nfc_bitmap(), out, out_offsets, flags)
     validity = None
     if arr.null_count:
-        valid = np.asarray(arr.is_valid())
-        flags &= valid
-        validity = pa.py_buffer(np.packbits(valid, bitorder="little"))
+        validity = pa.py_buffer(np.packbits(np.asarray(arr.is_valid()), bitorder="little"))
     result = pa.StringArray.from_buffers(n, pa.py_buffer(out_offsets), pa.py_buffer(out[:out_offsets[-1]]),
                                          validity, arr.null_count)
-    return result, np.flatnonzero(flags)
+    return result, _valid_rows(flags, arr)
 
 
 def nfc_rows_text(arr: pa.Array, rows: np.ndarray) -> pa.Array:
@@ -375,9 +395,7 @@ def collapsed_sha256(arr: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
     digests = np.empty((n, 32), dtype=np.uint8)
     flags = np.empty(n, dtype=np.bool_)
     kernel(data, offsets, *_ws_tables(), _nfc_bitmap(), scratch, digests, flags)
-    if arr.null_count:
-        flags &= np.asarray(arr.is_valid())
-    return digests, np.flatnonzero(flags)
+    return digests, _valid_rows(flags, arr)
 
 
 # 64-bit mixing constants (golden ratio, splitmix64), FNV-1a 64 for the bytes of a word

@@ -55,6 +55,7 @@ from fastdistill.curation._ds import add_columns, arrow_column, select_rows
 from fastdistill.curation._kernels import (
     _M1,
     _M2,
+    as_string_array,
     minhash_signatures,
     minhash_sketch_keys,
     ordered_lsh_pass,
@@ -387,9 +388,7 @@ def _flat_shingle_hashes(chunk: pa.Array, ngram: int) -> tuple[np.ndarray, np.nd
     token: :func:`fastdistill.curation._kernels.word_ngram_hashes` (one numba pass over the bytes).
     A row with fewer than ``ngram`` words gives one hash of all its words, an empty row none -- the
     same sets as :func:`shingles`."""
-    if pa.types.is_large_string(chunk.type) or pa.types.is_string_view(chunk.type):
-        chunk = chunk.cast(pa.string())
-    return word_ngram_hashes(chunk, ngram)
+    return word_ngram_hashes(as_string_array(chunk), ngram)
 
 
 _PREFILTER_BANDS, _PREFILTER_ROWS = 8, 2
@@ -407,9 +406,8 @@ def minhash_band_keys(texts: pa.Array | pa.ChunkedArray, *, ngram: int = 5, seed
     texts = pa.chunked_array([texts]) if isinstance(texts, pa.Array) else texts
     parts = []
     for chunk in texts.chunks:
-        if pa.types.is_large_string(chunk.type) or pa.types.is_string_view(chunk.type):
-            chunk = chunk.cast(pa.string())
-        parts.append(minhash_sketch_keys(chunk, ngram, seed, _PREFILTER_BANDS * _PREFILTER_ROWS, _PREFILTER_BANDS))
+        parts.append(minhash_sketch_keys(as_string_array(chunk), ngram, seed, _PREFILTER_BANDS * _PREFILTER_ROWS,
+                                         _PREFILTER_BANDS))
     return np.concatenate(parts) if parts else np.zeros((0, _PREFILTER_BANDS), dtype=np.uint64)
 
 

@@ -199,10 +199,11 @@ def test_seq_kd_trains_on_the_teachers_samples(models, teacher_server, tmp_path)
     assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
 
 
-def test_seq_kd_failed_sample_is_left_out_and_counted(models, teacher_server, tmp_path):  # noqa: F811
+def _seq_kd_trainer_failing_on_add(models, teacher_server, tmp_path, **cfg):  # noqa: F811
+    """A seq_kd trainer whose served teacher fails every sampling request for the add(1, 2) prompt."""
     student, teacher, tok = models
 
-    def rule(n, path, body):  # every sampling request for the add(1, 2) prompt fails
+    def rule(n, path, body):
         sampling = "prompt_logprobs" not in body and body.get("max_tokens") == 6
         return "500" if sampling and "add(1, 2)" in tok.decode(body.get("prompt") or []) else None
 
@@ -210,8 +211,14 @@ def test_seq_kd_failed_sample_is_left_out_and_counted(models, teacher_server, tm
     trainer = fast_retries(GKDTrainer(
         model=copy.deepcopy(student), processing_class=tok, train_dataset=dataset(),
         args=config(tmp_path, teacher_model_name_or_path=server.base_url, teacher_top_k=4, lmbda=0.0, seq_kd=True,
-                    rkl_lambda=1.0, jsd_lambda=0.0, teacher_max_failed_fraction=0.5),
+                    **cfg),
     ))
+    return trainer, server
+
+
+def test_seq_kd_failed_sample_is_left_out_and_counted(models, teacher_server, tmp_path):  # noqa: F811
+    trainer, server = _seq_kd_trainer_failing_on_add(models, teacher_server, tmp_path, rkl_lambda=1.0,
+                                                     jsd_lambda=0.0, teacher_max_failed_fraction=0.5)
     collated = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])  # row 1 cannot be sampled
     (inputs,), _ = trainer.get_batch_samples(iter([dict(collated)]), 1, torch.device("cpu"))
     completions = completions_of(inputs)
@@ -227,18 +234,7 @@ def test_seq_kd_failed_sample_is_left_out_and_counted(models, teacher_server, tm
 def test_seq_kd_failed_fraction_is_over_the_whole_step(models, teacher_server, tmp_path):  # noqa: F811
     """1 failed sample of the step's 4 (two micro-batches) is within teacher_max_failed_fraction=0.25, even though
     it is half of the first micro-batch's samples."""
-    student, teacher, tok = models
-
-    def rule(n, path, body):
-        sampling = "prompt_logprobs" not in body and body.get("max_tokens") == 6
-        return "500" if sampling and "add(1, 2)" in tok.decode(body.get("prompt") or []) else None
-
-    server = teacher_server(teacher, tok, faults=Faults(rule=rule), max_logprobs=4)
-    trainer = fast_retries(GKDTrainer(
-        model=copy.deepcopy(student), processing_class=tok, train_dataset=dataset(),
-        args=config(tmp_path, teacher_model_name_or_path=server.base_url, teacher_top_k=4, lmbda=0.0, seq_kd=True,
-                    teacher_max_failed_fraction=0.25),
-    ))
+    trainer, _ = _seq_kd_trainer_failing_on_add(models, teacher_server, tmp_path, teacher_max_failed_fraction=0.25)
     batches = [dict(trainer.data_collator([trainer.train_dataset[i] for i in rows])) for rows in ((0, 1), (2, 3))]
     (first, second), _ = trainer.get_batch_samples(iter(batches), 2, torch.device("cpu"))
     assert completions_of(first)[1] == [] and all(completions_of(second))
