@@ -1,23 +1,26 @@
 """Byte-level kernels of the curation hot paths, compiled with `numba <https://numba.pydata.org>`_.
 
-Two loops over the UTF-8 data buffer of an Arrow string array that no Arrow kernel does in one
-pass, and that cost most of the time on code-shaped rows (a few kB, newlines and indentation in
-every row, a few non-ASCII characters):
+Loops over the UTF-8 data buffer of an Arrow string array (or over hashes) that no Arrow kernel
+does in one pass, and that cost most of the time on code-shaped rows (a few kB, newlines and
+indentation in every row, a few non-ASCII characters). Each releases the GIL, so the batch threads
+of one process use every core, and each is tested against a Python reference:
 
 * :func:`collapse_whitespace` -- the ``"collapse"`` whitespace rule of
   :mod:`fastdistill.curation.canonical` (every run of ``str.isspace()`` characters becomes one
-  space, no space at either end), and in the same pass a flag for every row holding a character
-  that NFC may change. RE2's ``replace_substring_regex`` with the same rule ran at ~160 MB/s here;
-  this loop, branch-free on ASCII bytes, at ~650 MB/s, and it releases the GIL, so the step's
-  batch threads use every core.
-* :func:`word_ngram_hashes` -- the 64-bit hashes of the word n-grams of every row (words split as
-  ``str.split()`` does), flat with row offsets, for the MinHash prefilter and signatures; it
-  replaces Arrow tokenisation + dictionary encoding + a Python hash per distinct word.
+  space, no space at either end), flagging in the same pass the rows that NFC may change
+  (:func:`nfc_rows_text` normalises only their affected words). RE2's ``replace_substring_regex``
+  with the same rule ran at ~160 MB/s here; this loop, branch-free on ASCII bytes, at ~650 MB/s.
+* :func:`collapsed_sha256` -- the same rule with each row's SHA-256 (OpenSSL, the library
+  ``hashlib`` uses) computed while the row is in a scratch buffer.
+* :func:`word_ngram_hashes`, :func:`minhash_sketch_keys`, :func:`minhash_signatures`,
+  :func:`ordered_lsh_pass` -- MinHash dedup on word shingles (words split as ``str.split()`` does)
+  with no Python object per row or shingle.
 
 numba (LLVM) is used rather than a C extension of our own: it is a maintained, widely installed
 package with wheels for every platform we support, and the kernels stay readable Python. Each
 kernel is compiled on first use (about a second; ``cache=True`` keeps the machine code on disk
-for later processes). Both kernels are tested against the Python reference functions.
+for later processes). The byte classification (ASCII table, multi-byte whitespace, NFC
+candidates) is written out in each loop: a shared helper returning a tuple made them 10x slower.
 """
 
 from __future__ import annotations
