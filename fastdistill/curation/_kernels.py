@@ -34,7 +34,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 # Code points for which ``str.isspace()`` is true (a test checks it against every code point).
 WS_RANGES = [(0x09, 0x0D), (0x1C, 0x20), (0x85, 0x85), (0xA0, 0xA0), (0x1680, 0x1680), (0x2000, 0x200A),
@@ -150,21 +153,162 @@ def _decode(data, i, end, b):
     return cp, ln
 
 
-@njit(nogil=True, cache=True, inline="always")
-def _collapse_row(data, start, end, ascii_ws, ws_bm, nfc_bm, out, o):
-    """Collapse the bytes ``data[start:end]`` into ``out[o:]``; returns (end of output, NFC flag).
+# ---- 32-byte blocks: LLVM vector IR through numba intrinsics (generic IR, no x86-only intrinsic:
+# LLVM lowers it to AVX2 here, to NEON on ARM). numba's own loops do not vectorise a loop that
+# compacts bytes; these three operations are what the block loop of _collapse_row needs.
 
-    Every byte is written; the output position advances unless the byte continues a whitespace run
-    (``w & prev``), so a run leaves one byte, written as a space. A multi-byte whitespace character
-    counts as one whitespace byte followed by continuation bytes that never advance. Unsigned 64-bit
+_BLOCK = 32
+_VEC = ir.VectorType(ir.IntType(8), _BLOCK)
+_I32, _I64 = ir.IntType(32), ir.IntType(64)
+# Lead bytes (>= 0xC0) of UTF-8 sequences in which no code point is whitespace or an NFC candidate
+# (Latin-1 and Latin Extended letters, Greek/Cyrillic letters, CJK ideographs, Hangul syllables):
+# the block loop skips them without a table lookup. _lead_table() checks this against the tables
+# of the running Python and turns the shortcut off if a Unicode version ever breaks it.
+COLD_LEADS = ((0xC3, 0xCB), (0xCF, 0xD1), (0xE4, 0xE9), (0xEB, 0xEE))
+
+
+def _splat(x: int) -> ir.Constant:
+    return ir.Constant(_VEC, [x] * _BLOCK)
+
+
+def _vec_ptr(context, builder, aryty, ary, idx):
+    """Pointer to the 32 bytes of the uint8 array ``ary`` at ``idx`` (no bounds check: callers do)."""
+    arr = context.make_array(aryty)(context, builder, ary)
+    return builder.bitcast(builder.gep(arr.data, [idx]), _VEC.as_pointer())
+
+
+def _in_range(builder, v, lo: int, hi: int):
+    return builder.icmp_unsigned("<=", builder.sub(v, _splat(lo)), _splat(hi - lo))
+
+
+@intrinsic
+def _block_masks(typingctx, data, i, coarse):
+    """``data[i:i+32]`` -> uint64: bit k of the low half is set if byte k is ASCII whitespace, of the
+    high half if it is a lead byte (>= 0xC0) that needs a look (outside ``COLD_LEADS`` when
+    ``coarse``)."""
+    sig = types.uint64(data, i, coarse)
+
+    def codegen(context, builder, sig, args):
+        v = builder.load(_vec_ptr(context, builder, sig.args[0], args[0], args[1]), align=1, typ=_VEC)
+        ws = builder.or_(_in_range(builder, v, 0x09, 0x0D), _in_range(builder, v, 0x1C, 0x20))
+        cold = _in_range(builder, v, *COLD_LEADS[0])
+        for lo, hi in COLD_LEADS[1:]:
+            cold = builder.or_(cold, _in_range(builder, v, lo, hi))
+        lead = builder.icmp_unsigned(">=", v, _splat(0xC0))
+        lead = builder.select(args[2], builder.and_(lead, builder.not_(cold)), lead)
+        ws = builder.zext(builder.bitcast(ws, _I32), _I64)
+        lead = builder.zext(builder.bitcast(lead, _I32), _I64)
+        return builder.or_(ws, builder.shl(lead, ir.Constant(_I64, 32)))
+    return sig, codegen
+
+
+@intrinsic
+def _store_spaced(typingctx, data, i, out, o, ws):
+    """``out[o:o+32] = data[i:i+32]`` with the bytes whose bit is set in ``ws`` written as spaces."""
+    sig = types.void(data, i, out, o, ws)
+
+    def codegen(context, builder, sig, args):
+        v = builder.load(_vec_ptr(context, builder, sig.args[0], args[0], args[1]), align=1, typ=_VEC)
+        mask = builder.bitcast(builder.trunc(args[4], _I32), ir.VectorType(ir.IntType(1), _BLOCK))
+        builder.store(builder.select(mask, _splat(32), v), _vec_ptr(context, builder, sig.args[2], args[2], args[3]),
+                      align=1)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def _cttz(typingctx, x):
+    """Trailing zero bits of a non-zero uint64 (one instruction)."""
+    sig = types.uint64(x)
+
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64, ir.IntType(1)]),
+                                            "llvm.cttz.i64")
+        return builder.call(fn, [args[0], ir.Constant(ir.IntType(1), 1)])
+    return sig, codegen
+
+
+@functools.lru_cache(maxsize=1)
+def _lead_table() -> tuple[np.ndarray, bool]:
+    """(table, coarse): ``table[b0 << 8 | b1]`` is 1 when a UTF-8 sequence starting with the bytes
+    b0 b1 may be whitespace or an NFC candidate, as :func:`_decode` reads it (continuation bits
+    masked, so malformed bytes map where the scalar loop maps them; 4-byte leads past U+10FFFF
+    always look); ``coarse`` says that no lead byte of ``COLD_LEADS`` has a 1."""
+    ascii_ws, ws_bm = _ws_tables()
+    bits = np.unpackbits(ws_bm | _nfc_bitmap(), bitorder="little").astype(bool)
+    hot = np.ones(1 << 21, dtype=bool)
+    hot[:len(bits)] = bits
+    b0, b1 = np.arange(256)[:, None], np.arange(256)[None, :]
+    two = hot[((b0 & 0x1F) << 6) | (b1 & 0x3F)]
+    three = hot[:1 << 16].reshape(1024, 64).any(1)[((b0 & 0x0F) << 6) | (b1 & 0x3F)]
+    four = hot.reshape(512, 4096).any(1)[((b0 & 0x07) << 6) | (b1 & 0x3F)]
+    table = np.where(b0 >= 0xF0, four, np.where(b0 >= 0xE0, three, two))
+    table[:0xC0] = False
+    coarse = not any(table[lo:hi + 1].any() for lo, hi in COLD_LEADS)
+    return table.astype(np.uint8).ravel(), coarse
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _collapse_row(data, start, end, ascii_ws, ws_bm, nfc_bm, lead_tbl, coarse, out, o):
+    """Collapse the bytes ``data[start:end]`` into ``out[o:]``; returns (end of output, NFC flag).
+    ``out`` needs 32 bytes of room past the output (the block stores are 32 bytes wide).
+
+    In 32-byte blocks: one vector compare gives the whitespace bits ``w`` (multi-byte whitespace
+    characters, found through :func:`_lead_table` and decoded, add their bits) and the bytes to drop,
+    ``w & (w << 1 | prev)`` -- every byte of a whitespace run after its first. Each run of kept bytes
+    is one 32-byte store (whitespace written as spaces) at the output position, which then advances
+    by the run's length; code has about one such run per line. The scalar loop takes the bytes the
+    blocks do not reach (a row's tail, the end of the buffer): every byte is written; the output
+    position advances unless the byte continues a whitespace run (``w & prev``). Unsigned 64-bit
     positions: numba then emits no negative-index wrap-around (~1.5x faster).
     """
     one = np.uint64(1)
+    lo32 = np.uint64(0xFFFFFFFF)
+    block = np.uint64(_BLOCK)
     row_start = o
     prev = one  # a run at the start of the row leaves nothing
-    skip = 0
     flag = False
-    for i in range(start, end):
+    n = np.uint64(data.shape[0])
+    # a block store reads up to 63 bytes past its start: blocks stop 32 bytes before the buffer ends
+    block_end = min(end, n - block) if n >= block else np.uint64(0)
+    i = start
+    carry = np.uint64(0)  # bits of a multi-byte whitespace character that runs into the next block
+    while i + block <= block_end:
+        m = _block_masks(data, i, coarse)
+        w = (m & lo32) | carry
+        lead = m >> np.uint64(32)
+        look = np.uint64(0)
+        while lead:  # branch-free table test per lead byte; the rare hits are decoded below
+            p = _cttz(lead)
+            lead &= lead - one
+            j = i + p
+            hit = lead_tbl[(np.uint64(data[j]) << np.uint64(8)) | np.uint64(data[j + one])]
+            look |= (np.uint64(hit) | np.uint64(j + np.uint64(4) > end)) << p  # (near the end: ln clamped)
+        while look:
+            p = _cttz(look)
+            look &= look - one
+            cp, ln = _decode(data, i + p, end, data[i + p])
+            if (ws_bm[cp >> 3] >> (cp & 7)) & 1:
+                w |= ((one << np.uint64(ln)) - one) << p
+            elif (nfc_bm[cp >> 3] >> (cp & 7)) & 1:
+                flag = True
+        carry = w >> np.uint64(32)
+        w &= lo32
+        drop = w & ((w << one) | prev) & lo32
+        keep = ~drop & lo32
+        while keep:
+            s = _cttz(keep)
+            run = _cttz(~(keep >> s))
+            _store_spaced(data, i + s, out, o, w >> s)
+            o += run
+            keep &= ~((one << (s + run)) - one)
+        prev = (w >> np.uint64(31)) & one
+        i += block
+    skip = 0
+    while carry:
+        skip += 1
+        carry >>= one
+    while i < end:
         b = data[i]
         w = np.uint64(ascii_ws[b])
         if b >= 0x80:
@@ -181,18 +325,19 @@ def _collapse_row(data, start, end, ascii_ws, ws_bm, nfc_bm, out, o):
         out[o] = 32 if w else b
         o += one - (w & prev)
         prev = w
+        i += one
     if prev and o > row_start:  # a run at the end of the row: drop its space
         o -= one
     return o, flag
 
 
 @njit(nogil=True, cache=True)
-def _collapse_kernel(data, offsets, ascii_ws, ws_bm, nfc_bm, out, out_offsets, nfc_flags):
+def _collapse_kernel(data, offsets, ascii_ws, ws_bm, nfc_bm, lead_tbl, coarse, out, out_offsets, nfc_flags):
     o = np.uint64(0)
     for r in range(offsets.shape[0] - 1):
         out_offsets[r] = o
         o, nfc_flags[r] = _collapse_row(data, np.uint64(offsets[r]), np.uint64(offsets[r + 1]), ascii_ws, ws_bm,
-                                        nfc_bm, out, o)
+                                        nfc_bm, lead_tbl, coarse, out, o)
     out_offsets[offsets.shape[0] - 1] = o
 
 
@@ -288,10 +433,10 @@ def collapse_whitespace(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
     n = len(arr)
     offsets, data = _buffers(arr)
     ascii_ws, ws_bm = _ws_tables()
-    out = np.empty(max(int(offsets[-1] - offsets[0]), 1), dtype=np.uint8)
+    out = np.empty(int(offsets[-1] - offsets[0]) + _BLOCK, dtype=np.uint8)
     out_offsets = np.empty(n + 1, dtype=np.int32)
     flags = np.empty(n, dtype=np.bool_)
-    _collapse_kernel(data, offsets, ascii_ws, ws_bm, _nfc_bitmap(), out, out_offsets, flags)
+    _collapse_kernel(data, offsets, ascii_ws, ws_bm, _nfc_bitmap(), *_lead_table(), out, out_offsets, flags)
     validity = None
     if arr.null_count:
         validity = pa.py_buffer(np.packbits(np.asarray(arr.is_valid()), bitorder="little"))
@@ -362,14 +507,14 @@ def _sha256_kernel():
     final.argtypes, final.restype = [ctypes.c_void_p, ctypes.c_void_p], ctypes.c_int
 
     @njit(nogil=True)
-    def kernel(data, offsets, ascii_ws, ws_bm, nfc_bm, scratch, digests, nfc_flags):
+    def kernel(data, offsets, ascii_ws, ws_bm, nfc_bm, lead_tbl, coarse, scratch, digests, nfc_flags):
         ctx = np.empty(256, dtype=np.uint8)  # SHA256_CTX is 112 bytes
         c = ctx.ctypes.data
         base = scratch.ctypes.data
         out = digests.ctypes.data
         for r in range(offsets.shape[0] - 1):
             o, nfc_flags[r] = _collapse_row(data, np.uint64(offsets[r]), np.uint64(offsets[r + 1]), ascii_ws, ws_bm,
-                                            nfc_bm, scratch, np.uint64(0))
+                                            nfc_bm, lead_tbl, coarse, scratch, np.uint64(0))
             init(c)
             update(c, base, o)
             final(out + 32 * r, c)
@@ -377,8 +522,8 @@ def _sha256_kernel():
     probe = np.frombuffer(b"  a\tb\n", dtype=np.uint8).copy()
     got = np.zeros((1, 32), dtype=np.uint8)
     try:
-        kernel(probe, np.array([0, len(probe)], np.int32), *_ws_tables(), _nfc_bitmap(), np.zeros(16, np.uint8),
-               got, np.zeros(1, np.bool_))
+        kernel(probe, np.array([0, len(probe)], np.int32), *_ws_tables(), _nfc_bitmap(), *_lead_table(),
+               np.zeros(16 + _BLOCK, np.uint8), got, np.zeros(1, np.bool_))
     except Exception:  # noqa: BLE001 - any failure to compile or call means: use hashlib
         return None
     return kernel if got.tobytes() == hashlib.sha256(b"a b").digest() else None
@@ -394,10 +539,10 @@ def collapsed_sha256(arr: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     n = len(arr)
     offsets, data = _buffers(arr)
-    scratch = np.empty(max(int(np.diff(offsets).max()) if n else 0, 1), dtype=np.uint8)
+    scratch = np.empty((int(np.diff(offsets).max()) if n else 0) + _BLOCK, dtype=np.uint8)
     digests = np.empty((n, 32), dtype=np.uint8)
     flags = np.empty(n, dtype=np.bool_)
-    kernel(data, offsets, *_ws_tables(), _nfc_bitmap(), scratch, digests, flags)
+    kernel(data, offsets, *_ws_tables(), _nfc_bitmap(), *_lead_table(), scratch, digests, flags)
     return digests, _valid_rows(flags, arr)
 
 

@@ -10,7 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastdistill.curation._kernels import (
+    COLD_LEADS,
     WS_RANGES,
+    _lead_table,
     _sha256_kernel,
     collapse_whitespace,
     nfc_rows_text,
@@ -32,10 +34,16 @@ def _collapse_reference(value: str) -> str:
     return " ".join(value.split())  # str.split() splits on exactly the str.isspace() runs
 
 
-@SETTINGS
-@given(st.lists(TEXTS, max_size=12), st.integers(0, 3))
-def test_collapse_kernel_equals_reference_and_flags_every_non_nfc_row(values, start):
-    arr = pa.array(values, pa.string()).slice(min(start, len(values)))  # sliced arrays keep their offsets
+# Long rows for the 32-byte block loop: indentation and blank runs across block edges, multi-byte
+# whitespace (2, 3 bytes), NFC candidates (combining accent, Angstrom sign, Hangul jamo), letters of
+# the lead bytes the blocks skip (é, д, 日) and of those they look up (→, λ, emoji).
+TOKENS = st.sampled_from(["\n    ", "\n        ", "  ", " ", "\t", "\r\n", "def f(x):", "return x", "a", "=", "é",
+                          "д", "日本", "→", "λ", "\U0001f600", "\u0301", "\u212b", "\u1161", "\u00a0", "\u0085",
+                          "\u1680", "\u2000", "\u2028", "\u3000", "\u202f \u205f"])
+LONG_TEXTS = st.one_of(st.none(), st.lists(TOKENS, max_size=80).map("".join))
+
+
+def _check_kernels_against_reference(arr: pa.Array) -> None:
     got, nfc_rows = collapse_whitespace(arr)
     expected = [None if v is None else _collapse_reference(v) for v in arr.to_pylist()]
     assert got.to_pylist() == expected
@@ -53,6 +61,43 @@ def test_collapse_kernel_equals_reference_and_flags_every_non_nfc_row(values, st
     # the canonical form (NFC then collapse) through the kernel is the reference, bit for bit
     canon = canonicalize_arrow(pa.table({"t": arr}), "t")
     assert canon.to_pylist() == [None if v is None else canonical_text(v) for v in arr.to_pylist()]
+
+
+@SETTINGS
+@given(st.lists(TEXTS, max_size=12), st.integers(0, 3))
+def test_collapse_kernel_equals_reference_and_flags_every_non_nfc_row(values, start):
+    _check_kernels_against_reference(pa.array(values, pa.string()).slice(min(start, len(values))))  # sliced: offsets
+
+
+@SETTINGS
+@given(st.lists(LONG_TEXTS, max_size=8), st.integers(0, 2))
+def test_block_loop_of_long_rows_equals_reference(values, start):
+    _check_kernels_against_reference(pa.array(values, pa.string()).slice(min(start, len(values))))
+
+
+def test_lead_bytes_the_blocks_skip_start_no_whitespace_or_nfc_candidate():
+    table, coarse = _lead_table()
+    assert coarse  # the shortcut is on with this Python's Unicode tables
+    for lo, hi in COLD_LEADS:
+        for cp in range(0x80, 0x10000):
+            ch = chr(cp) if not 0xD800 <= cp < 0xE000 else None
+            if ch and lo <= ch.encode()[0] <= hi:
+                assert not ch.isspace() and unicodedata.is_normalized("NFC", ch) and not unicodedata.combining(ch)
+    # the table looks at every whitespace character of more than one byte
+    for c in WHITESPACE:
+        b = c.encode()
+        assert len(b) == 1 or table[b[0] << 8 | b[1]] == 1
+
+
+def test_block_loop_characters_across_block_edges_and_row_ends():
+    # every position of a multi-byte whitespace character / NFC candidate / run against the 32-byte
+    # block edges, in rows that end at the buffer's end and rows followed by another row
+    values = []
+    for ch in ["\u3000", "\u00a0", "\u2000", "\u0301", "\u212b", "→", "\U0001f600", "\n   \t "]:
+        for k in range(58, 70):
+            values += ["a" * k + ch + "b" * 40, "x" * k + ch, ch + "y" * k + ch + " " * 3]
+    _check_kernels_against_reference(pa.array(values))
+    _check_kernels_against_reference(pa.array(values[::-1]))
 
 
 def test_openssl_kernel_loads_on_linux():
