@@ -248,7 +248,7 @@ def _lead_table() -> tuple[np.ndarray, bool]:
     return table.astype(np.uint8).ravel(), coarse
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True)
 def _collapse_row(data, start, end, ascii_ws, ws_bm, nfc_bm, lead_tbl, coarse, out, o):
     """Collapse the bytes ``data[start:end]`` into ``out[o:]``; returns (end of output, NFC flag).
     ``out`` needs 32 bytes of room past the output (the block stores are 32 bytes wide).
