@@ -228,6 +228,34 @@ def _cttz(typingctx, x):
     return sig, codegen
 
 
+@intrinsic
+def _ctlz(typingctx, x):
+    """Leading zero bits of a non-zero uint64 (one instruction)."""
+    sig = types.uint64(x)
+
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64, ir.IntType(1)]),
+                                            "llvm.ctlz.i64")
+        return builder.call(fn, [args[0], ir.Constant(ir.IntType(1), 1)])
+    return sig, codegen
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _look_bits(data, i, end, lead, lead_tbl):
+    """Bits of the lead bytes in ``lead`` (block at ``i``) whose characters may be whitespace or NFC
+    candidates (:func:`_lead_table`, or within 3 bytes of ``end``, where :func:`_decode` clamps).
+    Branch-free per lead byte; the rare hits are decoded by the caller."""
+    one = np.uint64(1)
+    look = np.uint64(0)
+    while lead:
+        p = _cttz(lead)
+        lead &= lead - one
+        j = i + p
+        hit = lead_tbl[(np.uint64(data[j]) << np.uint64(8)) | np.uint64(data[j + one])]
+        look |= (np.uint64(hit) | np.uint64(j + np.uint64(4) > end)) << p
+    return look
+
+
 @functools.lru_cache(maxsize=1)
 def _lead_table() -> tuple[np.ndarray, bool]:
     """(table, coarse): ``table[b0 << 8 | b1]`` is 1 when a UTF-8 sequence starting with the bytes
@@ -276,14 +304,7 @@ def _collapse_row(data, start, end, ascii_ws, ws_bm, nfc_bm, lead_tbl, coarse, o
     while i + block <= block_end:
         m = _block_masks(data, i, coarse)
         w = (m & lo32) | carry
-        lead = m >> np.uint64(32)
-        look = np.uint64(0)
-        while lead:  # branch-free table test per lead byte; the rare hits are decoded below
-            p = _cttz(lead)
-            lead &= lead - one
-            j = i + p
-            hit = lead_tbl[(np.uint64(data[j]) << np.uint64(8)) | np.uint64(data[j + one])]
-            look |= (np.uint64(hit) | np.uint64(j + np.uint64(4) > end)) << p  # (near the end: ln clamped)
+        look = _look_bits(data, i, end, m >> np.uint64(32), lead_tbl)
         while look:
             p = _cttz(look)
             look &= look - one
@@ -342,7 +363,7 @@ def _collapse_kernel(data, offsets, ascii_ws, ws_bm, nfc_bm, lead_tbl, coarse, o
 
 
 @njit(nogil=True, cache=True)
-def _nfc_spans_kernel(data, offsets, rows, ascii_ws, ws_bm, nfc_bm, spans):
+def _nfc_spans_kernel(data, offsets, rows, ascii_ws, ws_bm, nfc_bm, lead_tbl, coarse, spans):
     """The spans (absolute byte ranges) of ``rows`` that NFC can change; returns how many.
 
     A span runs from the whitespace character before a word holding an NFC candidate to the
@@ -350,39 +371,61 @@ def _nfc_spans_kernel(data, offsets, rows, ascii_ws, ws_bm, nfc_bm, spans):
     characters are starters that compose with nothing, so NFC of a row is NFC of each span with the
     bytes between spans unchanged. ``spans`` (``(m, 3)``: row position in ``rows``, start, stop) is
     only written while it has room; call again with the returned size.
+
+    A 32-byte block whose lead bytes need no look (:func:`_look_bits`) holds no candidate and no
+    multi-byte whitespace: it only ends an open span at its first ASCII whitespace byte and moves
+    ``word_ws`` to its last. Other blocks and a row's tail go byte by byte.
     """
+    block = np.uint64(_BLOCK)
+    n = np.uint64(data.shape[0])
     m = 0
     for k in range(rows.shape[0]):
-        start, end = offsets[rows[k]], offsets[rows[k] + 1]
+        start, end = np.uint64(offsets[rows[k]]), np.uint64(offsets[rows[k] + 1])
+        block_end = min(end, n - block) if n >= block else np.uint64(0)
         i = start
         word_ws = start  # the whitespace character before the current word
         in_span = False
         while i < end:
-            b = data[i]
-            ln = 1
-            is_ws = ascii_ws[b] == 1
-            cand = False
-            if b >= 0xC0:
-                cp, ln = _decode(data, i, end, b)
-                is_ws = ((ws_bm[cp >> 3] >> (cp & 7)) & 1) == 1
-                cand = not is_ws and ((nfc_bm[cp >> 3] >> (cp & 7)) & 1) == 1
-            if is_ws:
-                if in_span:  # the span ends before this whitespace character
-                    if m <= spans.shape[0]:
-                        spans[m - 1, 2] = i
-                    in_span = False
-                word_ws = i
-            elif cand and not in_span:
-                if m > 0 and m <= spans.shape[0] and spans[m - 1, 0] == k and spans[m - 1, 2] == word_ws:
-                    in_span = True  # touches the previous span: extend it
-                else:
-                    if m < spans.shape[0]:
-                        spans[m, 0] = k
-                        spans[m, 1] = word_ws
-                        spans[m, 2] = end
-                    m += 1
-                    in_span = True
-            i += ln
+            stop = end
+            if i + block <= block_end:
+                mask = _block_masks(data, i, coarse)
+                if _look_bits(data, i, end, mask >> np.uint64(32), lead_tbl) == 0:
+                    w = mask & np.uint64(0xFFFFFFFF)
+                    if w:
+                        if in_span:
+                            if m <= spans.shape[0]:
+                                spans[m - 1, 2] = i + _cttz(w)
+                            in_span = False
+                        word_ws = i + np.uint64(63) - _ctlz(w)
+                    i += block
+                    continue
+                stop = i + block
+            while i < stop:
+                b = data[i]
+                ln = 1
+                is_ws = ascii_ws[b] == 1
+                cand = False
+                if b >= 0xC0:
+                    cp, ln = _decode(data, i, end, b)
+                    is_ws = ((ws_bm[cp >> 3] >> (cp & 7)) & 1) == 1
+                    cand = not is_ws and ((nfc_bm[cp >> 3] >> (cp & 7)) & 1) == 1
+                if is_ws:
+                    if in_span:  # the span ends before this whitespace character
+                        if m <= spans.shape[0]:
+                            spans[m - 1, 2] = i
+                        in_span = False
+                    word_ws = i
+                elif cand and not in_span:
+                    if m > 0 and m <= spans.shape[0] and spans[m - 1, 0] == k and spans[m - 1, 2] == word_ws:
+                        in_span = True  # touches the previous span: extend it
+                    else:
+                        if m < spans.shape[0]:
+                            spans[m, 0] = k
+                            spans[m, 1] = word_ws
+                            spans[m, 2] = end
+                        m += 1
+                        in_span = True
+                i += np.uint64(ln)
         if in_span and m <= spans.shape[0]:
             spans[m - 1, 2] = end
     return m
@@ -393,9 +436,9 @@ def _gather_spans(data, spans, out, out_offsets):
     o = 0
     for s in range(spans.shape[0]):
         out_offsets[s] = o
-        for i in range(spans[s, 1], spans[s, 2]):
-            out[o] = data[i]
-            o += 1
+        n = spans[s, 2] - spans[s, 1]
+        out[o:o + n] = data[spans[s, 1]:spans[s, 2]]
+        o += n
     out_offsets[spans.shape[0]] = o
 
 
@@ -409,17 +452,16 @@ def _splice_spans(data, offsets, rows, spans, new_data, new_offsets, out, out_of
         i = offsets[rows[k]]
         end = offsets[rows[k] + 1]
         while s < spans.shape[0] and spans[s, 0] == k:
-            for j in range(i, spans[s, 1]):
-                out[o] = data[j]
-                o += 1
-            for j in range(new_offsets[s], new_offsets[s + 1]):
-                out[o] = new_data[j]
-                o += 1
+            n = spans[s, 1] - i
+            out[o:o + n] = data[i:spans[s, 1]]
+            o += n
+            n = new_offsets[s + 1] - new_offsets[s]
+            out[o:o + n] = new_data[new_offsets[s]:new_offsets[s + 1]]
+            o += n
             i = spans[s, 2]
             s += 1
-        for j in range(i, end):
-            out[o] = data[j]
-            o += 1
+        out[o:o + end - i] = data[i:end]
+        o += end - i
     out_offsets[rows.shape[0]] = o
 
 
@@ -459,10 +501,10 @@ def nfc_rows_text(arr: pa.Array, rows: np.ndarray) -> pa.Array:
     ascii_ws, ws_bm = _ws_tables()
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     spans = np.empty((32 * len(rows), 3), dtype=np.int64)
-    m = _nfc_spans_kernel(data, offsets, rows, ascii_ws, ws_bm, _nfc_bitmap(), spans)
+    m = _nfc_spans_kernel(data, offsets, rows, ascii_ws, ws_bm, _nfc_bitmap(), *_lead_table(), spans)
     if m > len(spans):  # (merging may need fewer once every span fits)
         spans = np.empty((m, 3), dtype=np.int64)
-        m = _nfc_spans_kernel(data, offsets, rows, ascii_ws, ws_bm, _nfc_bitmap(), spans)
+        m = _nfc_spans_kernel(data, offsets, rows, ascii_ws, ws_bm, _nfc_bitmap(), *_lead_table(), spans)
     spans = spans[:m]
     span_offsets = np.empty(m + 1, dtype=np.int32)
     span_bytes = np.empty(max(int((spans[:, 2] - spans[:, 1]).sum()), 1), dtype=np.uint8)
