@@ -17,6 +17,8 @@ class DemoConfig:
     n_held_out: int = 96                  # generated held-out family instances (unseen names and constants)
     n_grpo: int = 100                     # fresh training-pool instances used as GRPO prompts (not in SFT data)
     n_seen_eval: int = 0                  # training instances also scored, reported apart as "seen code"
+    # mix of reference-test styles in the training corpus (None: fastdistill.demo.families.STYLES)
+    styles: dict | None = None
     teacher: dict = field(default_factory=lambda: dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2))
     student: dict = field(default_factory=lambda: dict(hidden_size=96, intermediate_size=192, num_hidden_layers=2))
     # 600 / 500 steps (was 700 / 700) keep the full demo under 6 minutes on 2 cores; over three seeds every

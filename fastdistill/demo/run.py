@@ -421,7 +421,8 @@ def _run_demo(out: Path, cfg: DemoConfig) -> dict:
         timings[stage] = round(time.perf_counter() - t0, 2)
         logger.info("demo: %s done in %.1fs", stage, timings[stage])
 
-    train, held_out, grpo_pool = family_examples(cfg.seed, cfg.n_train, cfg.n_held_out, n_extra=cfg.n_grpo)
+    train, held_out, grpo_pool = family_examples(cfg.seed, cfg.n_train, cfg.n_held_out, styles=cfg.styles,
+                                               n_extra=cfg.n_grpo)
     from transformers import set_seed
 
     set_seed(cfg.seed)  # python, numpy and torch generators
@@ -571,7 +572,7 @@ def _run_demo(out: Path, cfg: DemoConfig) -> dict:
         "grpo_prompt_names": [ex["name"] for ex in grpo_pool],
         "task": "synthetic function-family curriculum (fastdistill.demo.FAMILIES); held-out names and constants "
         "are disjoint from training",
-        "train_styles": {k: sum(ex["style"] == k for ex in train) for k in STYLES},
+        "train_styles": {k: sum(ex["style"] == k for ex in train) for k in (cfg.styles or STYLES)},
         "teacher_note": "the teacher learned the reference tests of the training split by SFT before distillation",
         "students": results,
         "teacher": teacher_result,
