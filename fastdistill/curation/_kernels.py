@@ -220,28 +220,21 @@ def _store_spaced(typingctx, data, i, out, o, ws):
     return sig, codegen
 
 
-@intrinsic
-def _cttz(typingctx, x):
-    """Trailing zero bits of a non-zero uint64 (one instruction)."""
-    sig = types.uint64(x)
+def _zero_bits(name: str):
+    """An intrinsic counting the trailing (``"cttz"``) or leading (``"ctlz"``) zero bits of a
+    non-zero uint64: one instruction (zero is undefined, callers never pass it)."""
 
-    def codegen(context, builder, sig, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64, ir.IntType(1)]),
-                                            "llvm.cttz.i64")
-        return builder.call(fn, [args[0], ir.Constant(ir.IntType(1), 1)])
-    return sig, codegen
+    def typer(typingctx, x):
+        def codegen(context, builder, sig, args):
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64, ir.IntType(1)]),
+                                                f"llvm.{name}.i64")
+            return builder.call(fn, [args[0], ir.Constant(ir.IntType(1), 1)])
+        return types.uint64(x), codegen
+    return intrinsic(typer)
 
 
-@intrinsic
-def _ctlz(typingctx, x):
-    """Leading zero bits of a non-zero uint64 (one instruction)."""
-    sig = types.uint64(x)
-
-    def codegen(context, builder, sig, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64, ir.IntType(1)]),
-                                            "llvm.ctlz.i64")
-        return builder.call(fn, [args[0], ir.Constant(ir.IntType(1), 1)])
-    return sig, codegen
+_cttz = _zero_bits("cttz")
+_ctlz = _zero_bits("ctlz")
 
 
 @njit(nogil=True, cache=True, inline="always")
