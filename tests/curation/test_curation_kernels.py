@@ -89,15 +89,28 @@ def test_lead_bytes_the_blocks_skip_start_no_whitespace_or_nfc_candidate():
         assert len(b) == 1 or table[b[0] << 8 | b[1]] == 1
 
 
-def test_block_loop_characters_across_block_edges_and_row_ends():
+def _edge_rows() -> list[str]:
     # every position of a multi-byte whitespace character / NFC candidate / run against the 32-byte
     # block edges, in rows that end at the buffer's end and rows followed by another row
     values = []
-    for ch in ["\u3000", "\u00a0", "\u2000", "\u0301", "\u212b", "→", "\U0001f600", "\n   \t "]:
+    for ch in ["\u3000", "\u00a0", "\u2000", "\u0301", "\u212b", "→", "é", "日", "\U0001f600", "\n   \t "]:
         for k in range(58, 70):
             values += ["a" * k + ch + "b" * 40, "x" * k + ch, ch + "y" * k + ch + " " * 3]
-    _check_kernels_against_reference(pa.array(values))
-    _check_kernels_against_reference(pa.array(values[::-1]))
+    return values
+
+
+def test_block_loop_characters_across_block_edges_and_row_ends():
+    _check_kernels_against_reference(pa.array(_edge_rows()))
+    _check_kernels_against_reference(pa.array(_edge_rows()[::-1]))
+
+
+def test_block_loop_without_the_cold_lead_shortcut(monkeypatch):
+    # the path a Unicode version that breaks COLD_LEADS would take: every lead byte is looked up
+    from fastdistill.curation import _kernels
+
+    table, _ = _lead_table()
+    monkeypatch.setattr(_kernels, "_lead_table", lambda: (table, False))
+    _check_kernels_against_reference(pa.array(_edge_rows() + ["\n    ".join(["résumé д 日本 x\u0301"] * 20)]))
 
 
 def test_openssl_kernel_loads_on_linux():
