@@ -12,9 +12,6 @@ class DemoConfig:
     seed: int = 0
     vocab_size: int = 1024
     renames: int = 0                      # renamed copies of each training example (teacher and student data)
-    # copies of each training example with another training constant (teacher and student data): the
-    # students must copy the constant from the prompt instead of recalling the one seen with a name
-    revalues: int = 0
     max_length: int = 256
     n_train: int = 360                    # generated training family instances
     n_held_out: int = 96                  # generated held-out family instances (unseen names and constants)

@@ -155,42 +155,13 @@ def _prompt(code: str) -> list[dict]:
     return generate_tests_prompt(code, module_name="solution", system=False)
 
 
-_NUMBER = re.compile(r"(?<![\w.])\d+(?![\w.])")
-
-
-def revalue_constant(code: str, tests: str, constants, seed: int) -> tuple[str, str] | None:
-    """``code`` and ``tests`` with the function's constant (the one number in ``code``) replaced by
-    another of ``constants``; None when there is no single constant or the tests hold a number other
-    than the constant, 0, 1 and :data:`LOOP_RANGE` (a test written for another constant would turn
-    wrong). Reference tests write boundaries as expressions of the constant (``{c} + 1``), so they stay
-    right: semantics preserved, only the value changes.
-    """
-    found = set(_NUMBER.findall(code))
-    if len(found) != 1:
-        return None
-    old = found.pop()
-    if set(_NUMBER.findall(tests)) - {old, "0", "1", str(LOOP_RANGE)}:
-        return None
-    choices = sorted({str(c) for c in constants} - {old})
-    if not choices:
-        return None
-    new = random.Random(seed).choice(choices)
-    pattern = re.compile(rf"(?<![\w.]){old}(?![\w.])")
-    return pattern.sub(new, code), pattern.sub(new, tests)
-
-
-def _with_renames(pairs: list[dict], renames: int, seed: int, revalues: int = 0, constants=()) -> list[dict]:
-    """Each (name, code, tests) row plus ``renames`` renamed copies and ``revalues`` copies with
-    another constant drawn from ``constants`` (:func:`revalue_constant`), as prompt/completion rows."""
+def _with_renames(pairs: list[dict], renames: int, seed: int) -> list[dict]:
+    """Each (name, code, tests) row plus ``renames`` renamed copies, as prompt/completion rows."""
     rows = []
     for i, pair in enumerate(pairs):
         variants = [(pair["code"], pair["tests"])]
         variants += [rename_public_names(pair["code"], pair["tests"], seed * 100_003 + i * 101 + k + 1)
                      for k in range(renames)]
-        for k in range(revalues):
-            changed = revalue_constant(pair["code"], pair["tests"], constants, seed * 100_019 + i * 103 + k + 1)
-            if changed is not None:
-                variants.append(changed)
         for k, (code, tests) in enumerate(variants):
             rows.append({"name": pair["name"] + ("" if k == 0 else f"~{k}"), "code": code, "prompt": _prompt(code),
                          "completion": tests})

@@ -445,8 +445,7 @@ def _run_demo(out: Path, cfg: DemoConfig) -> dict:
     # 1. teacher: learns the reference tests of the training split (+ renamed copies)
     t0 = time.perf_counter()
     teacher, _ = tiny_causal_lm(seed=cfg.seed + 1, tokenizer=tokenizer, **shared, **cfg.teacher)
-    train_constants = sorted({int(ex["name"].rsplit("_", 1)[1]) for ex in train})  # never a held-out one
-    teacher_rows = _with_renames(train, cfg.renames, cfg.seed, cfg.revalues, train_constants)
+    teacher_rows = _with_renames(train, cfg.renames, cfg.seed)
     teacher_trainer = SFTTrainer(
         model=teacher,
         train_dataset=_sft_dataset(teacher_rows),
@@ -475,7 +474,7 @@ def _run_demo(out: Path, cfg: DemoConfig) -> dict:
     # 3. student: base -> SFT -> GKD -> GRPO x2
     base, _ = tiny_causal_lm(seed=cfg.seed + 2, tokenizer=tokenizer, **shared, **cfg.student)
     students = {"base": copy.deepcopy(base)}
-    student_rows = _with_renames(kept, cfg.renames, cfg.seed + 1, cfg.revalues, train_constants)
+    student_rows = _with_renames(kept, cfg.renames, cfg.seed + 1)
     student_ds = _sft_dataset(student_rows)
     t0 = time.perf_counter()
     sft = SFTTrainer(

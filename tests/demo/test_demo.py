@@ -116,32 +116,6 @@ def test_renaming_keeps_reference_tests_passing():
     assert rename_public_names(ex["code"], ex["tests"], seed=3) == (code, tests)
 
 
-def test_revalued_copies_keep_the_tests_right_with_another_constant():
-    from fastdistill.demo import FAMILIES, family_test
-    from fastdistill.demo.families import _with_renames, revalue_constant
-    from fastdistill.rewards import run_tests
-
-    for family in FAMILIES:
-        code = FAMILIES[family][0].format(n=f"{family}_zo", w="zo", c=42)
-        for style in ("weak", "strong", "loop"):
-            tests = family_test(family, "zo", 42, style)
-            changed = revalue_constant(code, tests, [42, 17], seed=0)
-            if family == "starts":  # no constant to change
-                assert changed is None
-                continue
-            new_code, new_tests = changed
-            assert "17" in new_code and "42" not in new_code + new_tests
-            assert new_tests == family_test(family, "zo", 17, style)  # what the reference style writes for 17
-            assert run_tests(new_code, new_tests).ok
-    # a test written for another constant would turn wrong: no copy
-    assert revalue_constant("def f(x):\n    return x > 42\n", "assert f(43)\nassert f(50)\n", [17], 0) is None
-    rows = [{"name": "above_zo_42", "code": FAMILIES["above"][0].format(n="above_zo", w="zo", c=42),
-             "tests": family_test("above", "zo", 42, "strong")}]
-    out = _with_renames(rows, 0, 0, revalues=2, constants=[42, 17, 23])
-    assert len(out) == 3 and out[0]["completion"] == rows[0]["tests"]
-    assert all(r["prompt"][-1]["content"].count(r["code"].strip()) for r in out)
-
-
 def test_family_split_is_disjoint_and_reference_tests_behave():
     from fastdistill.demo import FAMILIES, LOOP_RANGE, STYLES, family_examples, family_test, shape_of_tests
     from fastdistill.rewards import run_tests
