@@ -259,7 +259,7 @@ def _lead_table() -> tuple[np.ndarray, bool]:
     b0 b1 may be whitespace or an NFC candidate, as :func:`_decode` reads it (continuation bits
     masked, so malformed bytes map where the scalar loop maps them; 4-byte leads past U+10FFFF
     always look); ``coarse`` says that no lead byte of ``COLD_LEADS`` has a 1."""
-    ascii_ws, ws_bm = _ws_tables()
+    _, ws_bm = _ws_tables()
     bits = np.unpackbits(ws_bm | _nfc_bitmap(), bitorder="little").astype(bool)
     hot = np.ones(1 << 21, dtype=bool)
     hot[:len(bits)] = bits
@@ -594,12 +594,14 @@ _FNV_PRIME = np.uint64(0x100000001B3)
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _finalize(x):
-    x ^= x >> np.uint64(30)
+def _mix(x, s1, s2, s3):
+    """64-bit finaliser: xor-shift by ``s1``, multiply, xor-shift ``s2``, multiply, xor-shift ``s3``
+    (splitmix64 with shifts 30, 27, 31)."""
+    x ^= x >> np.uint64(s1)
     x *= _M2
-    x ^= x >> np.uint64(27)
+    x ^= x >> np.uint64(s2)
     x *= _M3
-    x ^= x >> np.uint64(31)
+    x ^= x >> np.uint64(s3)
     return x
 
 
@@ -636,22 +638,17 @@ def _row_words(data, start, end, ascii_ws, ws_bm, words):
         words[nw] = h
         prev = w
     for k in range(1, nw + 1):
-        words[k] = _finalize(words[k])
+        words[k] = _mix(words[k], 30, 27, 31)
     return nw
 
 
 @njit(nogil=True, cache=True, inline="always")
 def _ngram(words, s, span):
-    """Hash of the ``span`` words from ``words[s]`` (multiply-add, splitmix64 finaliser)."""
+    """Hash of the ``span`` words from ``words[s]`` (multiply-add, then :func:`_mix`)."""
     g = words[s]
     for k in range(1, span):
         g = g * _M1 + words[s + k]
-    g ^= g >> np.uint64(31)
-    g *= _M2
-    g ^= g >> np.uint64(29)
-    g *= _M3
-    g ^= g >> np.uint64(32)
-    return g
+    return _mix(g, 31, 29, 32)
 
 
 @njit(nogil=True, cache=True)

@@ -383,7 +383,7 @@ class _Backend:
 
 
 
-def _flat_shingle_hashes(chunk: pa.Array, ngram: int) -> tuple[np.ndarray, np.ndarray]:
+def _flat_shingle_hashes(chunk: pa.Array | pa.ChunkedArray, ngram: int) -> tuple[np.ndarray, np.ndarray]:
     """Word n-gram hashes of every row, flat (u64) + row offsets (int64), with no Python object per
     token: :func:`fastdistill.curation._kernels.word_ngram_hashes` (one numba pass over the bytes).
     A row with fewer than ``ngram`` words gives one hash of all its words, an empty row none -- the
@@ -499,9 +499,7 @@ def _verified_pass_on_hashes(texts: pa.ChunkedArray, rows: np.ndarray, dup: np.n
     sigs, nonempty = [], []
     for off in tqdm(range(0, len(rows), batch_size), desc="minhash signatures", unit="batch",
                     disable=not progress or len(rows) < 50_000):
-        chunk = texts.slice(off, batch_size)
-        chunk = chunk.combine_chunks() if chunk.num_chunks != 1 else chunk.chunk(0)
-        hashes, offsets = _flat_shingle_hashes(chunk, ngram)
+        hashes, offsets = _flat_shingle_hashes(texts.slice(off, batch_size), ngram)
         sigs.append(minhash_signatures(hashes, offsets, num_perm, seed))
         nonempty.append(offsets[1:] > offsets[:-1])
     if not sigs:
