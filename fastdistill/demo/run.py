@@ -229,12 +229,12 @@ def _grpo(model, tokenizer, train: list[dict], cfg: DemoConfig, out: Path, branc
 
 
 def _evaluate(name, model, tokenizer, held_out, cfg, out, max_new_tokens, samples=None):
-    """Greedy and ``samples`` sampled completions per instance, scored in one sandbox batch.
+    """Greedy and ``samples`` sampled completions per instance, mutation-scored in one sandbox batch.
 
-    Every completion is mutation-scored; the greedy ones are also run ``cfg.speed_repeats`` times for
-    their runtime. Headline ``kill_rate``/``pass_rate``/``runtime_s`` are the greedy means (rows in
-    ``mutation_rows``/``speed_rows``), ``sampled`` the means over the samples, and ``per_instance``
-    holds the per-instance values the paired comparisons resample.
+    Headline ``kill_rate``/``pass_rate`` are the greedy means (rows in ``mutation_rows``), ``sampled``
+    the means over the samples, and ``per_instance`` holds the per-instance values the paired
+    comparisons resample. The runtimes (``speed_rows``, ``runtime_s``, ``per_instance["runtime_ms"]``)
+    are added by :func:`_time_greedy_files`, for all models at once.
     """
     from fastdistill.evaluation import generate
     from fastdistill.rewards.functions import extract_test_code
@@ -261,14 +261,10 @@ def _evaluate(name, model, tokenizer, held_out, cfg, out, max_new_tokens, sample
     everything = gens + sampled
     tests = [extract_test_code(g["completion"]) for g in everything]
     scored = [i for i, t in enumerate(tests) if t is not None]
-    timed = [i for i in scored if i < len(gens)]
-    m_res, t_res = score_batch(
-        [(everything[i]["code"], tests[i], cfg.max_mutants, None) for i in scored],
-        [(everything[i]["code"], tests[i], cfg.speed_repeats) for i in timed],
-        n_workers=cfg.workers,
-    )
-    m_of, t_of = dict(zip(scored, m_res)), dict(zip(timed, t_res))
-    m_rows, s_rows = [], []
+    m_res, _ = score_batch([(everything[i]["code"], tests[i], cfg.max_mutants, None) for i in scored],
+                           n_workers=cfg.workers)
+    m_of = dict(zip(scored, m_res))
+    m_rows = []
     for i, g in enumerate(everything):
         base = {
             "index": g.get("index"),
@@ -301,35 +297,7 @@ def _evaluate(name, model, tokenizer, held_out, cfg, out, max_new_tokens, sample
                     "tests": tests[i],
                 }
             )
-        if i >= len(gens):
-            continue
-        row = {
-            **base,
-            "ran": False,
-            "passed": False,
-            "flaky": False,
-            "runtime_s": None,
-            "cv": None,
-            "repeat_durations_s": [],
-            "reason": "no test file in the completion",
-        }
-        run = t_of.get(i)
-        if run is not None:
-            durations = list(run.repeat_durations_s)
-            ran = bool(run.completed and not run.timed_out and len(durations) == cfg.speed_repeats and run.tests)
-            row.update(
-                ran=ran,
-                passed=bool(run.ok and not run.flaky),
-                flaky=bool(run.flaky),
-                repeat_durations_s=durations,
-                reason=run.reason,
-            )
-            if ran:
-                mean = statistics.fmean(durations)
-                row.update(runtime_s=mean, cv=statistics.pstdev(durations) / mean if mean > 0 else 0.0)
-        s_rows.append(row)
     greedy, sample_rows = m_rows[: len(gens)], m_rows[len(gens) :]
-    ok_timed = [r for r in s_rows if r["ran"] and r["passed"]]
     shapes = [_test_shape(g["completion"]) for g in gens]  # each completion parsed once
     per_sample = {r["name"]: [] for r in greedy}
     for r in sample_rows:
@@ -339,17 +307,12 @@ def _evaluate(name, model, tokenizer, held_out, cfg, out, max_new_tokens, sample
         "kill_sampled": [_mean([s["kill_rate"] for s in per_sample[r["name"]]]) for r in greedy],
         "kill": [_mean([r["kill_rate"]] + [s["kill_rate"] for s in per_sample[r["name"]]]) for r in greedy],
         "pass": [_mean([float(r["passed"])] + [float(s["passed"]) for s in per_sample[r["name"]]]) for r in greedy],
-        "runtime_ms": [r["runtime_s"] * 1e3 if r["ran"] and r["passed"] else None for r in s_rows],
     }
     return {
         "kill_rate": _mean([r["kill_rate"] for r in greedy]),
         "pass_rate": _mean([float(r["passed"]) for r in greedy]),
         "extract_rate": _mean([float(r["extracted"]) for r in greedy]),
-        "runtime_s": _mean([r["runtime_s"] for r in ok_timed]),
-        "runtime_cv": _mean([r["cv"] for r in ok_timed]),
-        "stable_rate": _mean([float(r["passed"] and not r["flaky"]) for r in s_rows]),
         "n": len(greedy),
-        "n_timed": len(ok_timed),
         "max_new_tokens": max_new_tokens,
         "sampled": {
             "k": samples,
@@ -364,10 +327,54 @@ def _evaluate(name, model, tokenizer, held_out, cfg, out, max_new_tokens, sample
         "loops_per_file": _mean([float(loops > 0) for _, _, loops in shapes]),
         "completions": [g["completion"] for g in gens],
         "mutation_rows": greedy,
-        "speed_rows": s_rows,
         "sample_rows": sample_rows,
         "per_instance": per_instance,
+        "_greedy": [(g["code"], tests[i]) for i, g in enumerate(gens)],  # for _time_greedy_files, then dropped
     }
+
+
+def _time_greedy_files(results: dict[str, dict], cfg: DemoConfig) -> None:
+    """Run every model's greedy test files ``cfg.speed_repeats`` times, in one sandbox batch, and add the runtimes.
+
+    The runtime comparison is paired by instance, so the batch is too: the files of instance 1 of every model,
+    then those of instance 2, and so on, so a machine that speeds up or slows down during the batch moves every
+    model's runtimes alike (timed model by model, identical files written by two GRPO students differed by
+    0.14-0.17 ms on average, in either direction: more than the effect being measured). A file several models
+    wrote (same code, same tests) is timed once and that time is given to each of them.
+
+    Fills ``speed_rows``, ``runtime_s``, ``runtime_cv``, ``stable_rate``, ``n_timed`` and
+    ``per_instance["runtime_ms"]`` (the greedy file's runtime when it passes, else None) of each result.
+    """
+    from fastdistill.rewards.mutation import score_batch
+
+    files = {name: res.pop("_greedy") for name, res in results.items()}
+    order: dict[tuple[str, str], int] = {}  # distinct (code, tests) -> request index, in instance-major order
+    for i in range(max((len(f) for f in files.values()), default=0)):
+        for name in results:
+            if i < len(files[name]) and files[name][i][1] is not None:
+                order.setdefault(files[name][i], len(order))
+    _, runs = score_batch([], [(code, tests, cfg.speed_repeats) for code, tests in order], n_workers=cfg.workers)
+    for name, res in results.items():
+        s_rows = []
+        for r, key in zip(res["mutation_rows"], files[name]):
+            row = {k: r[k] for k in ("index", "name", "sample", "extracted")} | {
+                "ran": False, "passed": False, "flaky": False, "runtime_s": None, "cv": None,
+                "repeat_durations_s": [], "reason": "no test file in the completion"}
+            run = runs[order[key]] if key in order else None
+            if run is not None:
+                durations = list(run.repeat_durations_s)
+                ran = bool(run.completed and not run.timed_out and len(durations) == cfg.speed_repeats and run.tests)
+                row.update(ran=ran, passed=bool(run.ok and not run.flaky), flaky=bool(run.flaky),
+                           repeat_durations_s=durations, reason=run.reason)
+                if ran:
+                    mean = statistics.fmean(durations)
+                    row.update(runtime_s=mean, cv=statistics.pstdev(durations) / mean if mean > 0 else 0.0)
+            s_rows.append(row)
+        ok_timed = [r for r in s_rows if r["ran"] and r["passed"]]
+        res.update(speed_rows=s_rows, runtime_s=_mean([r["runtime_s"] for r in ok_timed]),
+                   runtime_cv=_mean([r["cv"] for r in ok_timed]),
+                   stable_rate=_mean([float(r["passed"] and not r["flaky"]) for r in s_rows]), n_timed=len(ok_timed))
+        res["per_instance"]["runtime_ms"] = [r["runtime_s"] * 1e3 if r["ran"] and r["passed"] else None for r in s_rows]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -539,7 +546,9 @@ def _run_demo(out: Path, cfg: DemoConfig) -> dict:
             eval_tokens.get(name, cfg.eval_max_tokens),
             samples=0 if name == "base" else None,
         )
-    teacher_result = _evaluate("teacher", teacher, tokenizer, held_out, cfg, out, cfg.eval_max_tokens, samples=0)
+    results["teacher"] = _evaluate("teacher", teacher, tokenizer, held_out, cfg, out, cfg.eval_max_tokens, samples=0)
+    _time_greedy_files(results, cfg)
+    teacher_result = results.pop("teacher")
     mark("evaluation", t0)
     # secondary: a few TRAINING examples ("seen code"), reported apart, to show what the stages learned
     t0 = time.perf_counter()
@@ -561,6 +570,8 @@ def _run_demo(out: Path, cfg: DemoConfig) -> dict:
         if seen
         else {}
     )
+    if seen_results:
+        _time_greedy_files(seen_results, cfg)
     mark("evaluation_seen", t0)
 
     report = {

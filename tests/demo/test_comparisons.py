@@ -57,3 +57,38 @@ def test_environment_names_machine_versions_and_seed():
     assert env["seed"] == 7 and env["versions"]["torch"] and env["versions"]["trl"] and env["cpus"]
     line = environment_line(env)
     assert "seed 7" in line and f"torch {env['versions']['torch']}" in line and "machine:" in line
+
+
+def test_greedy_files_of_all_models_are_timed_in_one_instance_major_batch_each_distinct_file_once(monkeypatch):
+    """A file two models wrote gets one runtime (no drift between two timings of the same file can pass for an
+    effect), and the batch goes instance by instance so drift moves every model alike."""
+    from fastdistill.demo import run as demo_run
+    from fastdistill.rewards import mutation
+
+    code = "def f(x):\n    return x + 1\n"
+    fast = "from solution import f\n\n\ndef test_f():\n    assert f(1) == 2\n"
+    slow = "from solution import f\n\n\ndef test_f():\n    for v in range(20000):\n        assert f(v) == v + 1\n"
+    broken = "from solution import f\n\n\ndef test_f():\n    assert f(1) == 3\n"
+
+    def model(files):
+        return {"mutation_rows": [{"index": i, "name": f"i{i}", "sample": 0, "extracted": t is not None}
+                                  for i, t in enumerate(files)],
+                "per_instance": {}, "_greedy": [(code, t) for t in files]}
+
+    results = {"a": model([fast, slow, broken, None]), "b": model([fast, fast, slow, fast])}
+    seen = []
+    real = mutation.score_batch
+
+    def recording(m_requests, t_requests, **kw):
+        seen.append([t for _, t, _ in t_requests])
+        return real(m_requests, t_requests, **kw)
+
+    monkeypatch.setattr(mutation, "score_batch", recording)
+    demo_run._time_greedy_files(results, SimpleNamespace(speed_repeats=2, workers=1))
+    assert seen == [[fast, slow, broken]]  # instance 0: a=b=fast; 1: a=slow (b=fast known); 2: a=broken, b=slow
+    a, b = results["a"]["per_instance"]["runtime_ms"], results["b"]["per_instance"]["runtime_ms"]
+    assert a[0] == b[0] == b[1] == b[3] and a[1] == b[2]  # one measurement per distinct file
+    assert a[1] > a[0] and a[2] is None and a[3] is None  # the loop is slower; failing or missing files: no time
+    assert results["a"]["n_timed"] == 2 and results["b"]["n_timed"] == 4
+    assert results["a"]["speed_rows"][3]["reason"] == "no test file in the completion"
+    assert "_greedy" not in results["a"] and results["b"]["runtime_s"] is not None
