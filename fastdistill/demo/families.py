@@ -36,37 +36,40 @@ def family_words(n: int, seed: int = 0) -> list[str]:
     return words
 
 
-# name prefix: code template, strong asserts, weak asserts, the check of the exhaustive loop ({n}:
-# function name, {w}: word, {c}: constant, {v}: the loop variable). Constants in tests are written as
-# expressions of the constant in the code ({c} + 1), so a test is written by copying tokens from the
-# prompt, without arithmetic.
+# name prefix: code template, strong asserts, weak asserts, the check of the loop ({n}: function name,
+# {w}: word, {c}: constant; the loop variable is v). Constants in tests are written as expressions of the
+# constant in the code ({c} + 1), so a test is written by copying tokens from the prompt, without
+# arithmetic. The loop's check holds for every constant a family draws (10..99): it needs the name from
+# the prompt but no constant.
 FAMILIES = {
     "above": ("def {n}(x):\n    return x > {c}\n",
               ["assert {n}({c} + 1)", "assert not {n}({c})"], ["assert {n}({c} + 1)"],
-              "assert {n}(v) == (v > {c})"),
+              "{n}(v + 100) and not {n}(9 - v)"),
     "below": ("def {n}(x):\n    return x < {c}\n",
               ["assert {n}({c} - 1)", "assert not {n}({c})"], ["assert {n}({c} - 1)"],
-              "assert {n}(v) == (v < {c})"),
+              "{n}(9 - v) and not {n}(v + 100)"),
     "add": ("def {n}(x):\n    return x + {c}\n",
             ["assert {n}(0) == {c}", "assert {n}({c}) == {c} + {c}"], ["assert {n}(0) > 0"],
-            "assert {n}(v) == v + {c}"),
+            "{n}(v) > v + 9"),
     "clamp": ("def {n}(x):\n    return min(x, {c})\n",
               ["assert {n}({c} + 1) == {c}", "assert {n}({c}) == {c}"], ["assert {n}(0) == 0"],
-              "assert {n}(v) == min(v, {c})"),
+              "{n}(v + 100) > 9 and {n}(9 - v) == 9 - v"),
     "starts": ("def {n}(text):\n    return text.startswith(\"{w}\")\n",
                ["assert {n}(\"{w}\")", "assert not {n}(\"\")"], ["assert {n}(\"{w}\")"],
-               "assert {n}(\"{w}\" + str(v)) and not {n}(str(v))"),
+               "{n}(\"{w}\" + str(v)) and not {n}(str(v))"),
     "has": ("def {n}(items):\n    return {c} in items\n",
             ["assert {n}([{c}])", "assert not {n}([{c} + 1])"], ["assert not {n}([])"],
-            "assert {n}([v]) == (v == {c})"),
+            "{n}([v + 100]) is False and {n}([9 - v]) is False"),
 }
 # reference-test styles of the training corpus: weak (one check that misses boundary mutants),
-# strong (boundary checks) and loop (an exhaustive check of LOOP_RANGE inputs against the code's own
-# expression: kills as much as strong, but runs ~100k calls, several times slower). The loop style
-# is what gives the two GRPO branches something to trade: the mutant reward is indifferent between
-# loop and strong, the speed reward is not.
+# strong (boundary checks: kill every mutant, but need the constant copied from the code, which the
+# demo's tiny students do not manage for an unseen constant) and loop (one `assert all(...)` over
+# LOOP_RANGE inputs of a check that needs no constant: kills what such a check can, more than weak for
+# clamp, membership and prefix, and runs ~10-20k calls, a few ms). The loop style is what gives the two
+# GRPO branches something to trade: the mutant reward prefers it where it kills more, the speed reward
+# does not.
 STYLES = {"weak": 0.45, "strong": 0.1, "loop": 0.45}
-LOOP_RANGE = 99999
+LOOP_RANGE = 9999
 
 
 def family_test(family: str, word: str, const: int, style: str) -> str:
@@ -76,7 +79,7 @@ def family_test(family: str, word: str, const: int, style: str) -> str:
     head = f"from solution import {name}\n\n\n"
     if style == "loop":
         check = loop.format(n=name, w=word, c=const)
-        return head + f"def test_{name}():\n    for v in range({LOOP_RANGE}):\n        {check}\n"
+        return head + f"def test_{name}():\n    assert all({check} for v in range({LOOP_RANGE}))\n"
     asserts = [a.format(n=name, w=word, c=const) for a in (weak if style == "weak" else strong)]
     return head + f"def test_{name}():\n" + "".join(f"    {a}\n" for a in asserts)
 

@@ -20,7 +20,7 @@ def _test_shape(completion: str) -> tuple[int, int, int]:
     return (
         sum(isinstance(n, ast.FunctionDef) and n.name.startswith("test") for n in nodes),
         sum(isinstance(n, ast.Assert) for n in nodes),
-        sum(isinstance(n, (ast.For, ast.While)) for n in nodes),
+        sum(isinstance(n, (ast.For, ast.While, ast.comprehension)) for n in nodes),
     )
 
 
@@ -241,8 +241,9 @@ def _markdown(report: dict) -> str:
         "**Task:** a generated curriculum of function families (threshold above/below, add a constant, clamp, "
         "prefix check, list membership); a good test copies the function name and the constant from the prompt "
         "into boundary checks. Training reference tests are weak (one check that misses boundary mutants), strong "
-        "(boundary checks) or loop (an exhaustive loop over 99,999 inputs against the code's own expression: kills "
-        "like strong, several times slower; about as common as weak, so the students start out writing both). "
+        "(boundary checks) or loop (one assert over 9,999 inputs of a check that holds for every constant of the "
+        "family: needs no constant, kills more than weak for clamp, membership and prefix, a few ms slower; about as "
+        "common as weak, so the students start out writing both). "
         f"Training instances: {report['n_train']} ({report.get('train_styles', {})}); held-out instances: "
         f"{report['n_held_out']}, with names (made-up words) and constants no training instance uses "
         f"({', '.join(report['held_out_names'])}). Wall time {report['wall_time_s']:.0f} s.",

@@ -118,6 +118,7 @@ def test_renaming_keeps_reference_tests_passing():
 
 def test_family_split_is_disjoint_and_reference_tests_behave():
     from fastdistill.demo import FAMILIES, LOOP_RANGE, STYLES, family_examples, family_test, shape_of_tests
+    from fastdistill.demo.report import _test_shape
     from fastdistill.rewards import run_tests
     from fastdistill.rewards.mutation import mutation_score
 
@@ -131,6 +132,7 @@ def test_family_split_is_disjoint_and_reference_tests_behave():
     extra_words = {ex["name"].split("_")[1] for ex in extra[2]}
     assert not extra_words & (words[0] | words[1]) and not {ex["name"].split("_")[2] for ex in extra[2]} & consts[1]
     assert {ex["family"] for ex in held_out} == set(FAMILIES) and {ex["style"] for ex in train} == set(STYLES)
+    total = {style: 0.0 for style in STYLES}
     for family in FAMILIES:
         code = FAMILIES[family][0].format(n=f"{family}_zo", w="zo", c=42)
         kills = {}
@@ -138,7 +140,15 @@ def test_family_split_is_disjoint_and_reference_tests_behave():
             tests = family_test(family, "zo", 42, style)
             assert run_tests(code, tests).ok, (family, style)
             kills[style] = mutation_score(code, tests, max_mutants=15).kill_rate
-        # strong checks kill every mutant; the weak check misses some; the exhaustive loop kills like strong
-        assert kills["strong"] == kills["loop"] == 1.0 and kills["weak"] < 1.0, (family, kills)
+            total[style] += kills[style]
+        # strong checks kill every mutant; the weak check misses some; the loop kills something
+        assert kills["strong"] == 1.0 and kills["weak"] < 1.0 and kills["loop"] > 0, (family, kills)
         loop = family_test(family, "zo", 42, "loop")
-        assert shape_of_tests(loop) == (1, 1) and f"for v in range({LOOP_RANGE}):" in loop
+        assert shape_of_tests(loop) == (1, 1) and f"for v in range({LOOP_RANGE}))" in loop
+        assert _test_shape(loop)[2] == 1  # the report counts the generator as the file's loop
+        # the loop needs no constant: the same file for every constant a family draws, and it passes on each
+        for const in (10, 99):
+            assert family_test(family, "zo", const, "loop") == loop
+            assert run_tests(FAMILIES[family][0].format(n=f"{family}_zo", w="zo", c=const), loop).ok, (family, const)
+    # over the families the loop kills more than the weak check: what the mutant reward can prefer it for
+    assert total["loop"] > total["weak"] + 0.5, total
