@@ -8,7 +8,6 @@ import logging
 import os
 import random
 import re
-import statistics
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -329,11 +328,10 @@ def _evaluate(name, model, tokenizer, held_out, cfg, out, max_new_tokens, sample
         "mutation_rows": greedy,
         "sample_rows": sample_rows,
         "per_instance": per_instance,
-        "_greedy": [(g["code"], tests[i]) for i, g in enumerate(gens)],  # for _time_greedy_files, then dropped
     }
 
 
-def _time_greedy_files(results: dict[str, dict], cfg: DemoConfig) -> None:
+def _time_greedy_files(results: dict[str, dict], instances: list[dict], cfg: DemoConfig) -> None:
     """Run every model's greedy test files ``cfg.speed_repeats`` times, in one sandbox batch, and add the runtimes.
 
     The runtime comparison is paired by instance, so the batch is too: the files of instance 1 of every model,
@@ -342,34 +340,25 @@ def _time_greedy_files(results: dict[str, dict], cfg: DemoConfig) -> None:
     0.14-0.17 ms on average, in either direction: more than the effect being measured). A file several models
     wrote (same code, same tests) is timed once and that time is given to each of them.
 
-    Fills ``speed_rows``, ``runtime_s``, ``runtime_cv``, ``stable_rate``, ``n_timed`` and
-    ``per_instance["runtime_ms"]`` (the greedy file's runtime when it passes, else None) of each result.
+    A greedy file is the ``tests`` of a result's ``mutation_rows[i]`` on the code of ``instances[i]``. Fills
+    ``speed_rows``, ``runtime_s``, ``runtime_cv``, ``stable_rate``, ``n_timed`` and ``per_instance["runtime_ms"]``
+    (the greedy file's runtime when it passes, else None) of each result.
     """
+    from fastdistill.evaluation.metrics import speed_fields
     from fastdistill.rewards.mutation import score_batch
 
-    files = {name: res.pop("_greedy") for name, res in results.items()}
+    files = {name: [(ex["code"], r["tests"]) for ex, r in zip(instances, res["mutation_rows"], strict=True)]
+             for name, res in results.items()}
     order: dict[tuple[str, str], int] = {}  # distinct (code, tests) -> request index, in instance-major order
-    for i in range(max((len(f) for f in files.values()), default=0)):
+    for i in range(len(instances)):
         for name in results:
-            if i < len(files[name]) and files[name][i][1] is not None:
+            if files[name][i][1] is not None:
                 order.setdefault(files[name][i], len(order))
     _, runs = score_batch([], [(code, tests, cfg.speed_repeats) for code, tests in order], n_workers=cfg.workers)
     for name, res in results.items():
-        s_rows = []
-        for r, key in zip(res["mutation_rows"], files[name]):
-            row = {k: r[k] for k in ("index", "name", "sample", "extracted")} | {
-                "ran": False, "passed": False, "flaky": False, "runtime_s": None, "cv": None,
-                "repeat_durations_s": [], "reason": "no test file in the completion"}
-            run = runs[order[key]] if key in order else None
-            if run is not None:
-                durations = list(run.repeat_durations_s)
-                ran = bool(run.completed and not run.timed_out and len(durations) == cfg.speed_repeats and run.tests)
-                row.update(ran=ran, passed=bool(run.ok and not run.flaky), flaky=bool(run.flaky),
-                           repeat_durations_s=durations, reason=run.reason)
-                if ran:
-                    mean = statistics.fmean(durations)
-                    row.update(runtime_s=mean, cv=statistics.pstdev(durations) / mean if mean > 0 else 0.0)
-            s_rows.append(row)
+        s_rows = [{k: r[k] for k in ("index", "name", "sample", "extracted")}
+                  | speed_fields(runs[order[key]] if key in order else None, cfg.speed_repeats)
+                  for r, key in zip(res["mutation_rows"], files[name])]
         ok_timed = [r for r in s_rows if r["ran"] and r["passed"]]
         res.update(speed_rows=s_rows, runtime_s=_mean([r["runtime_s"] for r in ok_timed]),
                    runtime_cv=_mean([r["cv"] for r in ok_timed]),
@@ -547,7 +536,7 @@ def _run_demo(out: Path, cfg: DemoConfig) -> dict:
             samples=0 if name == "base" else None,
         )
     results["teacher"] = _evaluate("teacher", teacher, tokenizer, held_out, cfg, out, cfg.eval_max_tokens, samples=0)
-    _time_greedy_files(results, cfg)
+    _time_greedy_files(results, held_out, cfg)
     teacher_result = results.pop("teacher")
     mark("evaluation", t0)
     # secondary: a few TRAINING examples ("seen code"), reported apart, to show what the stages learned
@@ -571,7 +560,7 @@ def _run_demo(out: Path, cfg: DemoConfig) -> dict:
         else {}
     )
     if seen_results:
-        _time_greedy_files(seen_results, cfg)
+        _time_greedy_files(seen_results, seen, cfg)
     mark("evaluation_seen", t0)
 
     report = {

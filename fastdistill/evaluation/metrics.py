@@ -12,7 +12,7 @@ import statistics
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["evaluate_mutation", "evaluate_speed", "score_mutation", "score_speed", "mean_or_none"]
+__all__ = ["evaluate_mutation", "evaluate_speed", "score_mutation", "score_speed", "mean_or_none", "speed_fields"]
 
 
 def mean_or_none(values) -> float | None:
@@ -139,6 +139,26 @@ def score_mutation(generations, *, max_mutants=None, n_workers: int | None = Non
     return result
 
 
+def speed_fields(run, repeats: int) -> dict:
+    """The per-file fields of :func:`score_speed` from one ``TestRun`` of ``repeats`` repeats (None: no test file).
+
+    ``ran``: the tests ran to completion every time (pass or fail, no timeout or crash); ``passed``: they
+    passed every time without flakiness; ``runtime_s`` / ``cv``: mean and coefficient of variation of the
+    repeat durations, set only when the tests ran.
+    """
+    out = dict(ran=False, passed=False, flaky=False, runtime_s=None, cv=None, repeat_durations_s=[],
+               reason="no test file in the completion")
+    if run is not None:
+        durations = list(run.repeat_durations_s)
+        ran = bool(run.completed and not run.timed_out and len(durations) == repeats and run.tests)
+        out.update(ran=ran, passed=bool(run.ok and not run.flaky), flaky=bool(run.flaky),
+                   repeat_durations_s=durations, reason=run.reason)
+        if ran:
+            mean = statistics.fmean(durations)
+            out.update(runtime_s=mean, cv=statistics.pstdev(durations) / mean if mean > 0 else 0.0)
+    return out
+
+
 def score_speed(generations, *, repeats: int = 5, n_workers: int | None = None, timeout_s: float | None = None,
                 memory_mb: int | None = None, progress: bool = True, sandbox=None) -> dict:
     """Run each pre-generated test file ``repeats`` times on its code and measure runtime and stability.
@@ -182,20 +202,7 @@ def score_speed(generations, *, repeats: int = 5, n_workers: int | None = None, 
     run_of = dict(zip(todo, runs))
     timed = []
     for i, row in enumerate(rows):
-        out = _base_row(row, extracted[i])
-        out.update(ran=False, passed=False, flaky=False, runtime_s=None, cv=None, repeat_durations_s=[],
-                   reason="no test file in the completion")
-        run = run_of.get(i)
-        if run is not None:
-            durations = list(run.repeat_durations_s)
-            ran = bool(run.completed and not run.timed_out and len(durations) == repeats and run.tests)
-            out.update(ran=ran, passed=bool(run.ok and not run.flaky), flaky=bool(run.flaky),
-                       repeat_durations_s=durations, reason=run.reason)
-            if ran:
-                mean = statistics.fmean(durations)
-                out["runtime_s"] = mean
-                out["cv"] = statistics.pstdev(durations) / mean if mean > 0 else 0.0
-        timed.append(out)
+        timed.append(_base_row(row, extracted[i]) | speed_fields(run_of.get(i), repeats))
     result = {
         "runtime_s": mean_or_none(r["runtime_s"] for r in timed if r["ran"] and r["passed"]),
         "cv": mean_or_none(r["cv"] for r in timed if r["ran"] and r["passed"]),
