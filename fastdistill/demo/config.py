@@ -26,7 +26,10 @@ class DemoConfig:
     teacher_steps: int = 600
     teacher_lr: float = 5e-3
     sft_steps: int = 500
-    gkd_steps: int = 40
+    # 120 (was 40): the teacher's full distribution, for longer, is what made the weakest seed's student copy
+    # names better; over three seeds GKD is then above SFT and GRPO-mutant above SFT in every seed
+    # (docs/learning.md, "Longer GKD")
+    gkd_steps: int = 120
     # peak learning rate of GKD (None: ``lr``, the SFT peak). Restarting at the SFT peak (5e-3) undid SFT:
     # held-out kill rate -0.055 vs SFT (95% CI -0.088..-0.024); at 1e-3 GKD is level with SFT and the GRPO
     # branch built on it is above SFT (docs/learning.md, "What changed the effect")
