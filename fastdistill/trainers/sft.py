@@ -50,6 +50,17 @@ class SFTConfig(_TRLSFTConfig):
         augment_seed (`int`, defaults to `0`):
             Seed of the per-row draws; row ``i`` gets seed ``augment_seed * 1_000_003 + i``, so runs are
             reproducible and independent of ``num_proc``.
+        full_logits_loss (`bool`, *optional*):
+            Compute the NLL loss from the model's full logits with ``torch.nn.functional.cross_entropy``
+            instead of TRL's fused, chunked LM head (same loss, same logged metrics). TRL's head saves
+            memory on large vocabularies; on a CPU with small batches of logits it costs time (1.4x slower
+            per step for the demo's student, see ``benchmarks/bench_sft_step.py``). ``None`` (default):
+            full logits on CPU when a batch's logits have at most ``full_logits_max_elements`` elements,
+            TRL's head otherwise (GPUs keep TRL's head). ``True``: always full logits; ``False``: always
+            TRL's head, exactly as TRL computes it.
+        full_logits_max_elements (`int`, defaults to `2**25`):
+            Largest ``tokens x vocabulary`` of a batch for which ``full_logits_loss=None`` uses full
+            logits (2**25 float32 logits are 128 MiB).
     """
 
     augment_fn: Any = field(
@@ -58,6 +69,15 @@ class SFTConfig(_TRLSFTConfig):
     augment_probability: float = field(default=0.5, metadata={"help": "Fraction of training rows augmented."})
     augment_mode: str = field(default="replace", metadata={"help": "'replace' or 'append' augmented rows."})
     augment_seed: int = field(default=0, metadata={"help": "Seed of the per-row augmentation draws."})
+    full_logits_loss: bool | None = field(
+        default=None,
+        metadata={"help": "NLL from full logits (True), TRL's fused LM head (False), or full logits on CPU for "
+                          "small batches (None)."},
+    )
+    full_logits_max_elements: int = field(
+        default=2**25,
+        metadata={"help": "Largest tokens x vocabulary for which full_logits_loss=None uses full logits."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -67,6 +87,10 @@ class SFTConfig(_TRLSFTConfig):
         p.number(self.augment_probability, "augment_probability", minimum=0.0, maximum=1.0)
         p.choice(self.augment_mode, "augment_mode", ("replace", "append"))
         p.number(self.augment_seed, "augment_seed", integer=True)
+        p.number(self.full_logits_max_elements, "full_logits_max_elements", integer=True, minimum=0)
+        if self.full_logits_loss and self.loss_type != "nll":
+            p.add("full_logits_loss", f"True computes the 'nll' loss; loss_type is {self.loss_type!r}")
+        p.choice(self.full_logits_loss, "full_logits_loss", (True, False), optional=True)
         p.raise_if_any()
 
 
@@ -131,3 +155,67 @@ class SFTTrainer(_TRLSFTTrainer):
                 args.augment_mode,
             )
         return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
+
+    def _full_logits_reason(self, model, inputs, return_outputs) -> str | None:
+        """Why this batch cannot take the full-logits path (None: it can)."""
+        args = self.args
+        if args.loss_type != "nll" or self.label_smoother is not None or self.compute_loss_func is not None:
+            return "the loss is not plain NLL (loss_type, label smoothing or compute_loss_func)"
+        if self.aux_loss_enabled:
+            return "the model adds a router auxiliary loss"
+        if return_outputs:
+            return "the caller asks for the outputs"
+        if "labels" not in inputs or "attention_mask" not in inputs:
+            return "the batch has no labels or no attention_mask (padding-free batches)"
+        pc = getattr(self.accelerator, "parallelism_config", None)
+        if pc is not None and (getattr(pc, "sp_enabled", False) or getattr(pc, "cp_enabled", False)):
+            return "sequence or context parallelism shards the batch"
+        return None
+
+    def _use_full_logits(self, model, inputs, return_outputs) -> bool:
+        choice = getattr(self.args, "full_logits_loss", False)
+        if choice is False:
+            return False
+        reason = self._full_logits_reason(model, inputs, return_outputs)
+        if choice is True:
+            if reason is not None:
+                raise ValueError(f"full_logits_loss=True cannot compute this batch's loss: {reason}")
+            return True
+        if reason is not None or inputs["input_ids"].device.type != "cpu":
+            return False
+        vocab = model.config.get_text_config().vocab_size
+        return inputs["input_ids"].numel() * vocab <= self.args.full_logits_max_elements
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """TRL's loss, or (``SFTConfig.full_logits_loss``) the same NLL from full logits with
+        ``torch.nn.functional.cross_entropy``, logging the same ``entropy``, ``mean_token_accuracy`` and
+        ``num_tokens`` as TRL."""
+        if not self._use_full_logits(model, inputs, return_outputs):
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        import torch
+        import torch.nn.functional as F
+
+        mode = "train" if self.model.training else "eval"
+        labels = inputs["labels"][:, 1:]  # logits at position i predict token i + 1; -100 on prompt and padding
+        logits = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False).logits[:, :-1]
+        mask = labels != -100
+        num_tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100,
+                               reduction="sum") / torch.as_tensor(num_tokens).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:  # as TRL does
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        with torch.no_grad():
+            picked = logits[mask].float()
+            logp = picked.log_softmax(-1)
+            entropy = -(logp.exp() * logp).sum(-1)
+            correct = picked.argmax(-1) == labels[mask]
+        gather = self.accelerator.gather_for_metrics
+        num_valid = gather(mask.sum()).sum()
+        entropy_sum, num_correct = gather(entropy.sum()).sum(), gather(correct.sum()).sum()
+        self._metrics[mode]["entropy"].append((entropy_sum / num_valid).item() if num_valid > 0 else 0.0)
+        self._metrics[mode]["mean_token_accuracy"].append((num_correct / num_valid).item() if num_valid > 0 else 0.0)
+        if mode == "train":
+            self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item() // self._tp_size
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        return loss

@@ -114,3 +114,62 @@ def test_robust_augment_hook_rewrites_code_in_prompt_and_tests_still_pass(tmp_pa
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
     assert all(trainer.train_dataset["augmented"])
     trainer.train()
+
+
+def one_batch(trainer):
+    return trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+
+
+def loss_grads_metrics(tmp_path, full_logits_loss):
+    model, tok = tiny_causal_lm(seed=0)
+    trainer = SFTTrainer(model=model, args=config(tmp_path, full_logits_loss=full_logits_loss),
+                         train_dataset=dataset(), processing_class=tok)
+    batch = one_batch(trainer)
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, batch)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+    return loss.detach(), grads, metrics
+
+
+def test_full_logits_loss_is_trls_loss_gradients_and_metrics(tmp_path, monkeypatch):
+    calls = []
+    original = torch.nn.functional.cross_entropy
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", lambda *a, **k: calls.append(1) or original(*a, **k))
+    fused_loss, fused_grads, fused_metrics = loss_grads_metrics(tmp_path, False)
+    assert not calls  # TRL's fused, chunked head: no full-logits cross-entropy
+    full_loss, full_grads, full_metrics = loss_grads_metrics(tmp_path, True)
+    assert calls
+    torch.testing.assert_close(full_loss, fused_loss, rtol=1e-5, atol=1e-6)
+    assert full_grads.keys() == fused_grads.keys() and full_grads
+    for name in fused_grads:
+        torch.testing.assert_close(full_grads[name], fused_grads[name], rtol=1e-4, atol=1e-6)
+    assert full_metrics.keys() == fused_metrics.keys() >= {"entropy", "mean_token_accuracy", "num_tokens"}
+    for key in fused_metrics:
+        assert full_metrics[key] == pytest.approx(fused_metrics[key], rel=1e-5, abs=1e-6), key
+
+
+def test_default_takes_full_logits_on_cpu_for_small_batches_only(tmp_path):
+    model, tok = tiny_causal_lm(seed=0)
+    small = SFTTrainer(model=model, args=config(tmp_path), train_dataset=dataset(), processing_class=tok)
+    batch = one_batch(small)
+    assert small.args.full_logits_loss is None
+    assert small._use_full_logits(small.model, batch, return_outputs=False)
+    assert not small._use_full_logits(small.model, batch, return_outputs=True)  # TRL builds the outputs
+    large = SFTTrainer(model=model, args=config(tmp_path, full_logits_max_elements=batch["input_ids"].numel()),
+                       train_dataset=dataset(), processing_class=tok)
+    assert not large._use_full_logits(large.model, batch, return_outputs=False)  # vocab > 1: over the limit
+    trl_head = SFTTrainer(model=model, args=config(tmp_path, full_logits_loss=False), train_dataset=dataset(),
+                          processing_class=tok)
+    assert not trl_head._use_full_logits(trl_head.model, batch, return_outputs=False)
+    forced = SFTTrainer(model=model, args=config(tmp_path, full_logits_loss=True), train_dataset=dataset(),
+                        processing_class=tok)
+    with pytest.raises(ValueError, match="caller asks for the outputs"):
+        forced._use_full_logits(forced.model, batch, return_outputs=True)
+
+
+def test_full_logits_loss_refuses_a_loss_it_does_not_compute(tmp_path):
+    with pytest.raises(ValueError, match="full_logits_loss.*'dft'"):
+        config(tmp_path, full_logits_loss=True, loss_type="dft")
+    config(tmp_path, full_logits_loss=None, loss_type="dft")  # the default then keeps TRL's head
