@@ -183,7 +183,8 @@ class SFTTrainer(_TRLSFTTrainer):
             return True
         if reason is not None or inputs["input_ids"].device.type != "cpu":
             return False
-        vocab = model.config.get_text_config().vocab_size
+        # the model as given may be wrapped (DDP has no config; a DeepSpeed engine's is its own dict)
+        vocab = self.accelerator.unwrap_model(model).config.get_text_config().vocab_size
         return inputs["input_ids"].numel() * vocab <= self.args.full_logits_max_elements
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
