@@ -71,7 +71,8 @@ def test_greedy_files_of_all_models_are_timed_in_one_instance_major_batch_each_d
     broken = "from solution import f\n\n\ndef test_f():\n    assert f(1) == 3\n"
 
     def model(files):
-        return {"mutation_rows": [{"index": i, "name": f"i{i}", "sample": 0, "extracted": t is not None, "tests": t}
+        return {"mutation_rows": [{"index": i, "name": f"i{i}", "sample": 0, "extracted": t is not None, "tests": t,
+                                   "passed": t is not None and t != broken}  # as the mutation run found
                                   for i, t in enumerate(files)],
                 "per_instance": {}}
 
@@ -85,10 +86,12 @@ def test_greedy_files_of_all_models_are_timed_in_one_instance_major_batch_each_d
 
     monkeypatch.setattr(mutation, "score_batch", recording)
     demo_run._time_greedy_files(results, [{"code": code}] * 4, SimpleNamespace(speed_repeats=2, workers=1))
-    assert seen == [[fast, slow, broken]]  # instance 0: a=b=fast; 1: a=slow (b=fast known); 2: a=broken, b=slow
+    # instance 0: a=b=fast; 1: a=slow (b=fast known); 2: a=broken (failed when mutation-scored: not timed), b=slow
+    assert seen == [[fast, slow]]
     a, b = results["a"]["per_instance"]["runtime_ms"], results["b"]["per_instance"]["runtime_ms"]
     assert a[0] == b[0] == b[1] == b[3] and a[1] == b[2]  # one measurement per distinct file
     assert a[1] > a[0] and a[2] is None and a[3] is None  # the loop is slower; failing or missing files: no time
     assert results["a"]["n_timed"] == 2 and results["b"]["n_timed"] == 4
     assert results["a"]["speed_rows"][3]["reason"] == "no test file in the completion"
+    assert "not timed" in results["a"]["speed_rows"][2]["reason"] and not results["a"]["speed_rows"][2]["ran"]
     assert results["b"]["runtime_s"] is not None
