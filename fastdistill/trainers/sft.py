@@ -51,7 +51,7 @@ class SFTConfig(_TRLSFTConfig):
             Seed of the per-row draws; row ``i`` gets seed ``augment_seed * 1_000_003 + i``, so runs are
             reproducible and independent of ``num_proc``.
         full_logits_loss (`bool`, *optional*):
-            Compute the NLL loss from the model's full logits with ``torch.nn.functional.cross_entropy``
+            Compute the NLL loss from the model's full logits (one log-softmax over the trained positions)
             instead of TRL's fused, chunked LM head (same loss, same logged metrics). TRL's head saves
             memory on large vocabularies; on a CPU with small batches of logits it costs time (1.4x slower
             per step for the demo's student, see ``benchmarks/bench_sft_step.py``). ``None`` (default):
@@ -156,7 +156,7 @@ class SFTTrainer(_TRLSFTTrainer):
             )
         return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
 
-    def _full_logits_reason(self, model, inputs, return_outputs) -> str | None:
+    def _full_logits_reason(self, inputs, return_outputs) -> str | None:
         """Why this batch cannot take the full-logits path (None: it can)."""
         args = self.args
         if args.loss_type != "nll" or self.label_smoother is not None or self.compute_loss_func is not None:
@@ -176,7 +176,7 @@ class SFTTrainer(_TRLSFTTrainer):
         choice = getattr(self.args, "full_logits_loss", False)
         if choice is False:
             return False
-        reason = self._full_logits_reason(model, inputs, return_outputs)
+        reason = self._full_logits_reason(inputs, return_outputs)
         if choice is True:
             if reason is not None:
                 raise ValueError(f"full_logits_loss=True cannot compute this batch's loss: {reason}")
@@ -188,8 +188,8 @@ class SFTTrainer(_TRLSFTTrainer):
         return inputs["input_ids"].numel() * vocab <= self.args.full_logits_max_elements
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """TRL's loss, or (``SFTConfig.full_logits_loss``) the same NLL from full logits with
-        ``torch.nn.functional.cross_entropy``, logging the same ``entropy``, ``mean_token_accuracy`` and
+        """TRL's loss, or (``SFTConfig.full_logits_loss``) the same NLL from full logits (one log-softmax over
+        the trained positions, ``torch.nn.functional.nll_loss``), logging the same ``entropy``, ``mean_token_accuracy`` and
         ``num_tokens`` as TRL."""
         if not self._use_full_logits(model, inputs, return_outputs):
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
@@ -202,15 +202,16 @@ class SFTTrainer(_TRLSFTTrainer):
         logits = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False).logits[:, :-1]
         mask = labels != -100
         num_tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100,
-                               reduction="sum") / torch.as_tensor(num_tokens).clamp(min=1)
+        # one log-softmax over the trained positions serves the loss and the metrics
+        picked, targets = logits[mask].float(), labels[mask]
+        logp = picked.log_softmax(-1)
+        loss = F.nll_loss(logp, targets, reduction="sum") / torch.as_tensor(num_tokens).clamp(min=1)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:  # as TRL does
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
         with torch.no_grad():
-            picked = logits[mask].float()
-            logp = picked.log_softmax(-1)
+            logp = logp.detach()
             entropy = -(logp.exp() * logp).sum(-1)
-            correct = picked.argmax(-1) == labels[mask]
+            correct = logp.argmax(-1) == targets
         gather = self.accelerator.gather_for_metrics
         num_valid = gather(mask.sum()).sum()
         entropy_sum, num_correct = gather(entropy.sum()).sum(), gather(correct.sum()).sum()

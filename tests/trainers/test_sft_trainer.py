@@ -135,8 +135,8 @@ def loss_grads_metrics(tmp_path, full_logits_loss):
 
 def test_full_logits_loss_is_trls_loss_gradients_and_metrics(tmp_path, monkeypatch):
     calls = []
-    original = torch.nn.functional.cross_entropy
-    monkeypatch.setattr(torch.nn.functional, "cross_entropy", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = torch.nn.functional.nll_loss
+    monkeypatch.setattr(torch.nn.functional, "nll_loss", lambda *a, **k: calls.append(1) or original(*a, **k))
     fused_loss, fused_grads, fused_metrics = loss_grads_metrics(tmp_path, False)
     assert not calls  # TRL's fused, chunked head: no full-logits cross-entropy
     full_loss, full_grads, full_metrics = loss_grads_metrics(tmp_path, True)
