@@ -189,8 +189,8 @@ class SFTTrainer(_TRLSFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """TRL's loss, or (``SFTConfig.full_logits_loss``) the same NLL from full logits (one log-softmax over
-        the trained positions, ``torch.nn.functional.nll_loss``), logging the same ``entropy``, ``mean_token_accuracy`` and
-        ``num_tokens`` as TRL."""
+        the trained positions, ``torch.nn.functional.nll_loss``), logging the same ``entropy``,
+        ``mean_token_accuracy`` and ``num_tokens`` as TRL."""
         if not self._use_full_logits(model, inputs, return_outputs):
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
