@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -34,27 +33,24 @@ def main(argv=None) -> int:
     import transformers
 
     from fastdistill import SFTConfig, SFTTrainer
-    from fastdistill.data import generate_tests_prompt
     from fastdistill.demo import DemoConfig
-    from fastdistill.demo.families import SYLLABLES, _sft_dataset, _with_renames, family_examples
-    from fastdistill.testing import tiny_causal_lm, tiny_tokenizer
+    from fastdistill.demo.families import _sft_dataset, _with_renames, family_examples
+    from fastdistill.demo.run import MODEL_SHARED, demo_tokenizer
+    from fastdistill.testing import tiny_causal_lm
 
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(2)
     cfg = DemoConfig()
     train, _ = family_examples(0, cfg.n_train, cfg.n_held_out)
-    corpus = [re.sub(r"\d", "", (ex["code"] + ex["tests"]).replace(ex["name"].split("_")[1], "")) for ex in train]
-    corpus += ["_".join(SYLLABLES)] * 20 + [generate_tests_prompt("x", system=False)[0]["content"]]
-    tokenizer = tiny_tokenizer(corpus, vocab_size=cfg.vocab_size)
+    tokenizer = demo_tokenizer(train, cfg.vocab_size)
     ds = _sft_dataset(_with_renames(train, 0, 0))
-    shared = dict(tie_word_embeddings=True, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model_name, size in (("student", cfg.student), ("teacher", cfg.teacher)):
             best = {}
             for _ in range(args.rounds):
                 for head, full in (("TRL fused head", False), ("full logits", True)):
-                    model, _ = tiny_causal_lm(seed=1, tokenizer=tokenizer, **shared, **size)
+                    model, _ = tiny_causal_lm(seed=1, tokenizer=tokenizer, **MODEL_SHARED, **size)
                     trainer = SFTTrainer(model=model, train_dataset=ds, processing_class=tokenizer, args=SFTConfig(
                         output_dir=tmp, bf16=False, max_steps=args.steps, per_device_train_batch_size=cfg.batch_size,
                         learning_rate=cfg.lr, logging_steps=args.steps, report_to=[], save_strategy="no", seed=0,

@@ -34,6 +34,23 @@ class DemoFailed(RuntimeError):
 # ------------------------------------------------------------------------------------------------
 
 
+# model settings the demo's teacher and student share (their sizes are DemoConfig.teacher / .student)
+MODEL_SHARED = dict(tie_word_embeddings=True, num_attention_heads=4, num_key_value_heads=2,
+                    max_position_embeddings=1024)
+
+
+def demo_tokenizer(train: list[dict], vocab_size: int):
+    """The demo's tokenizer, learned on the training split's code + tests with names and digits left out, plus
+    the syllables and the prompt wording: every syllable and every digit is one token, so a name or a constant
+    is copied token by token."""
+    from fastdistill.data import generate_tests_prompt
+    from fastdistill.testing import tiny_tokenizer
+
+    corpus = [re.sub(r"\d", "", (ex["code"] + ex["tests"]).replace(ex["name"].split("_")[1], "")) for ex in train]
+    corpus += ["_".join(SYLLABLES)] * 20 + [generate_tests_prompt("x", system=False)[0]["content"]]
+    return tiny_tokenizer(corpus, vocab_size=vocab_size)
+
+
 def _common_args(cfg: DemoConfig, out: Path, name: str, steps: int, lr: float) -> dict:
     return dict(
         output_dir=str(out / "checkpoints" / name),
@@ -416,8 +433,7 @@ def _run_demo(out: Path, cfg: DemoConfig) -> dict:
     import torch
 
     from fastdistill import GKDConfig, GKDTrainer, SFTConfig, SFTTrainer
-    from fastdistill.data import generate_tests_prompt
-    from fastdistill.testing import tiny_causal_lm, tiny_tokenizer
+    from fastdistill.testing import tiny_causal_lm
     from fastdistill.trainers.utils import frozen_copy
 
     out.mkdir(parents=True, exist_ok=True)
@@ -441,17 +457,11 @@ def _run_demo(out: Path, cfg: DemoConfig) -> dict:
     sandbox = _check_sandbox(held_out, cfg)
     mark("sandbox_check", t0)
 
-    # tokenizer learned on the training split's code + tests with names and digits left out, plus the
-    # syllables and the prompt wording: every syllable and every digit is one token, so a name or a
-    # constant is copied token by token
-    corpus = [re.sub(r"\d", "", (ex["code"] + ex["tests"]).replace(ex["name"].split("_")[1], "")) for ex in train]
-    corpus += ["_".join(SYLLABLES)] * 20 + [generate_tests_prompt("x", system=False)[0]["content"]]
-    tokenizer = tiny_tokenizer(corpus, vocab_size=cfg.vocab_size)
-    shared = dict(tie_word_embeddings=True, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    tokenizer = demo_tokenizer(train, cfg.vocab_size)
 
     # 1. teacher: learns the reference tests of the training split (+ renamed copies)
     t0 = time.perf_counter()
-    teacher, _ = tiny_causal_lm(seed=cfg.seed + 1, tokenizer=tokenizer, **shared, **cfg.teacher)
+    teacher, _ = tiny_causal_lm(seed=cfg.seed + 1, tokenizer=tokenizer, **MODEL_SHARED, **cfg.teacher)
     teacher_rows = _with_renames(train, cfg.renames, cfg.seed)
     teacher_trainer = SFTTrainer(
         model=teacher,
@@ -479,7 +489,7 @@ def _run_demo(out: Path, cfg: DemoConfig) -> dict:
     mark("curation", t0)
 
     # 3. student: base -> SFT -> GKD -> GRPO x2
-    base, _ = tiny_causal_lm(seed=cfg.seed + 2, tokenizer=tokenizer, **shared, **cfg.student)
+    base, _ = tiny_causal_lm(seed=cfg.seed + 2, tokenizer=tokenizer, **MODEL_SHARED, **cfg.student)
     students = {"base": copy.deepcopy(base)}
     student_rows = _with_renames(kept, cfg.renames, cfg.seed + 1)
     student_ds = _sft_dataset(student_rows)
