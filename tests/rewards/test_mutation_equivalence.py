@@ -99,3 +99,17 @@ def test_parametrize_computed_from_the_cut_recollects():
         "def test_count(k):\n    assert 0 <= k < 10\n"
     )
     _assert_same(CODE, tests, max_mutants=None)
+
+
+def test_helper_modules_the_tests_import_from_the_pair_directory_see_each_mutant():
+    # a module the tests write next to themselves and import: a swap must drop it so it re-imports the mutant
+    tests = (
+        "import pathlib\n"
+        "pathlib.Path('clamp_helper.py').write_text('from solution import clamp\\nVALUE = clamp(50)\\n')\n"
+        "import clamp_helper\n\n"
+        "def test_through_the_helper():\n"
+        "    assert clamp_helper.VALUE == 10\n"
+        "    assert clamp_helper.clamp(-3) == 0 and clamp_helper.clamp(4) == 4\n"
+    )
+    fast = _assert_same(CODE, tests, max_mutants=None)
+    assert fast.killed > 0
