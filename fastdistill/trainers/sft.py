@@ -142,6 +142,7 @@ class SFTTrainer(_TRLSFTTrainer):
     """
 
     _tag_names = ["trl", "sft", "fastdistill"]
+    _full_logits_vocab: int | None = None  # the model's vocabulary size, read on the first full-logits check
 
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
         fn = resolve_augment_fn(getattr(args, "augment_fn", None))
@@ -183,8 +184,11 @@ class SFTTrainer(_TRLSFTTrainer):
             return True
         if reason is not None or inputs["input_ids"].device.type != "cpu":
             return False
-        # the model as given may be wrapped (DDP has no config; a DeepSpeed engine's is its own dict)
-        vocab = self.accelerator.unwrap_model(model).config.get_text_config().vocab_size
+        vocab = self._full_logits_vocab
+        if vocab is None:
+            # read once: the model as given may be wrapped (DDP has no config; a DeepSpeed engine's is its own
+            # dict), and unwrapping it asks importlib.metadata whether DeepSpeed is installed (~5 ms a step)
+            vocab = self._full_logits_vocab = self.accelerator.unwrap_model(model).config.get_text_config().vocab_size
         return inputs["input_ids"].numel() * vocab <= self.args.full_logits_max_elements
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
