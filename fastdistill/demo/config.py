@@ -51,6 +51,9 @@ class DemoConfig:
     eval_samples: int = 4                 # sampled completions per held-out instance, scored next to the greedy one
     eval_temperature: float = 0.7         # sampling temperature of those completions
     eval_batch_size: int = 64             # prompts per generation batch in the evaluation
+    # torch threads while the evaluation generates (0 or None: ``threads``). The sandbox scores the previous
+    # model's completions meanwhile; a second thread did not make the demo's models generate faster
+    eval_threads: int | None = 1
     bootstrap_resamples: int = 10_000     # resamples of the paired bootstrap intervals of the comparisons
     deterministic: bool = True            # torch.use_deterministic_algorithms (warn_only) during the run
     max_mutants: int = 15
