@@ -89,3 +89,35 @@ def test_deterministic_algorithms_are_on_during_the_run_and_restored(monkeypatch
         main(["--quick", "--output-dir", str(tmp_path)])
     assert seen["deterministic"] is True
     assert torch.are_deterministic_algorithms_enabled() == before
+
+
+def test_the_imports_objects_are_frozen_for_the_run_and_unfrozen_after(monkeypatch, tmp_path):
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    seen = {}
+
+    def probe(*args, **kwargs):
+        seen["frozen"] = gc.get_freeze_count()
+        raise _Stop
+
+    monkeypatch.setattr(fastdistill.testing, "tiny_tokenizer", probe)
+    with pytest.raises(_Stop):
+        main(["--quick", "--output-dir", str(tmp_path)])
+    assert seen["frozen"] > 100_000  # torch, transformers and TRL's objects: out of the collector's full passes
+    assert gc.get_freeze_count() == 0  # unfrozen, also when a stage fails
+
+
+def test_objects_the_caller_froze_stay_frozen(monkeypatch, tmp_path):
+    import gc
+
+    monkeypatch.setattr(fastdistill.testing, "tiny_tokenizer", lambda *a, **k: (_ for _ in ()).throw(_Stop()))
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with pytest.raises(_Stop):
+            main(["--quick", "--output-dir", str(tmp_path)])
+        # neither unfrozen nor frozen further by the demo (frozen objects that die leave the count)
+        assert frozen * 0.9 < gc.get_freeze_count() <= frozen
+    finally:
+        gc.unfreeze()
