@@ -124,7 +124,9 @@ def _curate(teacher, tokenizer, train: list[dict], cfg: DemoConfig, out: Path) -
         cur_dir / "teacher_generations.jsonl",
         tokenizer=tokenizer,
         max_new_tokens=cfg.eval_max_tokens,
-        batch_size=16,
+        # batches of 64 (was 16): the trained teachers of seeds 0-2 wrote the same 360 completions either way,
+        # in 3.3-3.8 s instead of 7.2-8.8 s
+        batch_size=cfg.eval_batch_size,
         seed=cfg.seed,
     )
     steps = [
