@@ -474,7 +474,7 @@ def run_demo(output_dir: str | os.PathLike, cfg: DemoConfig | None = None) -> di
         # deterministic mode also fills every torch.empty with NaN, a debugging aid that made the demo's
         # training ~2.5x slower on CPU (teacher SFT 1.1 vs 2.6 it/s); results do not depend on it
         torch.utils.deterministic.fill_uninitialized_memory = False
-    # The objects the imports leave (millions: torch, transformers, TRL) go to the collector's permanent
+    # The objects the imports leave (~540k: torch, transformers, TRL) go to the collector's permanent
     # generation for the run, so its full passes skip them: 13 in the quick demo, 0.35 s each before. Left alone
     # when the caller froze objects itself; undone afterwards.
     from fastdistill import GKDTrainer, GRPOTrainer, SFTTrainer  # noqa: F401 - imported to be frozen
