@@ -11,19 +11,25 @@ class _Stop(Exception):
     """Raised by a stubbed stage to end the run once the probe has looked."""
 
 
-def test_threads_option_sets_torch_threads_during_the_run(monkeypatch, tmp_path):
-    before = torch.get_num_threads()
-    wanted = before + 1  # differs from the current setting and from the config's default of 1
-    seen = {}
+def _seen_during_run(monkeypatch, tmp_path, look, *options):
+    """``look()`` as the run sees it once its settings are made (when it builds the tokenizer, which is stubbed
+    to end the run there), for ``fastdistill demo --quick *options``."""
+    seen = []
 
-    def probe(*args, **kwargs):  # the tokenizer is built once the run has set its threads
-        seen["threads"] = torch.get_num_threads()
+    def probe(*args, **kwargs):
+        seen.append(look())
         raise _Stop
 
     monkeypatch.setattr(fastdistill.testing, "tiny_tokenizer", probe)
     with pytest.raises(_Stop):
-        main(["--quick", "--threads", str(wanted), "--output-dir", str(tmp_path)])
-    assert seen["threads"] == wanted
+        main(["--quick", *options, "--output-dir", str(tmp_path)])
+    return seen[0]
+
+
+def test_threads_option_sets_torch_threads_during_the_run(monkeypatch, tmp_path):
+    before = torch.get_num_threads()
+    wanted = before + 1  # differs from the current setting and from the config's default of 1
+    assert _seen_during_run(monkeypatch, tmp_path, torch.get_num_threads, "--threads", str(wanted)) == wanted
     assert torch.get_num_threads() == before  # restored, also when a stage fails
 
 
@@ -78,16 +84,7 @@ def test_a_report_whose_kill_rates_are_all_zero_is_a_failure():
 
 def test_deterministic_algorithms_are_on_during_the_run_and_restored(monkeypatch, tmp_path):
     before = torch.are_deterministic_algorithms_enabled()
-    seen = {}
-
-    def probe(*args, **kwargs):
-        seen["deterministic"] = torch.are_deterministic_algorithms_enabled()
-        raise _Stop
-
-    monkeypatch.setattr(fastdistill.testing, "tiny_tokenizer", probe)
-    with pytest.raises(_Stop):
-        main(["--quick", "--output-dir", str(tmp_path)])
-    assert seen["deterministic"] is True
+    assert _seen_during_run(monkeypatch, tmp_path, torch.are_deterministic_algorithms_enabled) is True
     assert torch.are_deterministic_algorithms_enabled() == before
 
 
@@ -95,28 +92,18 @@ def test_the_imports_objects_are_frozen_for_the_run_and_unfrozen_after(monkeypat
     import gc
 
     assert gc.get_freeze_count() == 0
-    seen = {}
-
-    def probe(*args, **kwargs):
-        seen["frozen"] = gc.get_freeze_count()
-        raise _Stop
-
-    monkeypatch.setattr(fastdistill.testing, "tiny_tokenizer", probe)
-    with pytest.raises(_Stop):
-        main(["--quick", "--output-dir", str(tmp_path)])
-    assert seen["frozen"] > 100_000  # torch, transformers and TRL's objects: out of the collector's full passes
+    # torch, transformers and TRL's objects: out of the collector's full passes
+    assert _seen_during_run(monkeypatch, tmp_path, gc.get_freeze_count) > 100_000
     assert gc.get_freeze_count() == 0  # unfrozen, also when a stage fails
 
 
 def test_objects_the_caller_froze_stay_frozen(monkeypatch, tmp_path):
     import gc
 
-    monkeypatch.setattr(fastdistill.testing, "tiny_tokenizer", lambda *a, **k: (_ for _ in ()).throw(_Stop()))
     gc.freeze()
     try:
         frozen = gc.get_freeze_count()
-        with pytest.raises(_Stop):
-            main(["--quick", "--output-dir", str(tmp_path)])
+        _seen_during_run(monkeypatch, tmp_path, gc.get_freeze_count)
         # neither unfrozen nor frozen further by the demo (frozen objects that die leave the count)
         assert frozen * 0.9 < gc.get_freeze_count() <= frozen
     finally:
