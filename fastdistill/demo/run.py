@@ -393,8 +393,7 @@ def _evaluate_models(plan: dict, tokenizer, held_out, cfg: DemoConfig, out: Path
                         raise done.exception()
                 futures[name] = scoring.submit(_score_for_eval, gens, sampled, samples, cfg, max_new_tokens)
         except BaseException:
-            for pending in futures.values():
-                pending.cancel()
+            scoring.shutdown(cancel_futures=True)  # batches not started yet are dropped
             raise
         finally:
             torch.set_num_threads(old_threads)
