@@ -16,13 +16,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench_rewards import extract_library, run_script  # the same git-archive checkout of an older engine
 
 _SCRIPT = """
 import json, sys, time
@@ -52,16 +51,6 @@ def model_like_files(n: int) -> list[tuple[str, str, str]]:
     return files[:n]
 
 
-def run_engine(src: str | None, files_json: str, workers: int, max_mutants: int) -> dict:
-    """Score the files with ``fastdistill/`` from ``src`` (None: this checkout) in a fresh interpreter."""
-    env = dict(os.environ, PYTHONPATH=src or str(ROOT))
-    done = subprocess.run([sys.executable, "-c", _SCRIPT, files_json, str(workers), str(max_mutants)],
-                          cwd=src or ROOT, env=env, capture_output=True, text=True, timeout=1800)
-    if done.returncode != 0:
-        raise RuntimeError(done.stderr[-2000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--ref", required=True, help="the git revision whose engine to compare with")
@@ -74,15 +63,13 @@ def main():
     files = model_like_files(args.files)
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as d:
-        archive = subprocess.run(["git", "archive", args.ref, "fastdistill"], cwd=ROOT, capture_output=True,
-                                 check=True)
-        subprocess.run(["tar", "-x", "-C", d], input=archive.stdout, check=True)
+        extract_library(args.ref, d)
         files_json = str(Path(d) / "files.json")
         Path(files_json).write_text(json.dumps(files))
         runs = {"now": [], args.ref: []}
         for _ in range(args.rounds):  # alternating, so a machine that drifts moves both alike
-            runs[args.ref].append(run_engine(d, files_json, args.workers, args.max_mutants))
-            runs["now"].append(run_engine(None, files_json, args.workers, args.max_mutants))
+            runs[args.ref].append(run_script(d, _SCRIPT, files_json, args.workers, args.max_mutants))
+            runs["now"].append(run_script(None, _SCRIPT, files_json, args.workers, args.max_mutants))
     identical = all(r["results"] == runs["now"][0]["results"] for rs in runs.values() for r in rs)
     rows = []
     for engine, rs in runs.items():

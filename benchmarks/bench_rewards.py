@@ -96,17 +96,28 @@ print(json.dumps({"mutants": sum(r.total for r in rs), "killed": sum(r.killed fo
 """
 
 
+def extract_library(rev, dest):
+    """Write ``fastdistill/`` as of git revision ``rev`` into ``dest`` (the working tree is untouched)."""
+    archive = subprocess.run(["git", "archive", rev, "fastdistill"], cwd=ROOT, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+
+
+def run_script(src, script, *args):
+    """Run ``script`` in a fresh interpreter that imports ``fastdistill/`` from ``src`` (None: this checkout);
+    returns the JSON object its last output line holds."""
+    src = str(src or ROOT)
+    done = subprocess.run([sys.executable, "-c", script, *map(str, args)], cwd=src,
+                          env=dict(os.environ, PYTHONPATH=src), capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-2000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def engine_at(rev, max_mutants, workers):
     """The same measurement with the library as of git revision ``rev`` (the working tree is untouched)."""
     with tempfile.TemporaryDirectory() as d:
-        archive = subprocess.run(["git", "archive", rev, "fastdistill"], cwd=ROOT, capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", d], input=archive.stdout, check=True)
-        env = dict(os.environ, PYTHONPATH=d)
-        done = subprocess.run([sys.executable, "-c", _ENGINE_SCRIPT, str(workers), str(max_mutants)], cwd=d, env=env,
-                              capture_output=True, text=True, timeout=1800)
-        if done.returncode != 0:
-            raise RuntimeError(done.stderr[-2000:])
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        extract_library(rev, d)
+        return run_script(d, _ENGINE_SCRIPT, workers, max_mutants)
 
 
 def mutmut_run(example, workers, timeout):
